@@ -1,0 +1,234 @@
+//! Vault's HTTP API on the sidecar: `/v1/{mount}/sign|verify|keys/...`, health, readiness.
+//!
+//! Requests and answers use Transit's JSON and Vault's envelope, so Vault clients work
+//! unchanged. A caller's `X-Vault-Token` is ignored: the sidecar signs with its own
+//! credential. Bodies are capped before they are read; every error is rendered as
+//! `{"errors":[...]}` with the status from [`Error::status`].
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use serde_json::{json, Value};
+use tracing::{error, warn};
+
+use super::AppState;
+use crate::error::Error;
+use crate::transit::TransitRequest;
+
+/// The HTTP router for one sidecar.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { (StatusCode::OK, axum::Json(json!({"status": "ok"}))) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/v1/{*path}", any(vault_api))
+        .fallback(|| async {
+            Error::NotFound(
+                "no such path; Aegis serves /v1/<transit mount>/{sign,verify,keys}/...".into(),
+            )
+        })
+        .with_state(state)
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            match &self {
+                Error::Internal(detail) => error!(detail, "internal error"),
+                other => warn!(status = status.as_u16(), error = %other, "request failed"),
+            }
+        }
+        (status, axum::Json(json!({ "errors": self.messages() }))).into_response()
+    }
+}
+
+/// Vault's response envelope around `data`.
+fn envelope(data: Value, warnings: Option<String>) -> Response {
+    let body = json!({
+        "request_id": uuid::Uuid::new_v4().to_string(),
+        "lease_id": "",
+        "renewable": false,
+        "lease_duration": 0,
+        "data": data,
+        "wrap_info": null,
+        "warnings": warnings.map(|w| vec![w]),
+        "auth": null,
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.readiness.is_ready() {
+        (StatusCode::OK, axum::Json(json!({"ready": true}))).into_response()
+    } else {
+        let reason = state.readiness.reason();
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"ready": false, "errors": [format!("not ready: {reason}")]})),
+        )
+            .into_response()
+    }
+}
+
+/// A Transit operation the sidecar serves.
+#[derive(Debug, PartialEq, Eq)]
+enum Op<'a> {
+    Sign { key: &'a str, hash: Option<&'a str> },
+    Verify { key: &'a str, hash: Option<&'a str> },
+    ReadKey { key: &'a str },
+}
+
+/// Splits `{mount}/{op}/{key}[/{hash}]` for the configured mount.
+fn route<'a>(mount: &str, path: &'a str) -> Result<Op<'a>, Error> {
+    let not_served = || {
+        Error::NotFound(format!(
+            "unsupported path: only {mount}/sign, {mount}/verify and {mount}/keys are served"
+        ))
+    };
+    let rest = path
+        .strip_prefix(mount)
+        .and_then(|r| r.strip_prefix('/'))
+        .ok_or_else(not_served)?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    if parts.iter().skip(1).any(|p| p.is_empty()) {
+        return Err(Error::bad_request("cannot write to a path ending in '/'"));
+    }
+    match parts.as_slice() {
+        ["sign", key] => Ok(Op::Sign { key, hash: None }),
+        ["sign", key, hash] => Ok(Op::Sign {
+            key,
+            hash: Some(hash),
+        }),
+        ["verify", key] => Ok(Op::Verify { key, hash: None }),
+        ["verify", key, hash] => Ok(Op::Verify {
+            key,
+            hash: Some(hash),
+        }),
+        ["keys", key] => Ok(Op::ReadKey { key }),
+        _ => Err(not_served()),
+    }
+}
+
+async fn vault_api(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    match handle(&state, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle(state: &AppState, req: Request) -> Result<Response, Error> {
+    let path = req
+        .uri()
+        .path()
+        .strip_prefix("/v1/")
+        .unwrap_or_default()
+        .to_string();
+    let op = route(&state.config.transit_mount, &path)?;
+    let key = match op {
+        Op::Sign { key, .. } | Op::Verify { key, .. } | Op::ReadKey { key } => key,
+    };
+    if !state.config.key_allowed(key) {
+        return Err(Error::PermissionDenied);
+    }
+    let method = req.method().clone();
+    let writes = matches!(op, Op::Sign { .. } | Op::Verify { .. });
+    let method_ok = if writes {
+        method == Method::POST || method == Method::PUT
+    } else {
+        method == Method::GET
+    };
+    if !method_ok {
+        return Ok((
+            StatusCode::METHOD_NOT_ALLOWED,
+            axum::Json(json!({"errors": ["unsupported operation"]})),
+        )
+            .into_response());
+    }
+    if let Op::ReadKey { key } = op {
+        let set = state.keys.get(key).await.map_err(|e| {
+            if e.is_not_found() {
+                Error::NotFound(String::new())
+            } else {
+                e.into()
+            }
+        })?;
+        return Ok(envelope(set.to_vault_json(), None));
+    }
+    let body = read_body(req, state.config.max_body_bytes).await?;
+    let request = TransitRequest::parse(&body, state.config.max_batch_items)?;
+    let warning = request.unknown_fields_warning();
+    let data = match op {
+        Op::Sign { key, hash } => state.signer.sign(key, hash, &request).await?,
+        Op::Verify { key, hash } => state.verifier.verify(key, hash, &request).await?,
+        Op::ReadKey { .. } => unreachable!("answered above"),
+    };
+    Ok(envelope(data, warning))
+}
+
+/// Reads the body, refusing more than `limit` bytes (by Content-Length first, then as read).
+async fn read_body(req: Request, limit: usize) -> Result<Bytes, Error> {
+    let too_large = Error::PayloadTooLarge { limit };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large);
+    }
+    axum::body::to_bytes(Body::new(req.into_body()), limit)
+        .await
+        .map_err(|_| too_large)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert_eq!(
+            route("transit", "transit/sign/k").unwrap(),
+            Op::Sign {
+                key: "k",
+                hash: None
+            }
+        );
+        assert_eq!(
+            route("transit", "transit/verify/k/sha2-512").unwrap(),
+            Op::Verify {
+                key: "k",
+                hash: Some("sha2-512")
+            }
+        );
+        assert_eq!(
+            route("ml/transit", "ml/transit/keys/k").unwrap(),
+            Op::ReadKey { key: "k" }
+        );
+        assert_eq!(route("transit", "other/sign/k").unwrap_err().status(), 404);
+        assert_eq!(
+            route("transit", "transitx/sign/k").unwrap_err().status(),
+            404
+        );
+        assert_eq!(
+            route("transit", "transit/encrypt/k").unwrap_err().status(),
+            404
+        );
+        assert_eq!(
+            route("transit", "transit/verify/k/").unwrap_err().status(),
+            400
+        );
+        assert_eq!(
+            route("transit", "transit/sign/k/a/b").unwrap_err().status(),
+            404
+        );
+    }
+}

@@ -1,0 +1,132 @@
+//! The error callers see, and the one place that decides its HTTP status.
+//!
+//! Every failure that reaches a caller becomes an [`Error`]; [`Error::status`] is the only
+//! mapping from failure to status code (the HTTP face renders it as Vault's
+//! `{"errors":[...]}`, the gRPC face will map the same statuses). Bad input is always a
+//! 4xx (input Vault would answer with a 500 is refused before Vault is asked); Vault
+//! being unreachable is a 503; Vault failing on its own is a 502.
+
+use http::StatusCode;
+
+use crate::vault::VaultError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed or refused by Transit's rules (Vault's message).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The key is outside the allowlist, or the caller may not do this.
+    #[error("permission denied")]
+    PermissionDenied,
+    /// No route: Aegis serves Transit sign, verify and keys only.
+    #[error("{0}")]
+    NotFound(String),
+    /// The body is over the configured limit.
+    #[error("request body too large: the limit is {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// Vault could not be reached in time; sign waits for it, cached verify does not.
+    #[error("Vault is unavailable: {0}")]
+    Unavailable(String),
+    /// Vault answered with an error, passed on with Vault's status and messages.
+    #[error("{}", .errors.join("; "))]
+    Vault { status: u16, errors: Vec<String> },
+    /// A bug or an impossible state; logged once, returned opaque.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        Error::BadRequest(msg.into())
+    }
+
+    /// The one mapping from error to HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::PermissionDenied => StatusCode::FORBIDDEN,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Vault { status, .. } => match StatusCode::from_u16(*status) {
+                Ok(s) if s.is_client_error() => s,
+                Ok(s) if s == StatusCode::SERVICE_UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
+                // Input that makes Vault answer 500 (a batch_input that is not a list, a
+                // key_version above the latest, ...) is refused before Vault is asked; a
+                // 500 that still comes back is Vault's own failure.
+                _ => StatusCode::BAD_GATEWAY,
+            },
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The messages for Vault's `{"errors":[...]}` body.
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            Error::Vault { errors, .. } => errors.iter().map(|e| clean_vault_message(e)).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+/// Vault wraps some messages as `1 error occurred:\n\t* msg\n\n`; keep the message.
+fn clean_vault_message(msg: &str) -> String {
+    let trimmed = msg.trim();
+    match trimmed.strip_prefix("1 error occurred:") {
+        Some(rest) => rest.trim().trim_start_matches('*').trim().to_string(),
+        None => trimmed.to_string(),
+    }
+}
+
+impl From<VaultError> for Error {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::Status { status, errors } => Error::Vault { status, errors },
+            VaultError::Unreachable(msg) => Error::Unavailable(msg),
+            VaultError::Decode(msg) => {
+                Error::Internal(format!("unexpected answer from Vault: {msg}"))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vault_500_is_a_bad_gateway_with_a_clean_message() {
+        let e = Error::Vault {
+            status: 500,
+            errors: vec!["1 error occurred:\n\t* requested version for signing is higher than the latest key version\n\n".into()],
+        };
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(
+            e.messages(),
+            ["requested version for signing is higher than the latest key version"]
+        );
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(Error::PermissionDenied.status(), 403);
+        assert_eq!(Error::Unavailable("x".into()).status(), 503);
+        assert_eq!(
+            Error::Vault {
+                status: 403,
+                errors: vec![]
+            }
+            .status(),
+            403
+        );
+        assert_eq!(
+            Error::Vault {
+                status: 502,
+                errors: vec![]
+            }
+            .status(),
+            502
+        );
+        assert_eq!(Error::PayloadTooLarge { limit: 1 }.status(), 413);
+    }
+}

@@ -1,0 +1,373 @@
+//! The keyset cache: every version of every key ever seen, parsed once, kept fresh.
+//!
+//! A [`KeySet`] holds, per Transit key, the public key of every version the cache has
+//! seen, including versions Vault has since retired (below `min_decryption_version`) and
+//! no longer returns: Vault forgets them, Aegis does not. Whether such a version may
+//! verify is decided by [`KeySet::version_status`], the one place that applies the
+//! validity rule of DESIGN.md (today: Vault's own rule; the retention record extends it).
+//!
+//! Loading is single-flight (moka's `try_get_with`), and so is a refresh triggered by an
+//! unknown version: concurrent requests wait for one Vault call. A background task
+//! refreshes every cached key at the configured interval with jitter.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Map, Value};
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+use crate::crypto::{KeyType, PublicKey};
+use crate::vault::{TransitKeyInfo, VaultClient, VaultError};
+
+/// One version of a key.
+#[derive(Clone)]
+pub struct KeyVersion {
+    pub version: u32,
+    /// The public key exactly as Transit returned it (base64 or PEM).
+    pub public_key: String,
+    pub creation_time: String,
+    /// Transit's `name` field for the version (the curve, `rsa-2048`, ...).
+    pub name: String,
+    /// Parsed once; `None` when the key type is verified by Vault only.
+    pub parsed: Option<PublicKey>,
+}
+
+/// What the cache knows of one Transit key.
+#[derive(Clone)]
+pub struct KeySet {
+    pub name: String,
+    pub key_type: String,
+    /// `Some` when Aegis can verify this type locally.
+    pub local_type: Option<KeyType>,
+    pub derived: bool,
+    pub supports_signing: bool,
+    pub latest_version: u32,
+    pub min_decryption_version: u32,
+    pub min_encryption_version: u32,
+    pub min_available_version: u32,
+    /// Every version seen, retired ones included.
+    pub versions: BTreeMap<u32, Arc<KeyVersion>>,
+    /// The other fields of Vault's last answer, to answer `GET keys` like Vault.
+    pub vault_fields: Map<String, Value>,
+    pub fetched_at: SystemTime,
+    fetched_instant: Instant,
+}
+
+/// Whether a version may verify, and if not, why (Vault's message).
+pub enum VersionStatus<'a> {
+    Valid(&'a KeyVersion),
+    /// Above `latest_version` as far as the cache knows.
+    TooNew,
+    /// Below `min_decryption_version`: Vault refuses it.
+    TooOld,
+    /// Within range, but the cache has no public key for it.
+    Missing,
+}
+
+impl VersionStatus<'_> {
+    pub const TOO_NEW: &'static str = "invalid signature: version is too new";
+    pub const TOO_OLD: &'static str =
+        "ciphertext or signature version is disallowed by policy (too old)";
+}
+
+impl KeySet {
+    /// True when signatures of this key are checked here rather than by Vault.
+    pub fn verifies_locally(&self) -> bool {
+        self.local_type.is_some() && !self.derived
+    }
+
+    /// The validity rule (DESIGN.md). Today Vault's: `min_decryption_version <= N <= latest`.
+    pub fn version_status(&self, version: u32) -> VersionStatus<'_> {
+        if version > self.latest_version {
+            return VersionStatus::TooNew;
+        }
+        if version < self.min_decryption_version.max(1) {
+            return VersionStatus::TooOld;
+        }
+        match self.versions.get(&version) {
+            Some(v) => VersionStatus::Valid(v),
+            None => VersionStatus::Missing,
+        }
+    }
+
+    /// Builds the new keyset from Vault's answer, keeping what Vault no longer returns.
+    fn merge(info: TransitKeyInfo, previous: Option<&KeySet>) -> KeySet {
+        let local_type = KeyType::from_transit(&info.key_type);
+        let mut versions = BTreeMap::new();
+        // Keep retired versions of the same key (same type, not above the new latest:
+        // a key deleted and re-created starts again from version 1).
+        if let Some(prev) = previous.filter(|p| p.key_type == info.key_type) {
+            for (n, v) in prev.versions.range(..=info.latest_version) {
+                versions.insert(*n, v.clone());
+            }
+        }
+        for (n, entry) in &info.keys {
+            let Ok(n) = n.parse::<u32>() else { continue };
+            let Value::Object(entry) = entry else {
+                // Symmetric keys list creation timestamps only: nothing to verify with.
+                continue;
+            };
+            let text = entry
+                .get("public_key")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if let Some(existing) = versions.get(&n) {
+                if existing.public_key == text {
+                    continue; // parsed already
+                }
+            }
+            let parsed = match local_type {
+                Some(t) if !text.is_empty() => match PublicKey::parse(t, text) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        let key = info.raw.get("name").and_then(Value::as_str).unwrap_or("?");
+                        warn!(key, version = n, error = %e, "public key not usable locally; Vault will verify it");
+                        None
+                    }
+                },
+                _ => None,
+            };
+            let s = |k: &str| {
+                entry
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            versions.insert(
+                n,
+                Arc::new(KeyVersion {
+                    version: n,
+                    public_key: text.to_string(),
+                    creation_time: s("creation_time"),
+                    name: s("name"),
+                    parsed,
+                }),
+            );
+        }
+        let mut vault_fields = info.raw;
+        vault_fields.remove("keys");
+        KeySet {
+            name: vault_fields
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            key_type: info.key_type,
+            local_type,
+            derived: info.derived,
+            supports_signing: info.supports_signing,
+            latest_version: info.latest_version,
+            min_decryption_version: info.min_decryption_version,
+            min_encryption_version: info.min_encryption_version,
+            min_available_version: info.min_available_version,
+            versions,
+            vault_fields,
+            fetched_at: SystemTime::now(),
+            fetched_instant: Instant::now(),
+        }
+    }
+
+    /// `GET keys/{name}`'s `data`: Vault's fields, with `keys` listing every cached version.
+    pub fn to_vault_json(&self) -> Value {
+        let mut m = self.vault_fields.clone();
+        let keys: Map<String, Value> = self
+            .versions
+            .values()
+            .map(|v| {
+                let entry = serde_json::json!({
+                    "public_key": v.public_key,
+                    "creation_time": v.creation_time,
+                    "name": v.name,
+                });
+                (v.version.to_string(), entry)
+            })
+            .collect();
+        m.insert("keys".into(), Value::Object(keys));
+        for (k, v) in [
+            ("latest_version", self.latest_version),
+            ("min_decryption_version", self.min_decryption_version),
+            ("min_encryption_version", self.min_encryption_version),
+            ("min_available_version", self.min_available_version),
+        ] {
+            m.insert(k.into(), v.into());
+        }
+        Value::Object(m)
+    }
+}
+
+/// The cache of keysets for one Transit mount.
+pub struct KeyCache {
+    vault: Arc<VaultClient>,
+    mount: String,
+    sets: moka::future::Cache<String, Arc<KeySet>>,
+    /// Per-key lock so that a refresh is shared by everyone who asked for it meanwhile.
+    refresh_locks: moka::sync::Cache<String, Arc<Mutex<()>>>,
+    /// A refresh for a version the cache lacks happens at most this often per key.
+    min_refresh_gap: Duration,
+}
+
+impl KeyCache {
+    pub fn new(vault: Arc<VaultClient>, mount: impl Into<String>) -> Self {
+        KeyCache {
+            vault,
+            mount: mount.into(),
+            sets: moka::future::Cache::builder().max_capacity(10_000).build(),
+            refresh_locks: moka::sync::Cache::builder().max_capacity(10_000).build(),
+            min_refresh_gap: Duration::from_millis(500),
+        }
+    }
+
+    pub fn mount(&self) -> &str {
+        &self.mount
+    }
+
+    pub fn vault(&self) -> &VaultClient {
+        &self.vault
+    }
+
+    /// The cached keyset, loading it (once, shared by concurrent callers) when absent.
+    pub async fn get(&self, name: &str) -> Result<Arc<KeySet>, VaultError> {
+        self.sets
+            .try_get_with_by_ref(name, async {
+                let info = self.vault.transit_read_key(&self.mount, name).await?;
+                Ok(Arc::new(KeySet::merge(info, None)))
+            })
+            .await
+            .map_err(|e: Arc<VaultError>| (*e).clone())
+    }
+
+    /// The cached keyset, without asking Vault.
+    pub async fn cached(&self, name: &str) -> Option<Arc<KeySet>> {
+        self.sets.get(name).await
+    }
+
+    /// Re-reads the key from Vault and merges; concurrent callers share one read. Returns
+    /// at once with the current set if it was fetched after `not_before` (someone else
+    /// refreshed while we waited) or within the minimum gap.
+    pub async fn refresh(
+        &self,
+        name: &str,
+        not_before: Instant,
+    ) -> Result<Arc<KeySet>, VaultError> {
+        let lock = self
+            .refresh_locks
+            .get_with_by_ref(name, || Arc::new(Mutex::new(())));
+        let _guard = lock.lock().await;
+        let previous = self.sets.get(name).await;
+        if let Some(p) = &previous {
+            if p.fetched_instant >= not_before || p.fetched_instant.elapsed() < self.min_refresh_gap
+            {
+                return Ok(p.clone());
+            }
+        }
+        match self.vault.transit_read_key(&self.mount, name).await {
+            Ok(info) => {
+                let set = Arc::new(KeySet::merge(info, previous.as_deref()));
+                if previous.as_ref().is_none_or(|p| {
+                    p.latest_version != set.latest_version
+                        || p.min_decryption_version != set.min_decryption_version
+                }) {
+                    info!(
+                        key = name,
+                        latest_version = set.latest_version,
+                        min_decryption_version = set.min_decryption_version,
+                        versions_cached = set.versions.len(),
+                        "keyset updated"
+                    );
+                }
+                self.sets.insert(name.to_string(), set.clone()).await;
+                Ok(set)
+            }
+            Err(e) if e.is_not_found() => {
+                warn!(
+                    key = name,
+                    "key no longer exists in Vault; dropped from the cache"
+                );
+                self.sets.invalidate(name).await;
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Refreshes every cached key once (the background refresher's tick).
+    pub async fn refresh_all(&self) {
+        let names: Vec<String> = self.sets.iter().map(|(k, _)| (*k).clone()).collect();
+        for name in names {
+            if let Err(e) = self.refresh(&name, Instant::now()).await {
+                debug!(key = %name, error = %e, "background refresh failed; cached versions keep verifying");
+            }
+        }
+    }
+
+    /// Runs [`refresh_all`](Self::refresh_all) every `interval`, jittered by up to 10 %.
+    pub async fn run_refresher(self: Arc<Self>, interval: Duration) {
+        loop {
+            // 90 % to 110 % of the interval, so sidecars started together spread out.
+            let jittered = interval.mul_f64(0.9 + rand::random::<f64>() * 0.2);
+            tokio::time::sleep(jittered.max(Duration::from_millis(10))).await;
+            self.refresh_all().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(latest: u32, min_dec: u32, versions: &[u32]) -> TransitKeyInfo {
+        let pk = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+        let keys = versions
+            .iter()
+            .map(|v| (v.to_string(), serde_json::json!({"public_key": pk, "creation_time": "2026-01-01T00:00:00Z", "name": "ed25519"})))
+            .collect();
+        let raw = serde_json::json!({"name": "k", "type": "ed25519", "latest_version": latest})
+            .as_object()
+            .unwrap()
+            .clone();
+        TransitKeyInfo {
+            key_type: "ed25519".into(),
+            latest_version: latest,
+            min_decryption_version: min_dec,
+            min_encryption_version: 0,
+            min_available_version: 0,
+            derived: false,
+            supports_signing: true,
+            keys,
+            raw,
+        }
+    }
+
+    #[test]
+    fn retired_versions_stay_cached_but_are_refused_as_vault_does() {
+        let first = KeySet::merge(info(2, 1, &[1, 2]), None);
+        assert!(matches!(first.version_status(1), VersionStatus::Valid(_)));
+        // Vault raised min_decryption_version to 2 and stopped returning v1.
+        let second = KeySet::merge(info(2, 2, &[2]), Some(&first));
+        assert_eq!(second.versions.keys().copied().collect::<Vec<_>>(), [1, 2]);
+        assert!(matches!(second.version_status(1), VersionStatus::TooOld));
+        assert!(matches!(second.version_status(0), VersionStatus::TooOld));
+        assert!(matches!(second.version_status(2), VersionStatus::Valid(_)));
+        assert!(matches!(second.version_status(3), VersionStatus::TooNew));
+        let json = second.to_vault_json();
+        assert!(json["keys"]["1"]["public_key"].is_string());
+        assert_eq!(json["min_decryption_version"], 2);
+        assert_eq!(json["name"], "k");
+    }
+
+    #[test]
+    fn a_recreated_key_forgets_versions_above_its_latest() {
+        let old = KeySet::merge(info(3, 1, &[1, 2, 3]), None);
+        let new = KeySet::merge(info(1, 1, &[1]), Some(&old));
+        assert_eq!(new.versions.keys().copied().collect::<Vec<_>>(), [1]);
+    }
+
+    #[test]
+    fn missing_public_key_in_range_is_reported_missing() {
+        let s = KeySet::merge(info(3, 1, &[1, 3]), None);
+        assert!(matches!(s.version_status(2), VersionStatus::Missing));
+    }
+}

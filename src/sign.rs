@@ -1,0 +1,176 @@
+//! Signing: validate, forward to Transit with the sidecar's credential, keep versions current.
+//!
+//! Input that would make Vault answer 500 (an unknown RSA signature algorithm, a
+//! `key_version` above the latest) is refused here with a 400, so callers never see a 5xx
+//! for their own mistakes. A signature made with a version newer than the cache knows
+//! triggers a keyset refresh at once, so verification of it never waits.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+use tracing::debug;
+
+use crate::crypto::{HashAlgorithm, KeyType, RsaScheme};
+use crate::error::Error;
+use crate::keys::{KeyCache, KeySet};
+use crate::transit::TransitRequest;
+use crate::vault::VaultClient;
+use crate::verify::{
+    decode_input, require_context_for_derived, resolve_encoding, resolve_for_key, rsa_scheme,
+    Resolved,
+};
+
+pub struct Signer {
+    keys: Arc<KeyCache>,
+    vault: Arc<VaultClient>,
+}
+
+impl Signer {
+    pub fn new(keys: Arc<KeyCache>, vault: Arc<VaultClient>) -> Self {
+        Signer { keys, vault }
+    }
+
+    /// Signs a request for `key`; returns Transit's `data` object.
+    pub async fn sign(
+        &self,
+        key: &str,
+        path_hash: Option<&str>,
+        req: &TransitRequest,
+    ) -> Result<Value, Error> {
+        let started = Instant::now();
+        let encoding = resolve_encoding(&req.options)?;
+        let mut set = self.keys.get(key).await.map_err(|e| {
+            if e.is_not_found() {
+                Error::bad_request("signing key not found")
+            } else {
+                e.into()
+            }
+        })?;
+        let res = resolve_for_key(&set, &req.options, path_hash, encoding, false)?;
+        if let Some(v) = req
+            .options
+            .key_version
+            .filter(|v| *v > i64::from(set.latest_version))
+        {
+            set = self.keys.refresh(key, started).await?;
+            if !req.batch && v > i64::from(set.latest_version) {
+                return Err(Error::bad_request(
+                    "requested version for signing is higher than the latest key version",
+                ));
+            }
+        }
+        if !req.batch {
+            refuse_what_vault_fails_on(&set, &res, req)?;
+        }
+        let data = self
+            .vault
+            .transit_sign(
+                self.keys.mount(),
+                key,
+                path_hash,
+                &Value::Object(req.body.clone()),
+            )
+            .await?;
+        let newest = newest_key_version(&data);
+        if newest > u64::from(set.latest_version) {
+            debug!(
+                key,
+                key_version = newest,
+                cached_latest = set.latest_version,
+                "sign used a newer version; refreshing keyset"
+            );
+            let keys = self.keys.clone();
+            let key = key.to_string();
+            tokio::spawn(async move {
+                let _ = keys.refresh(&key, Instant::now()).await;
+            });
+        }
+        Ok(data)
+    }
+}
+
+/// Single-mode input that Vault's sign step answers with a 500: refused here with a 400
+/// and Vault's own message, before Vault is asked.
+fn refuse_what_vault_fails_on(
+    set: &KeySet,
+    res: &Resolved,
+    req: &TransitRequest,
+) -> Result<(), Error> {
+    let opts = &req.options;
+    match opts.key_version {
+        Some(v) if v < 0 => {
+            return Err(Error::bad_request(
+                "requested version for signing is negative",
+            ))
+        }
+        Some(v) if v > 0 && v < i64::from(set.min_encryption_version) => {
+            return Err(Error::bad_request(
+                "requested version for signing is less than the minimum encryption key version",
+            ))
+        }
+        _ => {}
+    }
+    require_context_for_derived(set, req)?;
+    let item = &req.items[0];
+    match set.local_type {
+        Some(KeyType::Rsa(bits)) => {
+            let scheme = rsa_scheme(set, res, opts)?;
+            let input = decode_input(item)?;
+            if res.hash == HashAlgorithm::None {
+                if input.len() + 11 > bits as usize / 8 {
+                    return Err(Error::bad_request(
+                        "crypto/rsa: message too long for RSA key size",
+                    ));
+                }
+            } else if res.prehashed && input.len() != res.hash.output_len() {
+                return Err(Error::bad_request(match scheme {
+                    RsaScheme::Pkcs1v15 => "crypto/rsa: input must be hashed message",
+                    RsaScheme::Pss(_) => "crypto/rsa: input must be hashed with given hash",
+                }));
+            }
+        }
+        Some(KeyType::Ecdsa(_)) if res.prehashed && decode_input(item)?.is_empty() => {
+            return Err(Error::bad_request("ecdsa: hash cannot be empty"));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The highest `key_version` in a sign answer (single or batch).
+fn newest_key_version(data: &Value) -> u64 {
+    let single = data.get("key_version").and_then(Value::as_u64).unwrap_or(0);
+    let batch = data
+        .get("batch_results")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.get("key_version").and_then(Value::as_u64))
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    single.max(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_version_from_single_and_batch_answers() {
+        assert_eq!(
+            newest_key_version(&serde_json::json!({"key_version": 3, "signature": "vault:v3:x"})),
+            3
+        );
+        assert_eq!(
+            newest_key_version(
+                &serde_json::json!({"batch_results": [{"key_version": 2}, {"key_version": 0, "error": "x"}, {"key_version": 5}]})
+            ),
+            5
+        );
+        assert_eq!(newest_key_version(&serde_json::json!({})), 0);
+    }
+}

@@ -1,0 +1,85 @@
+//! Transit calls: read a key, sign, verify (for what cannot be verified locally).
+
+use std::collections::BTreeMap;
+
+use reqwest::Method;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::{VaultClient, VaultError};
+
+/// `GET {mount}/keys/{name}` as Transit answers it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TransitKeyInfo {
+    #[serde(rename = "type")]
+    pub key_type: String,
+    pub latest_version: u32,
+    #[serde(default)]
+    pub min_decryption_version: u32,
+    #[serde(default)]
+    pub min_encryption_version: u32,
+    #[serde(default)]
+    pub min_available_version: u32,
+    #[serde(default)]
+    pub derived: bool,
+    #[serde(default)]
+    pub supports_signing: bool,
+    /// Version number to an entry: for asymmetric keys `{public_key, creation_time, name}`,
+    /// for symmetric keys a creation timestamp.
+    #[serde(default)]
+    pub keys: BTreeMap<String, Value>,
+    /// Every field, as Vault sent it, to answer `GET keys` the way Vault does.
+    #[serde(skip)]
+    pub raw: Map<String, Value>,
+}
+
+fn path(mount: &str, op: &str, key: &str, hash: Option<&str>) -> String {
+    match hash {
+        Some(h) => format!("{mount}/{op}/{key}/{h}"),
+        None => format!("{mount}/{op}/{key}"),
+    }
+}
+
+impl VaultClient {
+    pub async fn transit_read_key(
+        &self,
+        mount: &str,
+        key: &str,
+    ) -> Result<TransitKeyInfo, VaultError> {
+        let data = self
+            .request(Method::GET, &path(mount, "keys", key, None), None)
+            .await?;
+        let raw = match &data {
+            Value::Object(m) => m.clone(),
+            _ => return Err(VaultError::Decode("key data is not an object".into())),
+        };
+        let mut info: TransitKeyInfo =
+            serde_json::from_value(data).map_err(|e| VaultError::Decode(e.to_string()))?;
+        info.raw = raw;
+        Ok(info)
+    }
+
+    /// `POST {mount}/sign/{key}[/{hash}]` with the body as given; returns `data`.
+    pub async fn transit_sign(
+        &self,
+        mount: &str,
+        key: &str,
+        hash: Option<&str>,
+        body: &Value,
+    ) -> Result<Value, VaultError> {
+        self.request(Method::POST, &path(mount, "sign", key, hash), Some(body))
+            .await
+    }
+
+    /// `POST {mount}/verify/{key}[/{hash}]` with the body as given; returns `data`.
+    pub async fn transit_verify(
+        &self,
+        mount: &str,
+        key: &str,
+        hash: Option<&str>,
+        body: &Value,
+    ) -> Result<Value, VaultError> {
+        self.request(Method::POST, &path(mount, "verify", key, hash), Some(body))
+            .await
+    }
+}
