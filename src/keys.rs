@@ -205,8 +205,9 @@ pub struct KeyCache {
     sets: moka::future::Cache<String, Arc<KeySet>>,
     /// Per-key lock so that a refresh is shared by everyone who asked for it meanwhile.
     refresh_locks: moka::sync::Cache<String, Arc<Mutex<()>>>,
-    /// A refresh for a version the cache lacks happens at most this often per key.
-    min_refresh_gap: Duration,
+    /// Versions a fresh read just showed do not exist: asked again within a second, they
+    /// are answered from here, so a caller repeating a bogus version cannot hammer Vault.
+    known_missing: moka::sync::Cache<(String, u32), ()>,
 }
 
 impl KeyCache {
@@ -216,7 +217,10 @@ impl KeyCache {
             mount: mount.into(),
             sets: moka::future::Cache::builder().max_capacity(10_000).build(),
             refresh_locks: moka::sync::Cache::builder().max_capacity(10_000).build(),
-            min_refresh_gap: Duration::from_millis(500),
+            known_missing: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(1))
+                .build(),
         }
     }
 
@@ -244,9 +248,30 @@ impl KeyCache {
         self.sets.get(name).await
     }
 
+    /// Refreshes because a request names `version`, which the cache lacks. A version a
+    /// refresh showed missing less than a second ago is not asked for again.
+    pub async fn refresh_for_version(
+        &self,
+        name: &str,
+        version: u32,
+        not_before: Instant,
+    ) -> Result<Arc<KeySet>, VaultError> {
+        let missing_key = (name.to_string(), version);
+        if self.known_missing.contains_key(&missing_key) {
+            if let Some(set) = self.sets.get(name).await {
+                return Ok(set);
+            }
+        }
+        let set = self.refresh(name, not_before).await?;
+        if !set.versions.contains_key(&version) {
+            self.known_missing.insert(missing_key, ());
+        }
+        Ok(set)
+    }
+
     /// Re-reads the key from Vault and merges; concurrent callers share one read. Returns
     /// at once with the current set if it was fetched after `not_before` (someone else
-    /// refreshed while we waited) or within the minimum gap.
+    /// refreshed while we waited for the lock).
     pub async fn refresh(
         &self,
         name: &str,
@@ -257,11 +282,11 @@ impl KeyCache {
             .get_with_by_ref(name, || Arc::new(Mutex::new(())));
         let _guard = lock.lock().await;
         let previous = self.sets.get(name).await;
-        if let Some(p) = &previous {
-            if p.fetched_instant >= not_before || p.fetched_instant.elapsed() < self.min_refresh_gap
-            {
-                return Ok(p.clone());
-            }
+        if let Some(p) = previous
+            .as_ref()
+            .filter(|p| p.fetched_instant >= not_before)
+        {
+            return Ok(p.clone());
         }
         match self.vault.transit_read_key(&self.mount, name).await {
             Ok(info) => {

@@ -354,7 +354,7 @@ impl Verifier {
             ItemCheck::NeedsRefresh(v) => Some(*v),
             _ => None,
         }) {
-            set = self.keys.refresh(key, started).await.map_err(|e| {
+            set = self.keys.refresh_for_version(key, unknown, started).await.map_err(|e| {
                 tracing::warn!(key, version = unknown, error = %e, "cannot refresh keyset for an unknown version");
                 if e.is_not_found() {
                     Error::bad_request("signature verification key not found")
