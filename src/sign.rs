@@ -17,8 +17,8 @@ use crate::keys::{KeyCache, KeySet};
 use crate::transit::TransitRequest;
 use crate::vault::VaultClient;
 use crate::verify::{
-    decode_input, require_context_for_derived, resolve_encoding, resolve_for_key, rsa_scheme,
-    Resolved,
+    decode_input, load_keyset, require_context_for_derived, resolve_encoding, resolve_for_key,
+    rsa_scheme, Resolved,
 };
 
 pub struct Signer {
@@ -40,13 +40,7 @@ impl Signer {
     ) -> Result<Value, Error> {
         let started = Instant::now();
         let encoding = resolve_encoding(&req.options)?;
-        let mut set = self.keys.get(key).await.map_err(|e| {
-            if e.is_not_found() {
-                Error::bad_request("signing key not found")
-            } else {
-                e.into()
-            }
-        })?;
+        let mut set = load_keyset(&self.keys, key, "signing key not found").await?;
         let res = resolve_for_key(&set, &req.options, path_hash, encoding, false)?;
         if let Some(v) = req
             .options
@@ -65,7 +59,8 @@ impl Signer {
         }
         let data = self
             .vault
-            .transit_sign(
+            .transit_write(
+                "sign",
                 self.keys.mount(),
                 key,
                 path_hash,

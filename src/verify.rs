@@ -333,13 +333,7 @@ impl Verifier {
             return self.forward(key, path_hash, req).await;
         }
         let encoding = resolve_encoding(&req.options)?;
-        let mut set = self.keys.get(key).await.map_err(|e| {
-            if e.is_not_found() {
-                Error::bad_request("signature verification key not found")
-            } else {
-                e.into()
-            }
-        })?;
+        let mut set = load_keyset(&self.keys, key, "signature verification key not found").await?;
         let res = resolve_for_key(&set, &req.options, path_hash, encoding, true)?;
         if !set.verifies_locally() {
             require_context_for_derived(&set, req)?;
@@ -419,9 +413,24 @@ impl Verifier {
         let body = Value::Object(req.body.clone());
         Ok(self
             .vault
-            .transit_verify(self.keys.mount(), key, path_hash, &body)
+            .transit_write("verify", self.keys.mount(), key, path_hash, &body)
             .await?)
     }
+}
+
+/// The keyset for `key`; Vault's "not found" becomes a 400 with Vault's `not_found` message.
+pub async fn load_keyset(
+    keys: &KeyCache,
+    key: &str,
+    not_found: &str,
+) -> Result<Arc<KeySet>, Error> {
+    keys.get(key).await.map_err(|e| {
+        if e.is_not_found() {
+            Error::bad_request(not_found)
+        } else {
+            e.into()
+        }
+    })
 }
 
 /// Vault answers 500 when a derived key is used without `context` in single mode; the

@@ -180,27 +180,13 @@ async fn not_ready_until_vault_accepts_the_credential() {
     let mut bao = Bao::dev().await;
     bao.token = "not-a-valid-token".into();
     let side = Sidecar::start_unready(&bao, &[]).await;
-    let (s, body) = common::call(
-        &side.client,
-        "GET",
-        &format!("{}/readyz", side.addr),
-        None,
-        None,
-    )
-    .await;
+    let (s, body) = side.readyz().await;
     assert_eq!(s, 503, "{body}");
     let reason = eventually(
         Duration::from_secs(5),
         "a reason naming the refused credential",
         || async {
-            let (_, b) = common::call(
-                &side.client,
-                "GET",
-                &format!("{}/readyz", side.addr),
-                None,
-                None,
-            )
-            .await;
+            let (_, b) = side.readyz().await;
             let msg = b["errors"][0].as_str().unwrap_or_default().to_string();
             msg.contains("did not accept the credential").then_some(msg)
         },

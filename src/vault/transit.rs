@@ -59,27 +59,17 @@ impl VaultClient {
         Ok(info)
     }
 
-    /// `POST {mount}/sign/{key}[/{hash}]` with the body as given; returns `data`.
-    pub async fn transit_sign(
+    /// `POST {mount}/{op}/{key}[/{hash}]` for `op` = `sign` or `verify`, with the body as
+    /// given; returns `data`.
+    pub async fn transit_write(
         &self,
+        op: &str,
         mount: &str,
         key: &str,
         hash: Option<&str>,
         body: &Value,
     ) -> Result<Value, VaultError> {
-        self.request(Method::POST, &path(mount, "sign", key, hash), Some(body))
-            .await
-    }
-
-    /// `POST {mount}/verify/{key}[/{hash}]` with the body as given; returns `data`.
-    pub async fn transit_verify(
-        &self,
-        mount: &str,
-        key: &str,
-        hash: Option<&str>,
-        body: &Value,
-    ) -> Result<Value, VaultError> {
-        self.request(Method::POST, &path(mount, "verify", key, hash), Some(body))
+        self.request(Method::POST, &path(mount, op, key, hash), Some(body))
             .await
     }
 }

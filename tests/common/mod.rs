@@ -372,17 +372,22 @@ impl Sidecar {
         }
     }
 
+    /// `GET /readyz`.
+    pub async fn readyz(&self) -> (u16, Value) {
+        call(
+            &self.client,
+            "GET",
+            &format!("{}/readyz", self.addr),
+            None,
+            None,
+        )
+        .await
+    }
+
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let (s, _) = call(
-                &self.client,
-                "GET",
-                &format!("{}/readyz", self.addr),
-                None,
-                None,
-            )
-            .await;
+            let (s, _) = self.readyz().await;
             if s == 200 {
                 return;
             }
