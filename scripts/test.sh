@@ -15,6 +15,9 @@ bash scripts/install-tools.sh
 # The Rust integration tests and the interop tests use this OpenBao binary.
 export AEGIS_BAO="$PWD/.venv/bin/bao"
 
+step "hadolint Dockerfile (lint only: no Docker engine here)"
+.venv/bin/hadolint Dockerfile
+
 step "cargo fmt --check"
 cargo fmt --check
 
