@@ -285,3 +285,41 @@ async fn batch_verify_matches_vault_item_by_item() {
     assert!(results[1..].iter().all(|r| r["valid"] == false));
     side.stop().await;
 }
+
+/// HTTP/1.1 and h2c (HTTP/2 with prior knowledge) are served on the same port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_and_h2c_on_one_port() {
+    let bao = Bao::dev().await;
+    bao.create_key("proto", "ed25519").await;
+    let side = Sidecar::start(&bao, &[]).await;
+    let input = b64(b"over h2c");
+    for client in [
+        reqwest::Client::builder().http1_only().build().unwrap(),
+        reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .build()
+            .unwrap(),
+    ] {
+        let resp = client
+            .post(format!("{}/v1/transit/sign/proto", side.addr))
+            .json(&json!({ "input": input }))
+            .send()
+            .await
+            .unwrap();
+        let version = resp.version();
+        let signed: Value = resp.json().await.unwrap();
+        let sig = signed["data"]["signature"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{version:?}: {signed}"));
+        let resp = client
+            .post(format!("{}/v1/transit/verify/proto", side.addr))
+            .json(&json!({ "input": input, "signature": sig }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.version(), version);
+        let verdict: Value = resp.json().await.unwrap();
+        assert_eq!(verdict["data"]["valid"], true, "{version:?}");
+    }
+    side.stop().await;
+}
