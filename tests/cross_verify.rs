@@ -293,12 +293,14 @@ async fn http1_and_h2c_on_one_port() {
     bao.create_key("proto", "ed25519").await;
     let side = Sidecar::start(&bao, &[]).await;
     let input = b64(b"over h2c");
-    for client in [
-        reqwest::Client::builder().http1_only().build().unwrap(),
-        reqwest::Client::builder()
-            .http2_prior_knowledge()
-            .build()
-            .unwrap(),
+    let http1 = reqwest::Client::builder().http1_only().build().unwrap();
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for (client, expected) in [
+        (http1, reqwest::Version::HTTP_11),
+        (h2c, reqwest::Version::HTTP_2),
     ] {
         let resp = client
             .post(format!("{}/v1/transit/sign/proto", side.addr))
@@ -307,6 +309,7 @@ async fn http1_and_h2c_on_one_port() {
             .await
             .unwrap();
         let version = resp.version();
+        assert_eq!(version, expected);
         let signed: Value = resp.json().await.unwrap();
         let sig = signed["data"]["signature"]
             .as_str()
