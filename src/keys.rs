@@ -30,6 +30,8 @@ pub struct KeyVersion {
     pub creation_time: String,
     /// Transit's `name` field for the version (the curve, `rsa-2048`, ...).
     pub name: String,
+    /// The version's entry exactly as Vault returned it, to answer `GET keys` like Vault.
+    pub vault_entry: Map<String, Value>,
     /// Parsed once; `None` when the key type is verified by Vault only.
     pub parsed: Option<PublicKey>,
 }
@@ -143,6 +145,7 @@ impl KeySet {
                     public_key: text.to_string(),
                     creation_time: s("creation_time"),
                     name: s("name"),
+                    vault_entry: entry.clone(),
                     parsed,
                 }),
             );
@@ -176,14 +179,7 @@ impl KeySet {
         let keys: Map<String, Value> = self
             .versions
             .values()
-            .map(|v| {
-                let entry = serde_json::json!({
-                    "public_key": v.public_key,
-                    "creation_time": v.creation_time,
-                    "name": v.name,
-                });
-                (v.version.to_string(), entry)
-            })
+            .map(|v| (v.version.to_string(), Value::Object(v.vault_entry.clone())))
             .collect();
         m.insert("keys".into(), Value::Object(keys));
         for (k, v) in [
