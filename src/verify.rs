@@ -272,20 +272,17 @@ fn check_item_inner(
             .map_err(|_| Error::bad_request("failed to base64-decode context"))?;
     }
     let parsed = parse_signature(item.signature.as_deref().unwrap_or_default())?;
-    let version = match u32::try_from(parsed.version)
-        .ok()
-        .map(|v| (v, set.version_status(v)))
-    {
-        Some((_, VersionStatus::Valid(v))) => v,
-        Some((_, VersionStatus::TooOld)) | None
-            if parsed.version <= i64::from(set.latest_version) =>
-        {
-            return Err(Error::bad_request(VersionStatus::TOO_OLD))
+    // Negative versions are below any min_decryption_version; ones past u32 are past
+    // any latest_version.
+    let Ok(number) = u32::try_from(parsed.version.max(0)) else {
+        return Err(Error::bad_request(VersionStatus::TOO_NEW));
+    };
+    let version = match set.version_status(number) {
+        VersionStatus::Valid(v) => v,
+        VersionStatus::TooOld => return Err(Error::bad_request(VersionStatus::TOO_OLD)),
+        VersionStatus::TooNew | VersionStatus::Missing => {
+            return Ok(ItemCheck::NeedsRefresh(number))
         }
-        Some((v, VersionStatus::TooNew | VersionStatus::Missing)) => {
-            return Ok(ItemCheck::NeedsRefresh(v))
-        }
-        _ => return Err(Error::bad_request(VersionStatus::TOO_NEW)),
     };
     let encoding = if res.marshaling == Marshaling::Jws {
         Encoding::RawUrl
