@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -173,20 +173,43 @@ async fn handle(state: &AppState, req: Request) -> Result<Response, Error> {
     Ok(envelope(data, warning))
 }
 
+/// Past the limit, up to this much more is read and discarded before answering 413, so a
+/// client still writing its body reads the answer instead of a broken pipe (Go's
+/// net/http does the same). Beyond it the connection is simply closed.
+const DRAIN_AFTER_LIMIT: usize = 1024 * 1024;
+
 /// Reads the body, refusing more than `limit` bytes (by Content-Length first, then as read).
 async fn read_body(req: Request, limit: usize) -> Result<Bytes, Error> {
+    use http_body_util::BodyExt as _;
     let too_large = Error::PayloadTooLarge { limit };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if declared.is_some_and(|n| n > (limit + DRAIN_AFTER_LIMIT) as u64) {
         return Err(too_large);
     }
-    axum::body::to_bytes(Body::new(req.into_body()), limit)
-        .await
-        .map_err(|_| too_large)
+    let mut body = req.into_body();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| Error::bad_request(format!("cannot read the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > limit + DRAIN_AFTER_LIMIT {
+                return Err(too_large);
+            }
+            if seen <= limit {
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    if seen > limit {
+        return Err(too_large);
+    }
+    Ok(Bytes::from(buf))
 }
 
 #[cfg(test)]
