@@ -80,8 +80,8 @@ async fn serve(config: Config) -> ExitCode {
     let state = match crate::server::build_state(config) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "cannot start");
-            return ExitCode::FAILURE;
+            eprint!("aegis: {e}");
+            return ExitCode::from(EXIT_CONFIG);
         }
     };
     match crate::server::run(listener, state, shutdown_signal()).await {

@@ -42,25 +42,107 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-/// Where the sidecar's Vault token comes from.
+/// A secret read from the environment/file config, or from a file each time it is needed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenSource {
-    /// `VAULT_TOKEN` (or `vault.token` in the file).
+pub enum SecretSource {
+    /// Given inline (`VAULT_TOKEN`, `VAULT_SECRET_ID`, ...).
     Value(Secret),
-    /// `AEGIS_VAULT_TOKEN_FILE`: read at start and whenever a fresh token is needed.
+    /// Read, trimmed, whenever a login needs it, so a rotated file is picked up.
     File(PathBuf),
+}
+
+impl SecretSource {
+    /// The current value: inline, or the file's trimmed contents.
+    pub fn read(&self) -> std::io::Result<Secret> {
+        match self {
+            SecretSource::Value(s) => Ok(s.clone()),
+            SecretSource::File(path) => std::fs::read_to_string(path)
+                .map(|t| Secret::new(t.trim()))
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        }
+    }
+}
+
+/// How the sidecar gets its Vault token (`AEGIS_AUTH_METHOD`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthConfig {
+    /// A token given to the sidecar (`VAULT_TOKEN` or `AEGIS_VAULT_TOKEN_FILE`), renewed
+    /// while renewable; a token file is re-read when the token stops working.
+    Token { token: SecretSource },
+    /// AppRole: role_id and secret_id; a response-wrapped secret_id is unwrapped first.
+    AppRole {
+        mount: String,
+        role_id: SecretSource,
+        secret_id: SecretSource,
+        secret_id_wrapped: bool,
+    },
+    /// Kubernetes: the pod's service-account token (projected, re-read at each login).
+    Kubernetes {
+        mount: String,
+        role: String,
+        jwt_file: PathBuf,
+    },
+    /// JWT/OIDC: a JWT from a file (projected token, CI OIDC token), re-read at each login.
+    Jwt {
+        mount: String,
+        role: Option<String>,
+        jwt_file: PathBuf,
+    },
+    /// TLS certificate: the client certificate of `VAULT_CLIENT_CERT` logs in.
+    Cert { mount: String, role: Option<String> },
+}
+
+impl AuthConfig {
+    /// The method's name, as in `AEGIS_AUTH_METHOD` and metrics labels.
+    pub fn method(&self) -> &'static str {
+        match self {
+            AuthConfig::Token { .. } => "token",
+            AuthConfig::AppRole { .. } => "approle",
+            AuthConfig::Kubernetes { .. } => "kubernetes",
+            AuthConfig::Jwt { .. } => "jwt",
+            AuthConfig::Cert { .. } => "cert",
+        }
+    }
+}
+
+/// TLS towards Vault (Vault's own variable names).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// `VAULT_CACERT`: PEM file of the CA(s) to trust instead of the system roots.
+    pub ca_cert: Option<PathBuf>,
+    /// `VAULT_CAPATH`: a directory of PEM CA files to trust instead of the system roots.
+    pub ca_path: Option<PathBuf>,
+    /// `VAULT_CLIENT_CERT` / `VAULT_CLIENT_KEY`: the client certificate for mTLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// `VAULT_TLS_SERVER_NAME`: the name Vault's certificate is checked against.
+    pub server_name: Option<String>,
+    /// `VAULT_SKIP_VERIFY`: accept any certificate (logged loudly at start).
+    pub skip_verify: bool,
 }
 
 /// Connection to Vault.
 #[derive(Debug, Clone)]
 pub struct VaultConfig {
-    /// `VAULT_ADDR`.
-    pub addr: String,
-    pub token: TokenSource,
-    /// Bound on one Vault request (connect + answer), `AEGIS_VAULT_TIMEOUT`, default 5 s.
+    /// `VAULT_ADDR`, or `AEGIS_VAULT_ADDRS` (comma-separated) for the nodes of an HA cluster.
+    pub addrs: Vec<String>,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
+    /// `VAULT_NAMESPACE`.
+    pub namespace: Option<String>,
+    /// Bound on one attempt (connect + answer), `AEGIS_VAULT_TIMEOUT`, default 5 s.
     pub timeout: Duration,
-    /// TCP connect bound, `AEGIS_VAULT_CONNECT_TIMEOUT`, default 2 s.
+    /// TCP + TLS connect bound, `AEGIS_VAULT_CONNECT_TIMEOUT`, default 2 s.
     pub connect_timeout: Duration,
+    /// Bound on one call including retries and failover, `AEGIS_VAULT_TOTAL_TIMEOUT`, default 10 s.
+    pub total_timeout: Duration,
+}
+
+impl VaultConfig {
+    /// The first configured address, for logs.
+    pub fn primary_addr(&self) -> &str {
+        self.addrs.first().map(String::as_str).unwrap_or_default()
+    }
 }
 
 /// Log output format.
@@ -92,6 +174,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `RUST_LOG`: the log filter, default `info`.
     pub log_filter: Option<String>,
+    /// `AEGIS_CACHE_DIR`: where the keyset snapshot is kept, so a restart during a Vault
+    /// outage still verifies. Unset: no snapshot.
+    pub cache_dir: Option<PathBuf>,
     pub vault: VaultConfig,
 }
 
@@ -120,6 +205,7 @@ struct FileConfig {
     max_batch_items: Option<usize>,
     refresh_interval: Option<String>,
     log_format: Option<LogFormat>,
+    cache_dir: Option<String>,
     #[serde(default)]
     vault: FileVault,
 }
@@ -128,10 +214,41 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileVault {
     addr: Option<String>,
+    addrs: Option<Vec<String>>,
     token: Option<Secret>,
-    token_file: Option<PathBuf>,
+    token_file: Option<String>,
+    namespace: Option<String>,
     timeout: Option<String>,
     connect_timeout: Option<String>,
+    total_timeout: Option<String>,
+    #[serde(default)]
+    auth: FileAuth,
+    #[serde(default)]
+    tls: FileTls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    method: Option<String>,
+    mount: Option<String>,
+    role: Option<String>,
+    role_id: Option<String>,
+    role_id_file: Option<String>,
+    secret_id_file: Option<String>,
+    secret_id_wrapped: Option<bool>,
+    jwt_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    ca_cert: Option<String>,
+    ca_path: Option<String>,
+    client_cert: Option<String>,
+    client_key: Option<String>,
+    server_name: Option<String>,
+    skip_verify: Option<bool>,
 }
 
 /// A source of environment variables: the process environment in production, a map in tests.
@@ -180,6 +297,200 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// `true`/`false` the way Vault's CLI reads its boolean variables.
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "t" | "yes" | "y" | "on" => Some(true),
+        "0" | "false" | "f" | "no" | "n" | "off" | "" => Some(false),
+        _ => None,
+    }
+}
+
+/// The Vault node addresses: `AEGIS_VAULT_ADDRS` (several nodes) or `VAULT_ADDR` (one).
+fn vault_addrs(
+    env: &dyn Env,
+    file_addr: Option<String>,
+    file_addrs: Option<Vec<String>>,
+    errors: &mut Vec<String>,
+) -> Vec<String> {
+    let list = env
+        .var("AEGIS_VAULT_ADDRS")
+        .map(|l| {
+            l.split(',')
+                .map(|a| a.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .or(file_addrs);
+    let single = env.var("VAULT_ADDR").or(file_addr);
+    let addrs = match (list, single) {
+        (Some(_), Some(_)) => {
+            errors.push(
+                "VAULT_ADDR and AEGIS_VAULT_ADDRS (vault.addr and vault.addrs) are both set: choose one"
+                    .into(),
+            );
+            return Vec::new();
+        }
+        (Some(list), None) => list.into_iter().filter(|a| !a.is_empty()).collect(),
+        (None, Some(a)) => vec![a],
+        (None, None) => Vec::new(),
+    };
+    if addrs.is_empty() {
+        errors.push("VAULT_ADDR / vault.addr: required (e.g. https://vault.example:8200)".into());
+    }
+    addrs
+        .into_iter()
+        .filter_map(|a| match url::Url::parse(&a) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                Some(a.trim_end_matches('/').to_string())
+            }
+            _ => {
+                errors.push(format!(
+                    "VAULT_ADDR: {a:?} is not an http:// or https:// address"
+                ));
+                None
+            }
+        })
+        .collect()
+}
+
+/// The auth method and its settings. Secrets are named in errors, never echoed.
+fn auth_config(
+    env: &dyn Env,
+    file_token: Option<Secret>,
+    file_token_file: Option<String>,
+    fa: FileAuth,
+    secret_id_wrapped: bool,
+    tls: &TlsConfig,
+    errors: &mut Vec<String>,
+) -> AuthConfig {
+    let pick = |name: &str, file: Option<String>| env.var(name).or(file);
+    let token = env.var("VAULT_TOKEN").map(Secret::new).or(file_token);
+    let token_file = pick("AEGIS_VAULT_TOKEN_FILE", file_token_file);
+    let method = pick("AEGIS_AUTH_METHOD", fa.method)
+        .map(|m| m.trim().to_ascii_lowercase())
+        .unwrap_or_else(|| "token".into());
+    let mount = |default: &str| {
+        pick("AEGIS_AUTH_MOUNT", fa.mount.clone())
+            .unwrap_or_else(|| default.into())
+            .trim_matches('/')
+            .to_string()
+    };
+    let role = pick("AEGIS_AUTH_ROLE", fa.role.clone());
+    let jwt_file = pick("AEGIS_JWT_FILE", fa.jwt_file.clone()).map(PathBuf::from);
+    let placeholder = AuthConfig::Token {
+        token: SecretSource::Value(Secret::default()),
+    };
+    match method.as_str() {
+        "token" => match (token, token_file) {
+            (Some(_), Some(_)) => {
+                errors
+                    .push("VAULT_TOKEN and AEGIS_VAULT_TOKEN_FILE are both set: choose one".into());
+                placeholder
+            }
+            (Some(t), None) if !t.is_empty() => AuthConfig::Token {
+                token: SecretSource::Value(t),
+            },
+            (None, Some(path)) => AuthConfig::Token {
+                token: SecretSource::File(path.into()),
+            },
+            _ => {
+                errors.push(
+                    "no Vault credential: set VAULT_TOKEN or AEGIS_VAULT_TOKEN_FILE, or choose another AEGIS_AUTH_METHOD (approle, kubernetes, jwt, cert)"
+                        .into(),
+                );
+                placeholder
+            }
+        },
+        "approle" => {
+            let role_id = match (
+                pick("VAULT_ROLE_ID", fa.role_id),
+                pick("AEGIS_ROLE_ID_FILE", fa.role_id_file),
+            ) {
+                (Some(v), None) => Some(SecretSource::Value(Secret::new(v))),
+                (None, Some(p)) => Some(SecretSource::File(p.into())),
+                (Some(_), Some(_)) => {
+                    errors.push(
+                        "VAULT_ROLE_ID and AEGIS_ROLE_ID_FILE are both set: choose one".into(),
+                    );
+                    None
+                }
+                (None, None) => {
+                    errors.push("approle auth needs VAULT_ROLE_ID or AEGIS_ROLE_ID_FILE".into());
+                    None
+                }
+            };
+            let secret_id = match (
+                env.var("VAULT_SECRET_ID"),
+                pick("AEGIS_SECRET_ID_FILE", fa.secret_id_file),
+            ) {
+                (Some(v), None) => Some(SecretSource::Value(Secret::new(v))),
+                (None, Some(p)) => Some(SecretSource::File(p.into())),
+                (Some(_), Some(_)) => {
+                    errors.push(
+                        "VAULT_SECRET_ID and AEGIS_SECRET_ID_FILE are both set: choose one".into(),
+                    );
+                    None
+                }
+                (None, None) => {
+                    errors
+                        .push("approle auth needs VAULT_SECRET_ID or AEGIS_SECRET_ID_FILE".into());
+                    None
+                }
+            };
+            match (role_id, secret_id) {
+                (Some(role_id), Some(secret_id)) => AuthConfig::AppRole {
+                    mount: mount("approle"),
+                    role_id,
+                    secret_id,
+                    secret_id_wrapped,
+                },
+                _ => placeholder,
+            }
+        }
+        "kubernetes" => match role {
+            Some(role) => AuthConfig::Kubernetes {
+                mount: mount("kubernetes"),
+                role,
+                jwt_file: jwt_file.unwrap_or_else(|| {
+                    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+                }),
+            },
+            None => {
+                errors.push(
+                    "kubernetes auth needs AEGIS_AUTH_ROLE (the Vault role to log in as)".into(),
+                );
+                placeholder
+            }
+        },
+        "jwt" | "oidc" => match jwt_file {
+            Some(jwt_file) => AuthConfig::Jwt {
+                mount: mount("jwt"),
+                role,
+                jwt_file,
+            },
+            None => {
+                errors.push("jwt auth needs AEGIS_JWT_FILE (a file holding the JWT)".into());
+                placeholder
+            }
+        },
+        "cert" => {
+            if tls.client_cert.is_none() {
+                errors.push("cert auth needs VAULT_CLIENT_CERT and VAULT_CLIENT_KEY".into());
+            }
+            AuthConfig::Cert {
+                mount: mount("cert"),
+                role,
+            }
+        }
+        other => {
+            errors.push(format!(
+                "AEGIS_AUTH_METHOD: expected token, approle, kubernetes, jwt or cert, got {other:?}"
+            ));
+            placeholder
+        }
+    }
 }
 
 impl Config {
@@ -280,6 +591,11 @@ impl Config {
             fc.vault.connect_timeout,
             Duration::from_secs(2),
         );
+        let total_timeout = duration(
+            "AEGIS_VAULT_TOTAL_TIMEOUT",
+            fc.vault.total_timeout,
+            Duration::from_secs(10),
+        );
 
         let log_format = match env.var("AEGIS_LOG_FORMAT").as_deref() {
             None => fc.log_format.unwrap_or(LogFormat::Auto),
@@ -294,35 +610,45 @@ impl Config {
             }
         };
 
-        let addr = pick("VAULT_ADDR", fc.vault.addr).unwrap_or_default();
-        if addr.is_empty() {
-            errors
-                .push("VAULT_ADDR / vault.addr: required (e.g. https://vault.example:8200)".into());
-        } else if !(addr.starts_with("http://") || addr.starts_with("https://")) {
+        if total_timeout < timeout {
             errors.push(format!(
-                "VAULT_ADDR / vault.addr: must start with http:// or https://, got {addr:?}"
+                "AEGIS_VAULT_TOTAL_TIMEOUT ({total_timeout:?}) must be at least AEGIS_VAULT_TIMEOUT ({timeout:?})"
             ));
         }
-        let token = match (
-            env.var("VAULT_TOKEN").map(Secret::new).or(fc.vault.token),
-            pick(
-                "AEGIS_VAULT_TOKEN_FILE",
-                fc.vault.token_file.map(|p| p.display().to_string()),
-            ),
-        ) {
-            (Some(_), Some(_)) => {
-                errors
-                    .push("VAULT_TOKEN and AEGIS_VAULT_TOKEN_FILE are both set: choose one".into());
-                TokenSource::Value(Secret::default())
-            }
-            (Some(t), None) if !t.is_empty() => TokenSource::Value(t),
-            (None, Some(path)) => TokenSource::File(PathBuf::from(path)),
-            _ => {
-                errors
-                    .push("no Vault credential: set VAULT_TOKEN or AEGIS_VAULT_TOKEN_FILE".into());
-                TokenSource::Value(Secret::default())
+
+        let addrs = vault_addrs(env, fc.vault.addr, fc.vault.addrs, &mut errors);
+        let mut flag = |name: &str, file: Option<bool>| -> bool {
+            match env.var(name) {
+                None => file.unwrap_or(false),
+                Some(v) => parse_bool(&v).unwrap_or_else(|| {
+                    errors.push(format!("{name}: expected true or false, got {v:?}"));
+                    false
+                }),
             }
         };
+        let skip_verify = flag("VAULT_SKIP_VERIFY", fc.vault.tls.skip_verify);
+        let secret_id_wrapped = flag("AEGIS_SECRET_ID_WRAPPED", fc.vault.auth.secret_id_wrapped);
+        let path = |name: &str, file: Option<String>| pick(name, file).map(PathBuf::from);
+        let tls = TlsConfig {
+            ca_cert: path("VAULT_CACERT", fc.vault.tls.ca_cert),
+            ca_path: path("VAULT_CAPATH", fc.vault.tls.ca_path),
+            client_cert: path("VAULT_CLIENT_CERT", fc.vault.tls.client_cert),
+            client_key: path("VAULT_CLIENT_KEY", fc.vault.tls.client_key),
+            server_name: pick("VAULT_TLS_SERVER_NAME", fc.vault.tls.server_name),
+            skip_verify,
+        };
+        if tls.client_cert.is_some() != tls.client_key.is_some() {
+            errors.push("VAULT_CLIENT_CERT and VAULT_CLIENT_KEY must be set together".into());
+        }
+        let auth = auth_config(
+            env,
+            fc.vault.token,
+            fc.vault.token_file,
+            fc.vault.auth,
+            secret_id_wrapped,
+            &tls,
+            &mut errors,
+        );
 
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -336,11 +662,17 @@ impl Config {
             refresh_interval,
             log_format,
             log_filter: env.var("RUST_LOG"),
+            cache_dir: pick("AEGIS_CACHE_DIR", fc.cache_dir).map(PathBuf::from),
             vault: VaultConfig {
-                addr: addr.trim_end_matches('/').to_string(),
-                token,
+                addrs,
+                auth,
+                tls,
+                namespace: pick("VAULT_NAMESPACE", fc.vault.namespace)
+                    .map(|n| n.trim_matches('/').to_string())
+                    .filter(|n| !n.is_empty()),
                 timeout,
                 connect_timeout,
+                total_timeout,
             },
         })
     }
@@ -370,8 +702,16 @@ mod tests {
         assert_eq!(c.keys, None);
         assert_eq!(c.max_body_bytes, 32 * 1024 * 1024);
         assert_eq!(c.refresh_interval, Duration::from_secs(30));
-        assert_eq!(c.vault.addr, "http://127.0.0.1:8200");
-        assert_eq!(c.vault.token, TokenSource::Value(Secret::new("s.abc")));
+        assert_eq!(c.vault.addrs, ["http://127.0.0.1:8200"]);
+        assert_eq!(
+            c.vault.auth,
+            AuthConfig::Token {
+                token: SecretSource::Value(Secret::new("s.abc"))
+            }
+        );
+        assert_eq!(c.vault.total_timeout, Duration::from_secs(10));
+        assert_eq!(c.vault.tls, TlsConfig::default());
+        assert_eq!(c.cache_dir, None);
         assert!(c.key_allowed("anything"));
     }
 
@@ -399,8 +739,13 @@ mod tests {
             ["k1", "k2"]
         );
         assert!(!c.key_allowed("a"));
-        assert_eq!(c.vault.addr, "http://file:8200");
-        assert_eq!(c.vault.token, TokenSource::File("/var/run/token".into()));
+        assert_eq!(c.vault.addrs, ["http://file:8200"]);
+        assert_eq!(
+            c.vault.auth,
+            AuthConfig::Token {
+                token: SecretSource::File("/var/run/token".into())
+            }
+        );
         assert_eq!(c.vault.timeout, Duration::from_secs(2));
     }
 
@@ -445,6 +790,101 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn auth_methods_tls_namespace_and_nodes() {
+        let c = Config::load(
+            None,
+            &[
+                ("AEGIS_VAULT_ADDRS", "https://v1:8200, https://v2:8200/"),
+                ("AEGIS_AUTH_METHOD", "approle"),
+                ("VAULT_ROLE_ID", "role-1"),
+                ("AEGIS_SECRET_ID_FILE", "/run/secret-id"),
+                ("AEGIS_SECRET_ID_WRAPPED", "true"),
+                ("VAULT_CACERT", "/ca.pem"),
+                ("VAULT_TLS_SERVER_NAME", "vault.internal"),
+                ("VAULT_NAMESPACE", "/ml/"),
+                ("AEGIS_CACHE_DIR", "/var/cache/aegis"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.vault.addrs, ["https://v1:8200", "https://v2:8200"]);
+        assert_eq!(
+            c.vault.auth,
+            AuthConfig::AppRole {
+                mount: "approle".into(),
+                role_id: SecretSource::Value(Secret::new("role-1")),
+                secret_id: SecretSource::File("/run/secret-id".into()),
+                secret_id_wrapped: true,
+            }
+        );
+        assert_eq!(c.vault.tls.ca_cert, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(c.vault.tls.server_name.as_deref(), Some("vault.internal"));
+        assert_eq!(c.vault.namespace.as_deref(), Some("ml"));
+        assert_eq!(c.cache_dir, Some(PathBuf::from("/var/cache/aegis")));
+
+        let k = Config::load(
+            None,
+            &[
+                ("VAULT_ADDR", "http://v"),
+                ("AEGIS_AUTH_METHOD", "kubernetes"),
+                ("AEGIS_AUTH_ROLE", "model"),
+                ("AEGIS_AUTH_MOUNT", "/k8s-prod/"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            k.vault.auth,
+            AuthConfig::Kubernetes {
+                mount: "k8s-prod".into(),
+                role: "model".into(),
+                jwt_file: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn auth_and_tls_problems_are_all_reported() {
+        let err = Config::load(
+            None,
+            &[
+                ("VAULT_ADDR", "http://v"),
+                ("AEGIS_VAULT_ADDRS", "http://w"),
+                ("AEGIS_AUTH_METHOD", "approle"),
+                ("VAULT_SECRET_ID", "sid-supersecret"),
+                ("AEGIS_SECRET_ID_FILE", "/f"),
+                ("VAULT_CLIENT_CERT", "/c.pem"),
+                ("VAULT_SKIP_VERIFY", "maybe"),
+                ("AEGIS_VAULT_TIMEOUT", "20s"),
+            ],
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(!text.contains("supersecret"), "{text}");
+        for needle in [
+            "both set: choose one",
+            "VAULT_ROLE_ID",
+            "VAULT_SECRET_ID and AEGIS_SECRET_ID_FILE",
+            "VAULT_CLIENT_KEY",
+            "VAULT_SKIP_VERIFY",
+            "AEGIS_VAULT_TOTAL_TIMEOUT",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+        for (method, needle) in [
+            ("kubernetes", "AEGIS_AUTH_ROLE"),
+            ("jwt", "AEGIS_JWT_FILE"),
+            ("cert", "VAULT_CLIENT_CERT"),
+            ("ldap", "expected token, approle"),
+        ] {
+            let err = Config::load(
+                None,
+                &[("VAULT_ADDR", "http://v"), ("AEGIS_AUTH_METHOD", method)],
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains(needle), "{method}: {err}");
+        }
     }
 
     #[test]

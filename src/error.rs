@@ -82,7 +82,11 @@ impl From<VaultError> for Error {
     fn from(e: VaultError) -> Self {
         match e {
             VaultError::Status { status, errors } => Error::Vault { status, errors },
-            VaultError::Unreachable(msg) => Error::Unavailable(msg),
+            VaultError::Unreachable { message, .. } => Error::Unavailable(message),
+            VaultError::Redirect(to) => Error::Unavailable(format!(
+                "no active Vault node answered (last redirect to {to})"
+            )),
+            e @ VaultError::Unauthenticated(_) => Error::Unavailable(e.to_string()),
             VaultError::Decode(msg) => {
                 Error::Internal(format!("unexpected answer from Vault: {msg}"))
             }

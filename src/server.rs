@@ -9,22 +9,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::api::{http, AppState, Readiness};
-use crate::config::Config;
-use crate::keys::KeyCache;
+use crate::config::{Config, ConfigErrors};
+use crate::keys::{snapshot, KeyCache};
 use crate::sign::Signer;
-use crate::vault::{VaultClient, VaultError};
+use crate::vault::VaultClient;
 use crate::verify::Verifier;
 
-/// Builds the state shared by all requests.
-pub fn build_state(config: Config) -> Result<Arc<AppState>, VaultError> {
+/// Builds the state shared by all requests. Fails on configuration that can only be
+/// checked by reading files (TLS material): the caller exits with the config exit code.
+pub fn build_state(config: Config) -> Result<Arc<AppState>, ConfigErrors> {
     let config = Arc::new(config);
     let vault = Arc::new(VaultClient::new(&config.vault)?);
     let keys = Arc::new(KeyCache::new(vault.clone(), config.transit_mount.clone()));
     let readiness = Arc::new(Readiness::default());
-    readiness.set_not_ready("starting: Vault has not yet accepted the credential");
+    readiness.set_not_ready("starting: the allowlisted keys are not loaded yet");
     Ok(Arc::new(AppState {
         signer: Signer::new(keys.clone(), vault.clone()),
         verifier: Verifier::new(keys.clone(), vault),
@@ -41,28 +42,68 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
-    let startup = tokio::spawn(become_ready(state.clone()));
-    let refresher = tokio::spawn(
-        state
-            .keys
-            .clone()
-            .run_refresher(state.config.refresh_interval),
-    );
-    info!(%addr, vault = %state.config.vault.addr, mount = %state.config.transit_mount, "aegis listening");
+    restore_snapshot(&state).await;
+    let vault = state.keys.vault_arc();
+    let mut tasks = vec![
+        tokio::spawn(vault.run_auth()),
+        tokio::spawn(become_ready(state.clone())),
+        tokio::spawn(
+            state
+                .keys
+                .clone()
+                .run_refresher(state.config.refresh_interval),
+        ),
+    ];
+    if let Some(dir) = &state.config.cache_dir {
+        tasks.push(tokio::spawn(
+            state
+                .keys
+                .clone()
+                .run_snapshotter(dir.clone(), state.config.vault.addrs.clone()),
+        ));
+    }
+    info!(%addr, vault = ?state.config.vault.addrs, auth = state.config.vault.auth.method(), mount = %state.config.transit_mount, "aegis listening");
     let result = axum::serve(listener, http::router(state))
         .with_graceful_shutdown(shutdown)
         .await;
-    startup.abort();
-    refresher.abort();
+    for t in tasks {
+        t.abort();
+    }
     result
 }
 
-/// Polls Vault until it accepts the credential and every allowlisted key is loaded, then
-/// flips readiness. Retries quickly at first so readiness follows Vault within ~100 ms.
+/// Loads the keyset snapshot of `AEGIS_CACHE_DIR`, if any, so verification works before
+/// Vault answers. A snapshot of another mount is ignored; a damaged one is refused whole.
+async fn restore_snapshot(state: &AppState) {
+    let Some(dir) = &state.config.cache_dir else {
+        return;
+    };
+    match snapshot::read(dir) {
+        Ok(None) => info!(dir = %dir.display(), "no keyset snapshot yet"),
+        Ok(Some(p)) if p.mount != state.config.transit_mount => warn!(
+            snapshot_mount = %p.mount,
+            mount = %state.config.transit_mount,
+            "keyset snapshot is for another Transit mount; ignored"
+        ),
+        Ok(Some(p)) => {
+            let written_at = p.written_at.clone();
+            let n = state.keys.restore(p).await;
+            info!(keys = n, %written_at, "keysets restored from the snapshot; verifying from them until Vault answers");
+        }
+        Err(e) => error!(error = %e, "keyset snapshot refused; starting without it"),
+    }
+}
+
+/// Waits for Vault to accept the credential, loads every allowlisted key (and refreshes
+/// keys restored from a snapshot), then marks the sidecar ready. Loading retries quickly
+/// at first so readiness follows Vault closely.
 async fn become_ready(state: Arc<AppState>) {
+    let vault = state.keys.vault();
+    vault.wait_authenticated().await;
+    state.keys.refresh_all().await;
     let mut delay = Duration::from_millis(50);
     loop {
-        match check_ready(&state).await {
+        match load_allowlisted(&state).await {
             Ok(()) => {
                 state.readiness.set_ready();
                 info!("ready: Vault accepted the credential and the allowlisted keys are loaded");
@@ -78,14 +119,7 @@ async fn become_ready(state: Arc<AppState>) {
     }
 }
 
-async fn check_ready(state: &AppState) -> Result<(), String> {
-    let vault = state.keys.vault();
-    vault.reload_token().map_err(|e| e.to_string())?;
-    let token = vault
-        .lookup_self()
-        .await
-        .map_err(|e| format!("Vault did not accept the credential: {e}"))?;
-    info!(display_name = %token.display_name, policies = ?token.policies, ttl_s = token.ttl, "Vault accepted the credential");
+async fn load_allowlisted(state: &AppState) -> Result<(), String> {
     if let Some(keys) = &state.config.keys {
         for key in keys {
             state

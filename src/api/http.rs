@@ -66,15 +66,13 @@ fn envelope(data: Value, warnings: Option<String>) -> Response {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.readiness.is_ready() {
-        (StatusCode::OK, axum::Json(json!({"ready": true}))).into_response()
-    } else {
-        let reason = state.readiness.reason();
-        (
+    match state.ready() {
+        Ok(()) => (StatusCode::OK, axum::Json(json!({"ready": true}))).into_response(),
+        Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({"ready": false, "errors": [format!("not ready: {reason}")]})),
         )
-            .into_response()
+            .into_response(),
     }
 }
 

@@ -13,7 +13,8 @@ use crate::keys::KeyCache;
 use crate::sign::Signer;
 use crate::verify::Verifier;
 
-/// Readiness latch: true once Vault accepted the credential and allowlisted keys loaded.
+/// Startup latch: true once the allowlisted keys are loaded. Readiness as a whole also
+/// needs a live Vault credential: see [`AppState::ready`].
 #[derive(Default)]
 pub struct Readiness {
     ready: AtomicBool,
@@ -33,6 +34,25 @@ impl Readiness {
     }
     pub fn reason(&self) -> String {
         self.reason.lock().expect("readiness lock").clone()
+    }
+}
+
+impl AppState {
+    /// Ready to sign: Vault accepts the sidecar's credential now and the allowlisted keys
+    /// are loaded. Verification from cache works whether ready or not.
+    pub fn ready(&self) -> Result<(), String> {
+        let auth = self.keys.vault().auth_status();
+        if !auth.authenticated {
+            return Err(format!(
+                "not authenticated to Vault ({} auth): {}",
+                auth.method,
+                auth.last_error.as_deref().unwrap_or("login pending")
+            ));
+        }
+        if !self.readiness.is_ready() {
+            return Err(self.readiness.reason());
+        }
+        Ok(())
     }
 }
 

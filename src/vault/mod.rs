@@ -1,24 +1,39 @@
 //! The only code that talks to Vault.
 //!
-//! One pooled `reqwest` client (rustls) carries all Vault traffic, with a connect timeout
-//! and a per-request timeout, so that no caller ever waits on Vault longer than
-//! configured. vaultrs is used for Vault's own endpoints it models well (token
-//! lookup); Transit calls on the request path are sent as raw JSON so that every Transit
-//! parameter passes through unchanged, including the ones vaultrs does not model
-//! (`batch_input`, `salt_length`, `marshaling_algorithm`, ...).
+//! One pooled `reqwest` client (rustls, HTTP/2 when Vault offers it) carries all Vault
+//! traffic. Every call goes through [`VaultClient::execute`], which owns the rules that
+//! keep the sidecar working against a real cluster:
+//! - **HA:** calls go to the node believed active; a standby's redirect moves there, a
+//!   connection failure, a sealed node (503) or a node that lost its leader moves to the
+//!   next configured address.
+//! - **Retries:** reads (and Transit verify, which changes nothing) are retried on any
+//!   transport failure; sign is retried only when the request provably never reached a
+//!   Vault that acted on it (connect failed, redirect, sealed or non-active node).
+//! - **Timeouts:** connect and per-attempt bounds from the HTTP client, and a total bound
+//!   over all attempts of one call.
+//! - **Credential:** the token comes from [`auth`], which logs in, renews and logs in
+//!   again; a 403 on a request leads to one check of the token, one re-login if it was
+//!   revoked, and one retry ([`VaultClient::with_relogin`]).
 //!
-//! This module knows nothing about callers: it never sees a caller's token.
+//! vaultrs models the auth endpoints; Transit calls on the request path are sent as raw
+//! JSON so that every Transit parameter passes through unchanged. This module never sees
+//! a caller's token.
 
+mod auth;
+mod nodes;
+mod tls;
 mod transit;
 
-use std::sync::RwLock;
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tracing::{debug, warn};
 
-use crate::config::{Secret, TokenSource, VaultConfig};
+use crate::config::{ConfigErrors, Secret, VaultConfig};
 
+pub use auth::{AuthStatus, TokenInfo};
 pub use transit::TransitKeyInfo;
 
 /// A failed Vault call.
@@ -27,168 +42,146 @@ pub enum VaultError {
     /// Vault answered with an error status and its `errors` list.
     #[error("Vault answered {status}: {}", .errors.join("; "))]
     Status { status: u16, errors: Vec<String> },
-    /// No answer in time, connection refused or reset: Vault may be down.
-    #[error("{0}")]
-    Unreachable(String),
+    /// No answer in time, connection refused or reset: Vault may be down. `sent` is false
+    /// when the request provably never left (the connection was never established).
+    #[error("{message}")]
+    Unreachable { message: String, sent: bool },
+    /// A standby pointed at the active node (handled inside [`VaultClient::execute`]).
+    #[error("redirected to {0}")]
+    Redirect(String),
+    /// The sidecar holds no accepted credential right now (login failing or pending).
+    #[error("not authenticated to Vault: {0}")]
+    Unauthenticated(String),
     /// Vault answered something that is not the JSON we expect.
     #[error("cannot decode Vault's answer: {0}")]
     Decode(String),
 }
 
 impl VaultError {
-    /// True when Vault itself said the thing does not exist (404, or Transit's 400 "not found").
+    /// True when Vault itself said the thing does not exist (404).
     pub fn is_not_found(&self) -> bool {
         matches!(self, VaultError::Status { status: 404, .. })
     }
+
+    fn unreachable(message: impl Into<String>) -> Self {
+        VaultError::Unreachable {
+            message: message.into(),
+            sent: true,
+        }
+    }
+}
+
+/// Whether a call may be sent again after a failure that left its fate unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Reads and verify: sending twice changes nothing.
+    Idempotent,
+    /// Sign (and writes): only when the request provably was not acted on.
+    IfNotSent,
+}
+
+/// Which token a call carries.
+#[derive(Clone)]
+enum TokenUse {
+    /// The sidecar's current token (403 triggers the re-login path).
+    Current,
+    /// None: login endpoints.
+    Anonymous,
+    /// A specific token (checking a candidate, unwrapping).
+    Given(Secret),
+}
+
+/// Where one attempt goes and with what token.
+struct Target {
+    addr: String,
+    token: Option<Secret>,
 }
 
 /// The Vault client shared by the whole process.
 pub struct VaultClient {
     http: reqwest::Client,
-    addr: String,
-    token_source: TokenSource,
-    token: RwLock<Secret>,
-}
-
-/// What `auth/token/lookup-self` says about our token (the parts Aegis uses).
-#[derive(Debug, Clone)]
-pub struct TokenInfo {
-    pub accessor: String,
-    pub display_name: String,
-    pub ttl: u64,
-    pub renewable: bool,
-    pub policies: Vec<String>,
+    nodes: nodes::Nodes,
+    namespace: Option<String>,
+    total_timeout: Duration,
+    auth: auth::Auth,
 }
 
 impl VaultClient {
-    pub fn new(cfg: &VaultConfig) -> Result<Self, VaultError> {
+    /// Builds the client; TLS material is read here, so bad files are configuration errors.
+    pub fn new(cfg: &VaultConfig) -> Result<Self, ConfigErrors> {
+        let tls = tls::client_config(&cfg.tls).map_err(ConfigErrors)?;
+        if cfg.tls.skip_verify {
+            warn!("VAULT_SKIP_VERIFY is set: Vault's TLS certificate is NOT verified; anyone on the path can impersonate Vault");
+        }
         let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
             .timeout(cfg.timeout)
             .connect_timeout(cfg.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
+            // Standby redirects are followed by `execute`, which knows the cluster's nodes.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("aegis/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| VaultError::Unreachable(format!("cannot build the HTTP client: {e}")))?;
-        let token = Self::read_token(&cfg.token)?;
+            .map_err(|e| ConfigErrors(vec![format!("cannot build the HTTP client: {e}")]))?;
         Ok(VaultClient {
             http,
-            addr: cfg.addr.clone(),
-            token_source: cfg.token.clone(),
-            token: RwLock::new(token),
+            nodes: nodes::Nodes::new(cfg.addrs.clone()),
+            namespace: cfg.namespace.clone(),
+            total_timeout: cfg.total_timeout,
+            auth: auth::Auth::new(cfg.auth.clone()),
         })
     }
 
-    fn read_token(source: &TokenSource) -> Result<Secret, VaultError> {
-        match source {
-            TokenSource::Value(s) => Ok(s.clone()),
-            TokenSource::File(path) => std::fs::read_to_string(path)
-                .map(|t| Secret::new(t.trim()))
-                .map_err(|e| {
-                    VaultError::Unreachable(format!(
-                        "cannot read token file {}: {e}",
-                        path.display()
-                    ))
-                }),
-        }
+    /// The node calls currently go to.
+    pub fn addr(&self) -> String {
+        self.nodes.current().1
     }
 
-    /// Re-reads a file-based token (a rotated projected token, a new Agent sink file).
-    pub fn reload_token(&self) -> Result<(), VaultError> {
-        if let TokenSource::File(_) = self.token_source {
-            let t = Self::read_token(&self.token_source)?;
-            *self.token.write().expect("token lock poisoned") = t;
-        }
-        Ok(())
-    }
-
-    fn token(&self) -> Secret {
-        self.token.read().expect("token lock poisoned").clone()
-    }
-
-    pub fn addr(&self) -> &str {
-        &self.addr
-    }
-
-    /// Checks the credential with vaultrs' `lookup-self` on the shared HTTP client.
-    pub async fn lookup_self(&self) -> Result<TokenInfo, VaultError> {
-        let client = self.vaultrs_client()?;
-        let r = vaultrs::token::lookup_self(&client)
-            .await
-            .map_err(from_vaultrs)?;
-        Ok(TokenInfo {
-            accessor: r.accessor,
-            display_name: r.display_name,
-            ttl: r.ttl,
-            renewable: r.renewable.unwrap_or(false),
-            policies: r.policies,
-        })
-    }
-
-    fn vaultrs_client(&self) -> Result<vaultrs::client::VaultClient, VaultError> {
-        let address = url::Url::parse(&self.addr).map_err(|e| VaultError::Decode(e.to_string()))?;
-        let token = self.token();
-        let settings = vaultrs::client::VaultClientSettings {
-            address: address.clone(),
-            ca_certs: Vec::new(),
-            identity: None,
-            timeout: None,
-            token: token.expose().to_string(),
-            verify: true,
-            version: 1,
-            wrapping: false,
-            namespace: None,
-            proxy: None,
-        };
-        Ok(vaultrs::client::VaultClient {
-            http: rustify::clients::reqwest::Client::new(address.as_str(), self.http.clone()),
-            middle: vaultrs::api::EndpointMiddleware {
-                token: token.expose().to_string(),
-                version: "v1".into(),
-                wrap: None,
-                namespace: None,
-            },
-            settings,
-        })
-    }
-
-    /// Sends one request to `/v1/{path}` and returns the `data` object of the answer
-    /// (or `Value::Null` for 204).
+    /// Sends one request to `/v1/{path}` with the sidecar's token and returns the `data`
+    /// object of the answer (`Value::Null` for 204). GET is retried freely, others only
+    /// when not sent; use [`request_with`](Self::request_with) to say otherwise.
     pub async fn request(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, VaultError> {
-        let url = format!("{}/v1/{}", self.addr, path);
-        let mut req = self
-            .http
-            .request(method, &url)
-            .header("X-Vault-Token", self.token().expose())
-            .header("X-Vault-Request", "true");
-        if let Some(b) = body {
-            req = req.json(b);
+        let retry = if method == reqwest::Method::GET {
+            Retry::Idempotent
+        } else {
+            Retry::IfNotSent
+        };
+        self.request_with(retry, method, path, body).await
+    }
+
+    /// [`request`](Self::request) with an explicit retry rule.
+    pub async fn request_with(
+        &self,
+        retry: Retry,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, VaultError> {
+        self.with_relogin(retry, |t| self.send(t, method.clone(), path, body))
+            .await
+    }
+
+    /// [`execute`](Self::execute) with the sidecar's token; on a 403, checks the token
+    /// once, logs in again if Vault no longer accepts it, and retries once.
+    async fn with_relogin<T, F, Fut>(&self, retry: Retry, mut attempt: F) -> Result<T, VaultError>
+    where
+        F: FnMut(Target) -> Fut,
+        Fut: Future<Output = Result<T, VaultError>>,
+    {
+        let generation = self.auth.generation();
+        match self.execute(retry, TokenUse::Current, &mut attempt).await {
+            Err(VaultError::Status { status: 403, .. })
+                if self.recover_from_403(generation).await =>
+            {
+                self.execute(retry, TokenUse::Current, attempt).await
+            }
+            other => other,
         }
-        let resp = req.send().await.map_err(transport_error)?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(transport_error)?;
-        if status == reqwest::StatusCode::NO_CONTENT {
-            return Ok(Value::Null);
-        }
-        if !status.is_success() {
-            let errors = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|b| b.errors)
-                .unwrap_or_else(|_| vec![String::from_utf8_lossy(&bytes).trim().to_string()]);
-            return Err(VaultError::Status {
-                status: status.as_u16(),
-                errors,
-            });
-        }
-        let v: Value =
-            serde_json::from_slice(&bytes).map_err(|e| VaultError::Decode(e.to_string()))?;
-        Ok(match v {
-            Value::Object(mut m) => m.remove("data").unwrap_or(Value::Null),
-            _ => Value::Null,
-        })
     }
 
     /// Like [`request`](Self::request), decoding `data` into `T`.
@@ -201,6 +194,205 @@ impl VaultClient {
         let data = self.request(method, path, body).await?;
         serde_json::from_value(data).map_err(|e| VaultError::Decode(e.to_string()))
     }
+
+    /// Runs `attempt` against the active node until it succeeds, fails for good, or the
+    /// total timeout passes, applying the HA, retry and re-login rules of this module.
+    async fn execute<T, F, Fut>(
+        &self,
+        retry: Retry,
+        token: TokenUse,
+        mut attempt: F,
+    ) -> Result<T, VaultError>
+    where
+        F: FnMut(Target) -> Fut,
+        Fut: Future<Output = Result<T, VaultError>>,
+    {
+        let deadline = Instant::now() + self.total_timeout;
+        let mut misses = 0usize;
+        loop {
+            let (index, addr) = self.nodes.current();
+            let secret = match &token {
+                TokenUse::Current => Some(self.auth.token()?.0),
+                TokenUse::Anonymous => None,
+                TokenUse::Given(s) => Some(s.clone()),
+            };
+            let target = Target {
+                addr: addr.clone(),
+                token: secret,
+            };
+            let err = match tokio::time::timeout_at(deadline.into(), attempt(target)).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => e,
+                Err(_) => VaultError::unreachable(format!(
+                    "no answer from Vault within the total timeout of {:?}",
+                    self.total_timeout
+                )),
+            };
+            match next_step(&err, retry) {
+                Step::Fail => return Err(err),
+                Step::Redirect(location) => {
+                    debug!(from = %addr, to = %location, "standby redirected to the active node");
+                    self.nodes.redirected(index, &location);
+                }
+                Step::OtherNode => {
+                    debug!(node = %addr, error = %err, "Vault node unusable; trying the next");
+                    self.nodes.failed(index);
+                }
+            }
+            misses += 1;
+            // After a full round of nodes, wait a little before the next round.
+            if misses % self.nodes.len() == 0 {
+                let round = (misses / self.nodes.len()).min(6) as u32;
+                let pause = Duration::from_millis(50) * 2u32.pow(round);
+                if Instant::now() + pause >= deadline {
+                    return Err(err);
+                }
+                tokio::time::sleep(pause).await;
+            }
+        }
+    }
+
+    /// One raw JSON request to one node.
+    async fn send(
+        &self,
+        target: Target,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, VaultError> {
+        let url = format!("{}/v1/{}", target.addr, path);
+        let mut req = self
+            .http
+            .request(method, &url)
+            .header("X-Vault-Request", "true");
+        if let Some(t) = &target.token {
+            req = req.header("X-Vault-Token", t.expose());
+        }
+        if let Some(ns) = &self.namespace {
+            req = req.header("X-Vault-Namespace", ns);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(transport_error)?;
+        let status = resp.status();
+        if status.is_redirection() {
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            return Err(VaultError::Redirect(location));
+        }
+        let bytes = resp.bytes().await.map_err(transport_error)?;
+        if status == reqwest::StatusCode::NO_CONTENT {
+            return Ok(Value::Null);
+        }
+        if !status.is_success() {
+            return Err(VaultError::Status {
+                status: status.as_u16(),
+                errors: error_messages(&bytes),
+            });
+        }
+        let v: Value =
+            serde_json::from_slice(&bytes).map_err(|e| VaultError::Decode(e.to_string()))?;
+        Ok(match v {
+            Value::Object(mut m) => m.remove("data").unwrap_or(Value::Null),
+            _ => Value::Null,
+        })
+    }
+
+    /// Runs a vaultrs endpoint through [`execute`](Self::execute).
+    async fn vaultrs_call<T, F, Fut>(
+        &self,
+        retry: Retry,
+        token: TokenUse,
+        f: F,
+    ) -> Result<T, VaultError>
+    where
+        F: Fn(vaultrs::client::VaultClient) -> Fut,
+        Fut: Future<Output = Result<T, vaultrs::error::ClientError>>,
+    {
+        self.execute(retry, token, |t| {
+            let fut = self.vaultrs_client(&t).map(&f);
+            async move {
+                match fut {
+                    Ok(fut) => fut.await.map_err(from_vaultrs),
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .await
+    }
+
+    /// A vaultrs client for one node and token, on the shared HTTP client.
+    fn vaultrs_client(&self, t: &Target) -> Result<vaultrs::client::VaultClient, VaultError> {
+        let address = url::Url::parse(&t.addr).map_err(|e| VaultError::Decode(e.to_string()))?;
+        let token = t
+            .token
+            .as_ref()
+            .map(|s| s.expose().to_string())
+            .unwrap_or_default();
+        let settings = vaultrs::client::VaultClientSettings {
+            address: address.clone(),
+            ca_certs: Vec::new(),
+            identity: None,
+            timeout: None,
+            token: token.clone(),
+            verify: true,
+            version: 1,
+            wrapping: false,
+            namespace: self.namespace.clone(),
+            proxy: None,
+        };
+        Ok(vaultrs::client::VaultClient {
+            http: rustify::clients::reqwest::Client::new(address.as_str(), self.http.clone()),
+            middle: vaultrs::api::EndpointMiddleware {
+                token,
+                version: "v1".into(),
+                wrap: None,
+                namespace: self.namespace.clone(),
+            },
+            settings,
+        })
+    }
+}
+
+/// What [`VaultClient::execute`] does after a failed attempt.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    Fail,
+    /// The node did not act on the request: another node may.
+    OtherNode,
+    Redirect(String),
+}
+
+fn next_step(err: &VaultError, retry: Retry) -> Step {
+    match err {
+        VaultError::Unreachable { sent: false, .. } => Step::OtherNode,
+        VaultError::Unreachable { sent: true, .. } if retry == Retry::Idempotent => Step::OtherNode,
+        VaultError::Redirect(location) if !location.is_empty() => Step::Redirect(location.clone()),
+        // A redirect without a location, a sealed node or a standby that cannot forward.
+        VaultError::Redirect(_) | VaultError::Status { status: 503, .. } => Step::OtherNode,
+        VaultError::Status {
+            status: 500,
+            errors,
+        } if errors.iter().any(|e| not_active(e)) => Step::OtherNode,
+        _ => Step::Fail,
+    }
+}
+
+/// Messages of a node that is not (or no longer) the active one and did not act.
+fn not_active(msg: &str) -> bool {
+    [
+        "node not active",
+        "active cluster node not found",
+        "not the active node",
+        "Vault is sealed",
+    ]
+    .iter()
+    .any(|m| msg.contains(m))
 }
 
 #[derive(serde::Deserialize)]
@@ -209,37 +401,123 @@ struct ErrorBody {
     errors: Vec<String>,
 }
 
+fn error_messages(bytes: &[u8]) -> Vec<String> {
+    serde_json::from_slice::<ErrorBody>(bytes)
+        .map(|b| b.errors)
+        .unwrap_or_else(|_| vec![String::from_utf8_lossy(bytes).trim().to_string()])
+}
+
 fn transport_error(e: reqwest::Error) -> VaultError {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
+    let kind = if e.is_connect() {
         "connection failed"
+    } else if e.is_timeout() {
+        "timed out"
     } else {
         "transport error"
     };
     // The URL is ours (no secret in it); the token travels in a header and is never printed.
-    VaultError::Unreachable(format!("{kind}: {}", error_chain(&e)))
+    VaultError::Unreachable {
+        message: format!("{kind}: {}", error_chain(&e)),
+        sent: !e.is_connect(),
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let next = c.to_string();
+        if !s.ends_with(&next) {
+            s.push_str(": ");
+            s.push_str(&next);
+        }
         cur = c.source();
     }
     s
 }
 
 fn from_vaultrs(e: vaultrs::error::ClientError) -> VaultError {
+    use rustify::errors::ClientError as Rest;
     use vaultrs::error::ClientError;
     match e {
         ClientError::APIError { code, errors } => VaultError::Status {
             status: code,
             errors,
         },
-        ClientError::RestClientError { source } => VaultError::Unreachable(error_chain(&source)),
+        ClientError::RestClientError { source } => match source {
+            Rest::ServerResponseError { code, content } => VaultError::Status {
+                status: code,
+                errors: error_messages(content.unwrap_or_default().as_bytes()),
+            },
+            Rest::RequestError { source, .. } | Rest::ResponseError { source } => {
+                match source.downcast::<reqwest::Error>() {
+                    Ok(e) => transport_error(e),
+                    Err(other) => VaultError::unreachable(format!("{other:#}")),
+                }
+            }
+            other => VaultError::unreachable(error_chain(&other)),
+        },
         other => VaultError::Decode(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: u16, msg: &str) -> VaultError {
+        VaultError::Status {
+            status,
+            errors: vec![msg.into()],
+        }
+    }
+
+    #[test]
+    fn sign_moves_on_only_when_vault_did_not_act() {
+        let never_sent = VaultError::Unreachable {
+            message: "connection refused".into(),
+            sent: false,
+        };
+        let lost = VaultError::unreachable("timed out");
+        assert_eq!(next_step(&never_sent, Retry::IfNotSent), Step::OtherNode);
+        assert_eq!(next_step(&lost, Retry::IfNotSent), Step::Fail);
+        assert_eq!(next_step(&lost, Retry::Idempotent), Step::OtherNode);
+        assert_eq!(
+            next_step(
+                &VaultError::Redirect("http://b:8200/v1/x".into()),
+                Retry::IfNotSent
+            ),
+            Step::Redirect("http://b:8200/v1/x".into())
+        );
+        assert_eq!(
+            next_step(&status(503, "Vault is sealed"), Retry::IfNotSent),
+            Step::OtherNode
+        );
+        assert_eq!(
+            next_step(
+                &status(
+                    500,
+                    "local node not active but active cluster node not found"
+                ),
+                Retry::IfNotSent
+            ),
+            Step::OtherNode
+        );
+        assert_eq!(
+            next_step(&status(500, "internal error"), Retry::IfNotSent),
+            Step::Fail
+        );
+        assert_eq!(
+            next_step(&status(400, "bad input"), Retry::Idempotent),
+            Step::Fail
+        );
+        assert_eq!(
+            next_step(&status(403, "permission denied"), Retry::IfNotSent),
+            Step::Fail
+        );
+        assert_eq!(
+            next_step(&VaultError::Unauthenticated("x".into()), Retry::Idempotent),
+            Step::Fail
+        );
     }
 }

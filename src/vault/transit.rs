@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{VaultClient, VaultError};
+use super::{Retry, VaultClient, VaultError};
 
 /// `GET {mount}/keys/{name}` as Transit answers it.
 #[derive(Debug, Clone, Deserialize)]
@@ -40,15 +40,9 @@ fn path(mount: &str, op: &str, key: &str, hash: Option<&str>) -> String {
     }
 }
 
-impl VaultClient {
-    pub async fn transit_read_key(
-        &self,
-        mount: &str,
-        key: &str,
-    ) -> Result<TransitKeyInfo, VaultError> {
-        let data = self
-            .request(Method::GET, &path(mount, "keys", key, None), None)
-            .await?;
+impl TransitKeyInfo {
+    /// Decodes `GET keys`' `data` (from Vault, or from a snapshot of it).
+    pub fn from_data(data: Value) -> Result<Self, VaultError> {
         let raw = match &data {
             Value::Object(m) => m.clone(),
             _ => return Err(VaultError::Decode("key data is not an object".into())),
@@ -58,9 +52,23 @@ impl VaultClient {
         info.raw = raw;
         Ok(info)
     }
+}
+
+impl VaultClient {
+    pub async fn transit_read_key(
+        &self,
+        mount: &str,
+        key: &str,
+    ) -> Result<TransitKeyInfo, VaultError> {
+        let data = self
+            .request(Method::GET, &path(mount, "keys", key, None), None)
+            .await?;
+        TransitKeyInfo::from_data(data)
+    }
 
     /// `POST {mount}/{op}/{key}[/{hash}]` for `op` = `sign` or `verify`, with the body as
-    /// given; returns `data`.
+    /// given; returns `data`. Verify changes nothing, so it is retried like a read; sign
+    /// only when Vault provably did not act on it.
     pub async fn transit_write(
         &self,
         op: &str,
@@ -69,7 +77,12 @@ impl VaultClient {
         hash: Option<&str>,
         body: &Value,
     ) -> Result<Value, VaultError> {
-        self.request(Method::POST, &path(mount, op, key, hash), Some(body))
+        let retry = if op == "verify" {
+            Retry::Idempotent
+        } else {
+            Retry::IfNotSent
+        };
+        self.request_with(retry, Method::POST, &path(mount, op, key, hash), Some(body))
             .await
     }
 }

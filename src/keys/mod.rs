@@ -10,12 +10,15 @@
 //! unknown version: concurrent requests wait for one Vault call. A background task
 //! refreshes every cached key at the configured interval with jitter.
 
+pub mod snapshot;
+
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Map, Value};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tracing::{debug, info, warn};
 
 use crate::crypto::{KeyType, PublicKey};
@@ -204,6 +207,8 @@ pub struct KeyCache {
     /// Versions a fresh read just showed do not exist: asked again within a second, they
     /// are answered from here, so a caller repeating a bogus version cannot hammer Vault.
     known_missing: moka::sync::Cache<(String, u32), ()>,
+    /// Signalled whenever a keyset changes, for the snapshot writer.
+    changed: Notify,
 }
 
 impl KeyCache {
@@ -217,6 +222,7 @@ impl KeyCache {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(1))
                 .build(),
+            changed: Notify::new(),
         }
     }
 
@@ -228,15 +234,26 @@ impl KeyCache {
         &self.vault
     }
 
+    pub fn vault_arc(&self) -> Arc<VaultClient> {
+        self.vault.clone()
+    }
+
     /// The cached keyset, loading it (once, shared by concurrent callers) when absent.
     pub async fn get(&self, name: &str) -> Result<Arc<KeySet>, VaultError> {
-        self.sets
+        let loaded = std::sync::atomic::AtomicBool::new(false);
+        let set = self
+            .sets
             .try_get_with_by_ref(name, async {
                 let info = self.vault.transit_read_key(&self.mount, name).await?;
+                loaded.store(true, std::sync::atomic::Ordering::Relaxed);
                 Ok(Arc::new(KeySet::merge(info, None)))
             })
             .await
-            .map_err(|e: Arc<VaultError>| (*e).clone())
+            .map_err(|e: Arc<VaultError>| (*e).clone())?;
+        if loaded.into_inner() {
+            self.changed.notify_one(); // after the insert, so the snapshot includes it
+        }
+        Ok(set)
     }
 
     /// The cached keyset, without asking Vault.
@@ -299,7 +316,13 @@ impl KeyCache {
                         "keyset updated"
                     );
                 }
+                let changed = previous
+                    .as_ref()
+                    .is_none_or(|p| p.to_vault_json() != set.to_vault_json());
                 self.sets.insert(name.to_string(), set.clone()).await;
+                if changed {
+                    self.changed.notify_one();
+                }
                 Ok(set)
             }
             Err(e) if e.is_not_found() => {
@@ -308,6 +331,7 @@ impl KeyCache {
                     "key no longer exists in Vault; dropped from the cache"
                 );
                 self.sets.invalidate(name).await;
+                self.changed.notify_one();
                 Err(e)
             }
             Err(e) => Err(e),
@@ -320,6 +344,58 @@ impl KeyCache {
         for name in names {
             if let Err(e) = self.refresh(&name, Instant::now()).await {
                 debug!(key = %name, error = %e, "background refresh failed; cached versions keep verifying");
+            }
+        }
+    }
+
+    /// Loads a snapshot's keysets (a start during a Vault outage). Returns how many keys
+    /// were restored; keys already loaded from Vault are left alone.
+    pub async fn restore(&self, payload: snapshot::Payload) -> usize {
+        let mut restored = 0;
+        for (name, data) in payload.keys {
+            match TransitKeyInfo::from_data(data) {
+                Ok(info) if !self.sets.contains_key(&name) => {
+                    self.sets
+                        .insert(name, Arc::new(KeySet::merge(info, None)))
+                        .await;
+                    restored += 1;
+                }
+                Ok(_) => {}
+                Err(e) => warn!(key = %name, error = %e, "snapshot entry unusable; skipped"),
+            }
+        }
+        restored
+    }
+
+    /// What a snapshot of the current keysets holds.
+    pub fn snapshot_payload(&self, vault: Vec<String>) -> snapshot::Payload {
+        let keys = self
+            .sets
+            .iter()
+            .map(|(name, set)| ((*name).clone(), set.to_vault_json()))
+            .collect();
+        snapshot::Payload {
+            mount: self.mount.clone(),
+            vault,
+            written_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            keys,
+        }
+    }
+
+    /// Writes the snapshot to `dir` after every keyset change (never more than one write
+    /// at a time; changes during a write lead to one more write).
+    pub async fn run_snapshotter(self: Arc<Self>, dir: PathBuf, vault: Vec<String>) {
+        loop {
+            self.changed.notified().await;
+            let payload = self.snapshot_payload(vault.clone());
+            let count = payload.keys.len();
+            let target = dir.clone();
+            match tokio::task::spawn_blocking(move || snapshot::write(&target, &payload)).await {
+                Ok(Ok(())) => debug!(keys = count, dir = %dir.display(), "keyset snapshot written"),
+                Ok(Err(e)) => {
+                    warn!(dir = %dir.display(), error = %e, "cannot write the keyset snapshot")
+                }
+                Err(e) => warn!(error = %e, "keyset snapshot task failed"),
             }
         }
     }

@@ -1,0 +1,584 @@
+//! The sidecar's own Vault credential: log in, renew, log in again; never handed out.
+//!
+//! [`VaultClient::run_auth`] is the one background task that keeps a token: it logs in
+//! with the configured method (token, AppRole with an optionally response-wrapped
+//! secret_id, Kubernetes, JWT/OIDC, TLS certificate), renews at two thirds of the TTL,
+//! and logs in again when renewal is refused or the max TTL caps it. Failed logins back
+//! off exponentially with jitter: 1 s to 5 min when Vault refuses the credential, 1 s to
+//! 30 s when Vault cannot be reached (so a returning Vault is used within seconds).
+//!
+//! A 403 on a call leads to [`VaultClient::recover_from_403`]: the token is checked
+//! once; if Vault no longer accepts it (revoked), the sidecar logs in again and the call
+//! is retried once. Concurrent 403s share one check and one login.
+//!
+//! Credential files (token, secret_id, JWT) are read at each login, so rotated files are
+//! picked up; nothing read here is ever logged.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use super::{Retry, TokenUse, VaultClient, VaultError};
+use crate::config::{AuthConfig, Secret, SecretSource};
+
+/// What `auth/token/lookup-self` says about a token (the parts Aegis uses).
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    pub accessor: String,
+    pub display_name: String,
+    pub ttl: u64,
+    pub renewable: bool,
+    pub policies: Vec<String>,
+}
+
+/// The credential's state, for readiness and logs.
+#[derive(Debug, Clone)]
+pub struct AuthStatus {
+    pub method: &'static str,
+    /// Vault accepted the current token and it has not expired.
+    pub authenticated: bool,
+    /// `None` for a token that never expires (or none held).
+    pub expires_in: Option<Duration>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone)]
+struct Credential {
+    token: Secret,
+    /// Vault accepted it (a login, or a lookup of a given token).
+    verified: bool,
+    /// Zero: never expires.
+    ttl: Duration,
+    renewable: bool,
+    obtained: Instant,
+}
+
+impl Credential {
+    fn expired(&self, now: Instant) -> bool {
+        !self.ttl.is_zero() && now >= self.obtained + self.ttl
+    }
+}
+
+#[derive(Default)]
+struct State {
+    cred: Option<Credential>,
+    generation: u64,
+    needs_login: bool,
+    last_error: Option<String>,
+}
+
+/// Credential state shared by every call.
+pub(super) struct Auth {
+    cfg: AuthConfig,
+    state: RwLock<State>,
+    changed: watch::Sender<u64>,
+    login_lock: tokio::sync::Mutex<()>,
+    /// The wrapping token last unwrapped and the secret_id it held.
+    unwrapped: Mutex<Option<(Secret, Secret)>>,
+}
+
+impl Auth {
+    pub(super) fn new(cfg: AuthConfig) -> Self {
+        // A given token is used at once (unverified until Vault answers a lookup).
+        let cred = match &cfg {
+            AuthConfig::Token { token } => token.read().ok().map(|token| Credential {
+                token,
+                verified: false,
+                ttl: Duration::ZERO,
+                renewable: false,
+                obtained: Instant::now(),
+            }),
+            _ => None,
+        };
+        Auth {
+            cfg,
+            state: RwLock::new(State {
+                cred,
+                ..State::default()
+            }),
+            changed: watch::channel(0).0,
+            login_lock: tokio::sync::Mutex::new(()),
+            unwrapped: Mutex::new(None),
+        }
+    }
+
+    /// The token for a call and its generation, or why there is none.
+    pub(super) fn token(&self) -> Result<(Secret, u64), VaultError> {
+        let s = self.state.read().expect("auth lock");
+        match &s.cred {
+            Some(c) if !c.expired(Instant::now()) => Ok((c.token.clone(), s.generation)),
+            _ => Err(VaultError::Unauthenticated(
+                s.last_error
+                    .clone()
+                    .unwrap_or_else(|| "no login has succeeded yet".into()),
+            )),
+        }
+    }
+
+    pub(super) fn generation(&self) -> u64 {
+        self.state.read().expect("auth lock").generation
+    }
+
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        let generation = {
+            let mut s = self.state.write().expect("auth lock");
+            f(&mut s);
+            s.generation += 1;
+            s.generation
+        };
+        self.changed.send_replace(generation);
+    }
+
+    /// Whether a fresh login can produce a different token than the one held.
+    fn can_relogin(&self) -> bool {
+        !matches!(
+            &self.cfg,
+            AuthConfig::Token {
+                token: SecretSource::Value(_)
+            }
+        )
+    }
+
+    fn next_action(&self) -> Action {
+        let s = self.state.read().expect("auth lock");
+        let now = Instant::now();
+        match &s.cred {
+            Some(c) if !c.expired(now) && c.verified && !s.needs_login => {
+                if c.ttl.is_zero() {
+                    Action::Idle
+                } else if c.renewable {
+                    Action::RenewAt(c.obtained + c.ttl * 2 / 3)
+                } else {
+                    Action::LoginAt(c.obtained + c.ttl * 2 / 3)
+                }
+            }
+            _ => Action::Login,
+        }
+    }
+}
+
+enum Action {
+    Login,
+    RenewAt(Instant),
+    LoginAt(Instant),
+    Idle,
+}
+
+#[derive(Deserialize)]
+struct WrappedSecretId {
+    secret_id: String,
+}
+
+impl VaultClient {
+    /// The credential's state.
+    pub fn auth_status(&self) -> AuthStatus {
+        let s = self.auth.state.read().expect("auth lock");
+        let now = Instant::now();
+        let live = s.cred.as_ref().filter(|c| c.verified && !c.expired(now));
+        AuthStatus {
+            method: self.auth.cfg.method(),
+            authenticated: live.is_some(),
+            expires_in: live
+                .filter(|c| !c.ttl.is_zero())
+                .map(|c| (c.obtained + c.ttl).saturating_duration_since(now)),
+            last_error: s.last_error.clone(),
+        }
+    }
+
+    /// Returns once Vault has accepted a credential.
+    pub async fn wait_authenticated(&self) {
+        let mut rx = self.auth.changed.subscribe();
+        while !self.auth_status().authenticated {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// `auth/token/lookup-self` with the sidecar's token (vaultrs).
+    pub async fn lookup_self(&self) -> Result<TokenInfo, VaultError> {
+        self.lookup(TokenUse::Current).await
+    }
+
+    async fn lookup(&self, token: TokenUse) -> Result<TokenInfo, VaultError> {
+        let r = self
+            .vaultrs_call(Retry::Idempotent, token, |c| async move {
+                vaultrs::token::lookup_self(&c).await
+            })
+            .await?;
+        Ok(TokenInfo {
+            accessor: r.accessor,
+            display_name: r.display_name,
+            ttl: r.ttl,
+            renewable: r.renewable.unwrap_or(false),
+            policies: r.policies,
+        })
+    }
+
+    /// Logs in with the configured method (shared: concurrent callers wait for one login).
+    pub async fn login(&self) -> Result<(), VaultError> {
+        let _guard = self.auth.login_lock.lock().await;
+        self.login_locked().await
+    }
+
+    async fn login_locked(&self) -> Result<(), VaultError> {
+        let method = self.auth.cfg.method();
+        match self.obtain().await {
+            Ok(cred) => {
+                info!(
+                    method,
+                    ttl_s = cred.ttl.as_secs(),
+                    renewable = cred.renewable,
+                    "logged in to Vault"
+                );
+                self.auth.update(|s| {
+                    s.cred = Some(cred);
+                    s.needs_login = false;
+                    s.last_error = None;
+                });
+                Ok(())
+            }
+            Err(e) => {
+                let refused =
+                    matches!(e, VaultError::Status { status, .. } if (400..500).contains(&status));
+                if refused {
+                    error!(method, error = %e, "Vault refused the sidecar's credential");
+                } else {
+                    warn!(method, error = %e, "cannot log in to Vault");
+                }
+                let message = format!("{method} login failed: {e}");
+                self.auth.update(|s| {
+                    // A token Vault refuses is dropped; another method's old token stays
+                    // in use until it expires.
+                    if refused && !self.auth.can_relogin() {
+                        s.cred = None;
+                    }
+                    s.last_error = Some(message);
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// One login with the configured method.
+    async fn obtain(&self) -> Result<Credential, VaultError> {
+        let read = |source: &SecretSource, what: &str| {
+            source
+                .read()
+                .map_err(|e| VaultError::Unauthenticated(format!("cannot read the {what}: {e}")))
+        };
+        let file = |path: &std::path::Path, what: &str| {
+            read(&SecretSource::File(path.to_path_buf()), what)
+        };
+        let auth = match &self.auth.cfg {
+            AuthConfig::Token { token } => {
+                let token = read(token, "Vault token")?;
+                if token.is_empty() {
+                    return Err(VaultError::Unauthenticated(
+                        "the Vault token is empty".into(),
+                    ));
+                }
+                let info = self.lookup(TokenUse::Given(token.clone())).await?;
+                return Ok(Credential {
+                    token,
+                    verified: true,
+                    ttl: Duration::from_secs(info.ttl),
+                    renewable: info.renewable,
+                    obtained: Instant::now(),
+                });
+            }
+            AuthConfig::AppRole {
+                mount,
+                role_id,
+                secret_id,
+                secret_id_wrapped,
+            } => {
+                let role_id = read(role_id, "AppRole role_id")?;
+                let secret_id = if *secret_id_wrapped {
+                    self.unwrap_secret_id(read(secret_id, "wrapped AppRole secret_id")?)
+                        .await?
+                } else {
+                    read(secret_id, "AppRole secret_id")?
+                };
+                let (m, r, s) = (mount.as_str(), role_id.expose(), secret_id.expose());
+                self.vaultrs_call(Retry::IfNotSent, TokenUse::Anonymous, |c| async move {
+                    vaultrs::auth::approle::login(&c, m, r, s).await
+                })
+                .await?
+            }
+            AuthConfig::Kubernetes {
+                mount,
+                role,
+                jwt_file,
+            } => {
+                let jwt = file(jwt_file, "service-account token")?;
+                let (m, r, j) = (mount.as_str(), role.as_str(), jwt.expose());
+                self.vaultrs_call(Retry::IfNotSent, TokenUse::Anonymous, |c| async move {
+                    vaultrs::auth::kubernetes::login(&c, m, r, j).await
+                })
+                .await?
+            }
+            AuthConfig::Jwt {
+                mount,
+                role,
+                jwt_file,
+            } => {
+                let jwt = file(jwt_file, "JWT")?;
+                let (m, j) = (mount.as_str(), jwt.expose());
+                self.vaultrs_call(Retry::IfNotSent, TokenUse::Anonymous, |c| async move {
+                    vaultrs::auth::oidc::login(&c, m, j, role.clone()).await
+                })
+                .await?
+            }
+            AuthConfig::Cert { mount, role } => {
+                let (m, r) = (mount.as_str(), role.as_deref().unwrap_or_default());
+                self.vaultrs_call(Retry::IfNotSent, TokenUse::Anonymous, |c| async move {
+                    vaultrs::auth::cert::login(&c, m, r).await
+                })
+                .await?
+            }
+        };
+        Ok(Credential {
+            token: Secret::new(auth.client_token),
+            verified: true,
+            ttl: Duration::from_secs(auth.lease_duration),
+            renewable: auth.renewable,
+            obtained: Instant::now(),
+        })
+    }
+
+    /// Unwraps a response-wrapped secret_id. A wrapping token works once: the secret_id
+    /// it held is kept in memory for later logins until the file holds a new one.
+    async fn unwrap_secret_id(&self, wrapping_token: Secret) -> Result<Secret, VaultError> {
+        if let Some((seen, secret_id)) = self.auth.unwrapped.lock().expect("unwrap lock").as_ref() {
+            if *seen == wrapping_token {
+                return Ok(secret_id.clone());
+            }
+        }
+        let data: WrappedSecretId = self
+            .vaultrs_call(
+                Retry::IfNotSent,
+                TokenUse::Given(wrapping_token.clone()),
+                |c| async move { vaultrs::sys::wrapping::unwrap(&c, None).await },
+            )
+            .await
+            .map_err(|e| match e {
+                VaultError::Status { status, errors } => VaultError::Status {
+                    status,
+                    errors: vec![format!(
+                        "cannot unwrap the secret_id (wrapping token expired or already used?): {}",
+                        errors.join("; ")
+                    )],
+                },
+                other => other,
+            })?;
+        let secret_id = Secret::new(data.secret_id);
+        *self.auth.unwrapped.lock().expect("unwrap lock") =
+            Some((wrapping_token, secret_id.clone()));
+        Ok(secret_id)
+    }
+
+    /// `auth/token/renew-self`. Returns whether the max TTL capped the new lease.
+    async fn renew(&self) -> Result<bool, VaultError> {
+        let before = match &self.auth.state.read().expect("auth lock").cred {
+            Some(c) => c.ttl,
+            None => return Err(VaultError::Unauthenticated("no token to renew".into())),
+        };
+        let auth = self
+            .vaultrs_call(Retry::Idempotent, TokenUse::Current, |c| async move {
+                vaultrs::token::renew_self(&c, None).await
+            })
+            .await?;
+        let ttl = Duration::from_secs(auth.lease_duration);
+        self.auth.update(|s| {
+            if let Some(c) = s.cred.as_mut() {
+                if c.token.expose() == auth.client_token {
+                    c.ttl = ttl;
+                    c.renewable = auth.renewable;
+                    c.obtained = Instant::now();
+                }
+            }
+        });
+        Ok(ttl < before || !auth.renewable)
+    }
+
+    /// After a 403: checks the token once; if Vault no longer accepts it, logs in again.
+    /// True when the call should be retried with a new token.
+    pub(super) async fn recover_from_403(&self, generation: u64) -> bool {
+        let _guard = self.auth.login_lock.lock().await;
+        if self.auth.generation() != generation {
+            return true; // someone logged in again meanwhile
+        }
+        let Ok((token, _)) = self.auth.token() else {
+            return false;
+        };
+        match self.lookup(TokenUse::Given(token)).await {
+            // The token is fine: the 403 is the policy's answer.
+            Ok(_) => false,
+            Err(VaultError::Status { status: 403, .. }) => {
+                warn!("Vault no longer accepts the sidecar's token (revoked or expired); logging in again");
+                self.auth.update(|s| {
+                    s.cred = None;
+                    s.needs_login = true;
+                    s.last_error = Some("Vault no longer accepts the token (revoked?)".into());
+                });
+                self.login_locked().await.is_ok()
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Keeps a valid token for as long as the process runs.
+    pub async fn run_auth(self: Arc<Self>) {
+        let mut rx = self.auth.changed.subscribe();
+        let mut backoff = Backoff::default();
+        loop {
+            rx.borrow_and_update();
+            match self.auth.next_action() {
+                Action::Login => match self.login().await {
+                    Ok(()) => backoff.reset(),
+                    Err(e) => {
+                        let delay = backoff.next(&e);
+                        info!(retry_in_ms = delay.as_millis() as u64, "next login attempt");
+                        wait(Instant::now() + delay, &mut rx).await;
+                    }
+                },
+                Action::RenewAt(at) => {
+                    if wait(at, &mut rx).await {
+                        continue;
+                    }
+                    match self.renew().await {
+                        Ok(false) => {}
+                        Ok(true) if !self.auth.can_relogin() => {}
+                        Ok(true) => {
+                            info!("token renewal capped by its max TTL; logging in again");
+                            self.auth.update(|s| s.needs_login = true);
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "token renewal failed; logging in again");
+                            self.auth.update(|s| s.needs_login = true);
+                        }
+                    }
+                }
+                Action::LoginAt(at) => {
+                    if !wait(at, &mut rx).await {
+                        self.auth.update(|s| s.needs_login = true);
+                    }
+                }
+                Action::Idle => {
+                    if rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Waits until `at`, or until the credential changes (returns true then).
+async fn wait(at: Instant, rx: &mut watch::Receiver<u64>) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep_until(at.into()) => false,
+        r = rx.changed() => r.is_ok(),
+    }
+}
+
+/// Exponential backoff with jitter for failed logins.
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            next: Duration::from_secs(1),
+        }
+    }
+}
+
+impl Backoff {
+    const MAX_REFUSED: Duration = Duration::from_secs(300);
+    const MAX_UNREACHABLE: Duration = Duration::from_secs(30);
+
+    fn reset(&mut self) {
+        *self = Backoff::default();
+    }
+
+    /// The delay before the next attempt: between half and all of the current step.
+    fn next(&mut self, e: &VaultError) -> Duration {
+        let cap = match e {
+            VaultError::Status { .. } | VaultError::Unauthenticated(_) => Self::MAX_REFUSED,
+            _ => Self::MAX_UNREACHABLE,
+        };
+        let step = self.next.min(cap);
+        self.next = (step * 2).min(cap);
+        step.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap() {
+        let mut b = Backoff::default();
+        let refused = VaultError::Status {
+            status: 400,
+            errors: vec![],
+        };
+        let delays: Vec<_> = (0..12).map(|_| b.next(&refused)).collect();
+        assert!(delays[0] >= Duration::from_millis(500) && delays[0] <= Duration::from_secs(1));
+        assert!(delays[3] >= Duration::from_secs(4) && delays[3] <= Duration::from_secs(8));
+        assert!(delays.iter().all(|d| *d <= Backoff::MAX_REFUSED));
+        assert!(delays[11] >= Backoff::MAX_REFUSED / 2);
+        let down = VaultError::unreachable("connection refused");
+        assert!(b.next(&down) <= Backoff::MAX_UNREACHABLE);
+        b.reset();
+        assert!(b.next(&down) <= Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_given_token_is_used_at_once_but_not_counted_as_accepted() {
+        let auth = Auth::new(AuthConfig::Token {
+            token: SecretSource::Value(Secret::new("hvs.x")),
+        });
+        assert_eq!(auth.token().unwrap().0.expose(), "hvs.x");
+        assert!(matches!(auth.next_action(), Action::Login));
+        let approle = Auth::new(AuthConfig::Cert {
+            mount: "cert".into(),
+            role: None,
+        });
+        assert!(matches!(
+            approle.token(),
+            Err(VaultError::Unauthenticated(_))
+        ));
+    }
+
+    #[test]
+    fn renewal_is_scheduled_at_two_thirds_of_the_ttl() {
+        let auth = Auth::new(AuthConfig::Cert {
+            mount: "cert".into(),
+            role: None,
+        });
+        let obtained = Instant::now();
+        auth.update(|s| {
+            s.cred = Some(Credential {
+                token: Secret::new("t"),
+                verified: true,
+                ttl: Duration::from_secs(30),
+                renewable: true,
+                obtained,
+            })
+        });
+        match auth.next_action() {
+            Action::RenewAt(at) => assert_eq!(at, obtained + Duration::from_secs(20)),
+            _ => panic!("expected a renewal"),
+        }
+        auth.update(|s| s.needs_login = true);
+        assert!(matches!(auth.next_action(), Action::Login));
+    }
+}
