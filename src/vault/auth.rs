@@ -246,6 +246,8 @@ impl VaultClient {
                     matches!(e, VaultError::Status { status, .. } if (400..500).contains(&status));
                 if refused {
                     error!(method, error = %e, "Vault refused the sidecar's credential");
+                } else if e.to_string().contains("certificate") {
+                    error!(method, error = %e, "TLS to Vault failed: check VAULT_CACERT / VAULT_CAPATH / VAULT_TLS_SERVER_NAME against Vault's certificate");
                 } else {
                     warn!(method, error = %e, "cannot log in to Vault");
                 }

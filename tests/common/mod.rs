@@ -326,8 +326,10 @@ impl Env for TestEnv {
     fn var(&self, name: &str) -> Option<String> {
         self.0
             .iter()
+            .rev()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty()) // as the process environment: empty is unset
     }
 }
 

@@ -1,0 +1,189 @@
+//! The sidecar's connection to a real OpenBao: namespaces, a renewed token from a file,
+//! and a token revoked mid-run (`bao token revoke`) followed by one re-login.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{b64, bao_bin, eventually, Bao, Sidecar};
+use serde_json::{json, Value};
+
+/// Runs the real `bao` CLI against `bao` with its root token.
+fn bao_cli(bao: &Bao, args: &[&str]) -> String {
+    let out = Command::new(bao_bin())
+        .args(args)
+        .env("VAULT_ADDR", &bao.addr)
+        .env("VAULT_TOKEN", &bao.token)
+        .output()
+        .expect("run bao");
+    assert!(
+        out.status.success(),
+        "bao {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Signs `msg` through the sidecar and checks the signature verifies there.
+async fn sign_and_verify(side: &Sidecar, key: &str, msg: &[u8]) -> Result<(), String> {
+    let input = b64(msg);
+    let (s, body) = side
+        .api(
+            "POST",
+            &format!("transit/sign/{key}"),
+            Some(json!({"input": input})),
+        )
+        .await;
+    if s != 200 {
+        return Err(format!("sign: {s} {body}"));
+    }
+    let sig = body["data"]["signature"].as_str().unwrap_or_default();
+    let (s, body) = side
+        .api(
+            "POST",
+            &format!("transit/verify/{key}"),
+            Some(json!({"input": input, "signature": sig})),
+        )
+        .await;
+    if s != 200 || body["data"]["valid"] != true {
+        return Err(format!("verify: {s} {body}"));
+    }
+    Ok(())
+}
+
+/// A child token with a policy on one key: short TTL, renewable.
+async fn child_token(bao: &Bao, ttl: &str, explicit_max_ttl: &str) -> String {
+    let auth = bao
+        .api(
+            "POST",
+            "auth/token/create",
+            Some(json!({
+                "policies": ["sidecar"],
+                "ttl": ttl,
+                "explicit_max_ttl": explicit_max_ttl,
+                "renewable": true,
+                "no_parent": true,
+            })),
+        )
+        .await
+        .1;
+    auth["auth"]["client_token"].as_str().unwrap().to_string()
+}
+
+async fn sidecar_policy(bao: &Bao, key: &str) {
+    let policy = format!(
+        "path \"transit/sign/{key}\" {{ capabilities = [\"update\"] }}\n\
+         path \"transit/verify/{key}\" {{ capabilities = [\"update\"] }}\n\
+         path \"transit/keys/{key}\" {{ capabilities = [\"read\"] }}\n"
+    );
+    bao.api_ok(
+        "PUT",
+        "sys/policies/acl/sidecar",
+        json!({ "policy": policy }),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_is_sent_with_every_call() {
+    let bao = Bao::dev().await;
+    bao.api_ok("POST", "sys/namespaces/ml", json!({})).await;
+    bao_cli(&bao, &["secrets", "enable", "-namespace=ml", "transit"]);
+    bao_cli(
+        &bao,
+        &[
+            "write",
+            "-namespace=ml",
+            "-f",
+            "transit/keys/ns-key",
+            "type=ecdsa-p256",
+        ],
+    );
+    let side = Sidecar::start(&bao, &[("VAULT_NAMESPACE", "ml"), ("AEGIS_KEYS", "ns-key")]).await;
+    sign_and_verify(&side, "ns-key", b"in a namespace")
+        .await
+        .unwrap();
+    side.stop().await;
+
+    // Without the namespace the key is not there: readiness says so.
+    let side = Sidecar::start_unready(&bao, &[("AEGIS_KEYS", "ns-key")]).await;
+    let reason = eventually(
+        Duration::from_secs(10),
+        "readiness to name the key",
+        || async {
+            let (s, b) = side.readyz().await;
+            let m = b["errors"][0].as_str().unwrap_or_default().to_string();
+            (s == 503 && m.contains("ns-key")).then_some(m)
+        },
+    )
+    .await;
+    assert!(reason.contains("cannot load allowlisted key"), "{reason}");
+    side.stop().await;
+}
+
+/// A token from a file with a 3 s TTL is renewed, then revoked with `bao token revoke`;
+/// the file gets a new token and the next request succeeds after one re-login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_file_is_renewed_and_a_revoked_token_is_replaced() {
+    let bao = Bao::dev().await;
+    bao.create_key("tok", "ed25519").await;
+    sidecar_policy(&bao, "tok").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    let first = child_token(&bao, "3s", "1h").await;
+    std::fs::write(&file, &first).unwrap();
+    let side = Sidecar::start(
+        &bao,
+        &[
+            ("VAULT_TOKEN", ""),
+            ("AEGIS_VAULT_TOKEN_FILE", file.to_str().unwrap()),
+            ("AEGIS_KEYS", "tok"),
+        ],
+    )
+    .await;
+
+    // Across 7 s (more than two TTLs) every request works: the token is being renewed.
+    let until = Instant::now() + Duration::from_secs(7);
+    let mut n = 0;
+    while Instant::now() < until {
+        sign_and_verify(&side, "tok", format!("m{n}").as_bytes())
+            .await
+            .unwrap();
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, looked) = bao
+        .api("POST", "auth/token/lookup", Some(json!({ "token": first })))
+        .await;
+    assert!(looked["data"]["ttl"].as_u64().unwrap() > 0, "{looked}");
+
+    // Revoked with the real CLI; the file now holds a new token.
+    bao_cli(&bao, &["token", "revoke", &first]);
+    let second = child_token(&bao, "1h", "2h").await;
+    std::fs::write(&file, &second).unwrap();
+    sign_and_verify(&side, "tok", b"after revoke")
+        .await
+        .unwrap();
+    let status = side.state.keys.vault().auth_status();
+    assert!(status.authenticated, "{status:?}");
+    side.stop().await;
+}
+
+/// The response of `auth/token/lookup` for the token a sidecar holds is never needed by a
+/// caller: GET on any non-Transit path is refused without reaching Vault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_cannot_reach_the_sidecars_token() {
+    let bao = Bao::dev().await;
+    let side = Sidecar::start(&bao, &[]).await;
+    for path in [
+        "auth/token/lookup-self",
+        "sys/wrapping/wrap",
+        "auth/token/create",
+    ] {
+        let (s, body): (u16, Value) = side.api("GET", path, None).await;
+        assert!((400..500).contains(&s), "{path}: {s} {body}");
+        assert!(!body.to_string().contains(&bao.token), "{path}: {body}");
+    }
+    side.stop().await;
+}
