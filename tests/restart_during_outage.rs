@@ -13,10 +13,14 @@ use serde_json::json;
 
 /// Polls until the snapshot in `dir` lists `key` with `latest` as its latest version.
 async fn snapshot_has(dir: &Path, key: &str, latest: u64) {
-    eventually(Duration::from_secs(10), "the snapshot to hold the key", || async {
-        let p = snapshot::read(dir).ok().flatten()?;
-        (p.keys.get(key)?["latest_version"] == latest).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the snapshot to hold the key",
+        || async {
+            let p = snapshot::read(dir).ok().flatten()?;
+            (p.keys.get(key)?["latest_version"] == latest).then_some(())
+        },
+    )
     .await;
 }
 
@@ -40,7 +44,8 @@ async fn a_sidecar_started_while_vault_is_down_verifies_from_its_snapshot() {
         .as_str()
         .unwrap()
         .to_string();
-    bao.api_ok("POST", "transit/keys/snap/rotate", json!({})).await;
+    bao.api_ok("POST", "transit/keys/snap/rotate", json!({}))
+        .await;
     let sig_v2 = bao
         .api_ok("POST", "transit/sign/snap", json!({"input": input}))
         .await["signature"]
@@ -72,7 +77,8 @@ async fn a_sidecar_started_while_vault_is_down_verifies_from_its_snapshot() {
     }
 
     // Rotated while no sidecar runs, then Vault goes away: the snapshot knows v1 and v2.
-    bao.api_ok("POST", "transit/keys/snap/rotate", json!({})).await;
+    bao.api_ok("POST", "transit/keys/snap/rotate", json!({}))
+        .await;
     bao.kill();
 
     let second = Sidecar::start_unready(&bao, &settings).await;
@@ -94,7 +100,11 @@ async fn a_sidecar_started_while_vault_is_down_verifies_from_its_snapshot() {
     bao.restart().await;
     second.wait_ready().await;
     let (s, key) = second.api("GET", "transit/keys/snap", None).await;
-    assert_eq!((s, &key["data"]["latest_version"]), (200, &json!(3)), "{key}");
+    assert_eq!(
+        (s, &key["data"]["latest_version"]),
+        (200, &json!(3)),
+        "{key}"
+    );
     let (s, signed) = second
         .api("POST", "transit/sign/snap", Some(json!({"input": input})))
         .await;

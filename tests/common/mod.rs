@@ -3,6 +3,10 @@
 //! polled, never slept for. OpenBao missing is a failure, never a skip.
 #![allow(dead_code)]
 
+pub mod cluster;
+pub mod standins;
+pub mod tls;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
