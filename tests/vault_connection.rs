@@ -3,54 +3,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{b64, bao_bin, eventually, Bao, Sidecar};
+use common::{bao_cli, eventually, sign_and_verify, Bao, Sidecar};
 use serde_json::{json, Value};
-
-/// Runs the real `bao` CLI against `bao` with its root token.
-fn bao_cli(bao: &Bao, args: &[&str]) -> String {
-    let out = Command::new(bao_bin())
-        .args(args)
-        .env("VAULT_ADDR", &bao.addr)
-        .env("VAULT_TOKEN", &bao.token)
-        .output()
-        .expect("run bao");
-    assert!(
-        out.status.success(),
-        "bao {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Signs `msg` through the sidecar and checks the signature verifies there.
-async fn sign_and_verify(side: &Sidecar, key: &str, msg: &[u8]) -> Result<(), String> {
-    let input = b64(msg);
-    let (s, body) = side
-        .api(
-            "POST",
-            &format!("transit/sign/{key}"),
-            Some(json!({"input": input})),
-        )
-        .await;
-    if s != 200 {
-        return Err(format!("sign: {s} {body}"));
-    }
-    let sig = body["data"]["signature"].as_str().unwrap_or_default();
-    let (s, body) = side
-        .api(
-            "POST",
-            &format!("transit/verify/{key}"),
-            Some(json!({"input": input, "signature": sig})),
-        )
-        .await;
-    if s != 200 || body["data"]["valid"] != true {
-        return Err(format!("verify: {s} {body}"));
-    }
-    Ok(())
-}
 
 /// A child token with a policy on one key: short TTL, renewable.
 async fn child_token(bao: &Bao, ttl: &str, explicit_max_ttl: &str) -> String {

@@ -451,3 +451,46 @@ pub fn b64_decode(s: &str) -> Vec<u8> {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.decode(s).unwrap()
 }
+
+/// Runs the real `bao` CLI against `bao` with its root token.
+pub fn bao_cli(bao: &Bao, args: &[&str]) -> String {
+    let out = Command::new(bao_bin())
+        .args(args)
+        .env("VAULT_ADDR", &bao.addr)
+        .env("VAULT_TOKEN", &bao.token)
+        .output()
+        .expect("run bao");
+    assert!(
+        out.status.success(),
+        "bao {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Signs `msg` through the sidecar and checks the signature verifies there.
+pub async fn sign_and_verify(side: &Sidecar, key: &str, msg: &[u8]) -> Result<(), String> {
+    let input = b64(msg);
+    let (s, body) = side
+        .api(
+            "POST",
+            &format!("transit/sign/{key}"),
+            Some(json!({"input": input})),
+        )
+        .await;
+    if s != 200 {
+        return Err(format!("sign: {s} {body}"));
+    }
+    let sig = body["data"]["signature"].as_str().unwrap_or_default();
+    let (s, body) = side
+        .api(
+            "POST",
+            &format!("transit/verify/{key}"),
+            Some(json!({"input": input, "signature": sig})),
+        )
+        .await;
+    if s != 200 || body["data"]["valid"] != true {
+        return Err(format!("verify: {s} {body}"));
+    }
+    Ok(())
+}
