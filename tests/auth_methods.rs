@@ -239,6 +239,8 @@ async fn tls_ca_server_name_and_skip_verify() {
     let ca = tls.ca_path.to_str().unwrap();
     let side = Sidecar::start(&tls, &[("VAULT_CACERT", ca), ("AEGIS_KEYS", "tls")]).await;
     sign_and_verify(&side, "tls", b"over TLS").await.unwrap();
+    // OpenBao offers h2 over TLS: the pooled client speaks it.
+    assert_eq!(side.state.keys.vault().http_version(), Some("HTTP/2"));
     side.stop().await;
 
     // VAULT_CAPATH: a directory holding the CA.

@@ -60,6 +60,8 @@ async fn namespace_is_sent_with_every_call() {
     sign_and_verify(&side, "ns-key", b"in a namespace")
         .await
         .unwrap();
+    // Plain HTTP: no ALPN, so HTTP/1.1 (h2c is not attempted towards Vault).
+    assert_eq!(side.state.keys.vault().http_version(), Some("HTTP/1.1"));
     side.stop().await;
 
     // Without the namespace the key is not there: readiness says so.

@@ -104,6 +104,8 @@ pub struct VaultClient {
     namespace: Option<String>,
     total_timeout: Duration,
     auth: auth::Auth,
+    /// HTTP version of the last answer (1: HTTP/1.x, 2: HTTP/2), for diagnostics.
+    last_version: std::sync::atomic::AtomicU8,
 }
 
 impl VaultClient {
@@ -129,7 +131,17 @@ impl VaultClient {
             namespace: cfg.namespace.clone(),
             total_timeout: cfg.total_timeout,
             auth: auth::Auth::new(cfg.auth.clone()),
+            last_version: std::sync::atomic::AtomicU8::new(0),
         })
+    }
+
+    /// The HTTP version Vault last answered with (`HTTP/2` when Vault offered it over TLS).
+    pub fn http_version(&self) -> Option<&'static str> {
+        match self.last_version.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => Some("HTTP/1.1"),
+            2 => Some("HTTP/2"),
+            _ => None,
+        }
     }
 
     /// The node calls currently go to.
@@ -275,6 +287,13 @@ impl VaultClient {
             req = req.json(b);
         }
         let resp = req.send().await.map_err(transport_error)?;
+        let version = if resp.version() == reqwest::Version::HTTP_2 {
+            2
+        } else {
+            1
+        };
+        self.last_version
+            .store(version, std::sync::atomic::Ordering::Relaxed);
         let status = resp.status();
         if status.is_redirection() {
             let location = resp
