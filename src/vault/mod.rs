@@ -5,7 +5,9 @@
 //! keep the sidecar working against a real cluster:
 //! - **HA:** calls go to the node believed active; a standby's redirect moves there, a
 //!   connection failure, a sealed node (503) or a node that lost its leader moves to the
-//!   next configured address.
+//!   next configured address. After each full round of nodes a call pauses (100 ms,
+//!   doubling up to 400 ms), so one waiting out an election uses the new leader soon
+//!   after it wins.
 //! - **Retries:** reads (and Transit verify, which changes nothing) are retried on any
 //!   transport failure; sign is retried only when the request provably never reached a
 //!   Vault that acted on it (connect failed, redirect, sealed or non-active node).
@@ -20,6 +22,7 @@
 //! a caller's token.
 
 mod auth;
+mod kv;
 mod nodes;
 mod tls;
 mod transit;
@@ -34,6 +37,7 @@ use tracing::{debug, warn};
 use crate::config::{ConfigErrors, Secret, VaultConfig};
 
 pub use auth::{AuthStatus, TokenInfo};
+pub use kv::{CasWrite, KvEntry};
 pub use transit::TransitKeyInfo;
 
 /// A failed Vault call.
@@ -58,6 +62,13 @@ pub enum VaultError {
 }
 
 impl VaultError {
+    /// A write OpenBao refused because a concurrent write to the same entry won (its storage
+    /// transaction, or Transit's key archive, changed underneath). Whether any part of the
+    /// write was applied is unknown, so only callers that re-read and converge retry it.
+    pub fn is_write_conflict(&self) -> bool {
+        matches!(self, VaultError::Status { status: 500, errors } if errors.iter().any(|e| write_conflict(e)))
+    }
+
     /// True when Vault itself said the thing does not exist (404).
     pub fn is_not_found(&self) -> bool {
         matches!(self, VaultError::Status { status: 404, .. })
@@ -235,11 +246,17 @@ impl VaultClient {
             let err = match tokio::time::timeout_at(deadline.into(), attempt(target)).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => e,
-                Err(_) => VaultError::unreachable(format!(
-                    "no answer from Vault within the total timeout of {:?}",
-                    self.total_timeout
-                )),
+                // The call's budget is spent; the node is not to blame for that.
+                Err(_) => {
+                    return Err(VaultError::unreachable(format!(
+                        "no answer from Vault within the total timeout of {:?}",
+                        self.total_timeout
+                    )))
+                }
             };
+            if Instant::now() >= deadline {
+                return Err(err);
+            }
             match next_step(&err, retry) {
                 Step::Fail => return Err(err),
                 Step::Redirect(location) => {
@@ -254,8 +271,7 @@ impl VaultClient {
             misses += 1;
             // After a full round of nodes, wait a little before the next round.
             if misses % self.nodes.len() == 0 {
-                let round = (misses / self.nodes.len()).min(6) as u32;
-                let pause = Duration::from_millis(50) * 2u32.pow(round);
+                let pause = round_pause(misses / self.nodes.len());
                 if Instant::now() + pause >= deadline {
                     return Err(err);
                 }
@@ -378,6 +394,17 @@ impl VaultClient {
     }
 }
 
+/// Longest pause between two rounds of nodes. An election takes seconds; a call waiting
+/// it out must not sleep much past it, nor give up much before its total timeout.
+const MAX_ROUND_PAUSE: Duration = Duration::from_millis(400);
+
+/// Pause after the `round`-th full round of nodes failed: 100 ms, doubling, at most
+/// [`MAX_ROUND_PAUSE`].
+fn round_pause(round: usize) -> Duration {
+    let doubled = Duration::from_millis(50) * 2u32.pow(round.min(16) as u32);
+    doubled.min(MAX_ROUND_PAUSE)
+}
+
 /// What [`VaultClient::execute`] does after a failed attempt.
 #[derive(Debug, PartialEq, Eq)]
 enum Step {
@@ -400,6 +427,17 @@ fn next_step(err: &VaultError, retry: Retry) -> Step {
         } if errors.iter().any(|e| not_active(e)) => Step::OtherNode,
         _ => Step::Fail,
     }
+}
+
+/// Messages of a write OpenBao refused because a concurrent write to the same entry won
+/// (its storage transaction, or Transit's key archive, changed underneath).
+fn write_conflict(msg: &str) -> bool {
+    [
+        "transaction commit failed",
+        "archive version not up-to-date",
+    ]
+    .iter()
+    .any(|m| msg.contains(m))
 }
 
 /// Messages of a node that is not (or no longer) the active one and did not act.
@@ -483,6 +521,83 @@ fn from_vaultrs(e: vaultrs::error::ClientError) -> VaultError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{AuthConfig, SecretSource, TlsConfig};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn client(addrs: &[&str], total_timeout: Duration) -> VaultClient {
+        VaultClient::new(&VaultConfig {
+            addrs: addrs.iter().map(|a| a.to_string()).collect(),
+            auth: AuthConfig::Token {
+                token: SecretSource::Value(Secret::new("hvs.test")),
+            },
+            tls: TlsConfig::default(),
+            namespace: None,
+            timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(500),
+            total_timeout,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn rounds_pause_briefly() {
+        let ms = |n| Duration::from_millis(n);
+        assert_eq!(round_pause(1), ms(100));
+        assert_eq!(round_pause(2), ms(200));
+        assert_eq!(round_pause(3), ms(400));
+        assert_eq!(round_pause(4), MAX_ROUND_PAUSE);
+        assert_eq!(round_pause(usize::MAX), MAX_ROUND_PAUSE);
+    }
+
+    /// The active node died (connection refused) and the standbys redirect to it until a
+    /// new leader is elected 1.6 s in. A sign with a 2 s budget keeps going round the nodes
+    /// and is answered after the election: pauses doubling without a low cap (3.2 s)
+    /// gave up at 1.5 s, and would otherwise have slept until 3.1 s.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_waiting_out_an_election_is_answered_soon_after_it() {
+        let dead = "http://a:1";
+        let vault = client(&[dead, "http://b:2", "http://c:3"], Duration::from_secs(2));
+        let start = Instant::now();
+        let elected = start + Duration::from_millis(1600);
+        let attempts = AtomicUsize::new(0);
+        let answer = vault
+            .execute(Retry::IfNotSent, TokenUse::Anonymous, |t: Target| {
+                attempts.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    if t.addr == dead {
+                        Err(VaultError::Unreachable {
+                            message: "connection refused".into(),
+                            sent: false,
+                        })
+                    } else if Instant::now() < elected {
+                        Err(VaultError::Redirect(format!("{dead}/v1/transit/sign/k")))
+                    } else {
+                        Ok(t.addr)
+                    }
+                }
+            })
+            .await;
+        let took = start.elapsed();
+        assert!(answer.is_ok(), "{answer:?} after {took:?}");
+        assert!(took < Duration::from_millis(1600) + MAX_ROUND_PAUSE + Duration::from_millis(200));
+        // Still a pause between rounds, not a busy loop.
+        assert!(attempts.into_inner() < 40);
+
+        // Never elected: the call uses its budget, less at most one pause.
+        let start = Instant::now();
+        let answer = vault
+            .execute(
+                Retry::IfNotSent,
+                TokenUse::Anonymous,
+                |t: Target| async move {
+                    Err::<(), _>(VaultError::Redirect(format!("{}/v1/x", t.addr)))
+                },
+            )
+            .await;
+        let took = start.elapsed();
+        assert!(matches!(answer, Err(VaultError::Redirect(_))), "{answer:?}");
+        assert!(took >= Duration::from_secs(2) - MAX_ROUND_PAUSE, "{took:?}");
+    }
 
     fn status(status: u16, msg: &str) -> VaultError {
         VaultError::Status {
@@ -526,6 +641,14 @@ mod tests {
             next_step(&status(500, "internal error"), Retry::IfNotSent),
             Step::Fail
         );
+        assert_eq!(
+            next_step(
+                &status(500, "1 error occurred:\n\t* transaction commit failed\n\n"),
+                Retry::IfNotSent
+            ),
+            Step::Fail
+        );
+        assert!(status(500, "* transaction commit failed").is_write_conflict());
         assert_eq!(
             next_step(&status(400, "bad input"), Retry::Idempotent),
             Step::Fail
