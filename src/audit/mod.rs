@@ -1,0 +1,494 @@
+//! The audit trail: one JSON event per rotate, retire, sign and refused verify, written
+//! to an append-only local file and/or delivered to an HTTP(S) endpoint.
+//!
+//! # Sinks
+//!
+//! - **File** (`AEGIS_AUDIT_FILE`): opened with `O_APPEND` (created mode 0600), one JSON
+//!   object per line. A line torn by a crash is closed with a newline before the next
+//!   write, so every later event stays parseable.
+//! - **HTTP** (`AEGIS_AUDIT_URL`, needs `AEGIS_AUDIT_SPOOL_DIR`; optional
+//!   `AEGIS_AUDIT_TOKEN_FILE`): every event is first written to the spool directory as its
+//!   own file (temporary file, fsync, rename, directory fsync; mode 0600). A background
+//!   task POSTs the spooled events oldest first (`Content-Type: application/json`,
+//!   `Authorization: Bearer <token>` with the token file re-read for each request) and
+//!   deletes a file only after a 2xx. Any other answer (redirects are not followed), a
+//!   timeout or a refused connection is retried with jittered backoff (200 ms doubling to
+//!   30 s by default), forever: an event is never dropped from the spool. At start the
+//!   deliverer sends whatever an earlier process left there, and an idle deliverer looks
+//!   again every 30 s, so a sidecar sharing the spool directory with short-lived CLI
+//!   commands sends what they could not.
+//!
+//! # Guarantees
+//!
+//! - **When [`Auditor::record_durable`] returns `Ok`**, the event is on disk in every
+//!   configured local sink: its line in the audit file is fsynced, and its spool file is
+//!   fsynced and renamed into place with the directory fsynced. A crash after that point
+//!   loses nothing. It does *not* mean the HTTP endpoint has it; [`Auditor::flush`] waits
+//!   for that, bounded. Rotation jobs use `record_durable`, then `flush` before exiting.
+//! - **HTTP delivery is at least once.** A file is deleted only after a 2xx, so if the
+//!   2xx is lost (timeout after the receiver committed, crash between the answer and the
+//!   delete, two processes sharing a spool), the event is sent again. Receivers
+//!   deduplicate by the event's `id` (a UUID v4). Order is preserved: the oldest spooled
+//!   event is retried until accepted before the next is sent.
+//! - **Group commit on the hot path.** All events go through one bounded queue to a
+//!   writer thread that takes up to 512 at a time and writes them with one fsync per sink.
+//!   [`Auditor::record`], used for every sign and refused verify, returns once the event
+//!   is queued, without waiting for the disk. If the queue stays full for `enqueue_wait`
+//!   (50 ms by default), a sign / verify_refused event is dropped, counted in
+//!   [`AuditStats::dropped`] and logged. A lifecycle event (rotate, retire) is never
+//!   dropped: `record` waits for room as long as it takes. With an HTTP sink each event
+//!   also costs its own spool file (write, fsync, rename); the directory fsync is shared
+//!   by the batch.
+//! - Events never hold a signed input or a token: [`AuditEvent`] has fixed, typed fields
+//!   only; an input can only be given to [`AuditEvent::input`], which keeps its SHA-256.
+//!
+//! Events given to [`Auditor::record`] and still queued when the process exits without
+//! [`Auditor::flush`] are lost (`record_durable` has no such window); events spooled but
+//! not delivered are sent by the next process started on the same spool directory.
+
+mod config;
+mod deliver;
+mod event;
+mod file;
+mod spool;
+mod stats;
+mod writer;
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::time::Instant;
+
+pub use config::AuditConfig;
+pub use event::{Actor, AuditEvent, EventKind, InputDigest, Outcome};
+pub use stats::AuditStats;
+
+use deliver::Deliverer;
+use stats::Counters;
+use writer::{Entry, Job, Writer};
+
+/// Why an event could not be recorded, or the auditor could not start.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit configuration: {}", .0.join("; "))]
+    Config(Vec<String>),
+    #[error("audit file {}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    #[error("audit spool {}: {source}", path.display())]
+    Spool {
+        path: PathBuf,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    #[error("cannot build the audit HTTP client: {0}")]
+    Client(#[source] Arc<reqwest::Error>),
+    #[error("cannot start the audit writer thread: {0}")]
+    Thread(#[source] Arc<io::Error>),
+    #[error("the audit HTTP sink needs a Tokio runtime")]
+    NoRuntime,
+    #[error("the audit writer has stopped")]
+    Stopped,
+}
+
+impl AuditError {
+    fn file(path: &Path, e: io::Error) -> Self {
+        AuditError::File {
+            path: path.to_owned(),
+            source: Arc::new(e),
+        }
+    }
+
+    fn spool(path: &Path, e: io::Error) -> Self {
+        AuditError::Spool {
+            path: path.to_owned(),
+            source: Arc::new(e),
+        }
+    }
+}
+
+/// State shared by the auditor handles, the writer thread and the deliverer task.
+#[derive(Debug, Default)]
+struct Shared {
+    stats: Counters,
+    /// Writer to deliverer: new events are spooled.
+    spooled: Notify,
+    /// Deliverer to `flush`: an attempt finished or the spool was recounted.
+    progress: Notify,
+}
+
+/// Records audit events. Cheap to clone; the background writer and deliverer stop when
+/// the last clone is dropped (the writer after writing what was queued).
+#[derive(Debug, Clone)]
+pub struct Auditor {
+    inner: Option<Arc<Inner>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+    spool_dir: Option<PathBuf>,
+    enqueue_wait: Duration,
+    /// Dropped with the last handle: tells the deliverer to stop.
+    _stop: watch::Sender<()>,
+}
+
+impl Auditor {
+    /// An auditor that records nothing (no sink configured).
+    pub fn disabled() -> Self {
+        Auditor { inner: None }
+    }
+
+    /// Opens the sinks of `config` and starts the writer thread and, with an endpoint,
+    /// the deliverer task (which first sends what an earlier process left in the spool).
+    /// Must be called within a Tokio runtime when `http_url` is set. A configuration
+    /// without sinks gives [`Auditor::disabled`].
+    pub fn start(config: &AuditConfig) -> Result<Self, AuditError> {
+        let problems = config.validate();
+        if !problems.is_empty() {
+            return Err(AuditError::Config(problems));
+        }
+        if !config.is_enabled() {
+            return Ok(Auditor::disabled());
+        }
+        let shared = Arc::new(Shared::default());
+        let (stop, stopped) = watch::channel(());
+        let writer = open_sinks(config, &shared)?;
+        let spool_dir = writer.spool.as_ref().map(|s| s.dir().to_owned());
+        if let (Some(url), Some(dir)) = (&config.http_url, &spool_dir) {
+            spawn_deliverer(config, url, dir, &shared, stopped)?;
+        }
+        let (jobs, queue) = mpsc::channel(config.queue_capacity);
+        writer
+            .spawn(queue)
+            .map_err(|e| AuditError::Thread(Arc::new(e)))?;
+        tracing::info!(
+            file = ?config.file,
+            spool = ?spool_dir,
+            http = config.http_url.is_some(),
+            pending = spool_dir.as_deref().map_or(0, spool::count),
+            "audit trail enabled"
+        );
+        Ok(Auditor {
+            inner: Some(Arc::new(Inner {
+                jobs,
+                shared,
+                spool_dir,
+                enqueue_wait: config.enqueue_wait,
+                _stop: stop,
+            })),
+        })
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Queues `event` for the background writer without waiting for the disk: for the
+    /// request path (sign, verify_refused). A full queue is waited on for at most
+    /// `enqueue_wait`, then the event is dropped, counted and logged; lifecycle events
+    /// (rotate, retire) wait as long as it takes and are never dropped.
+    pub async fn record(&self, event: AuditEvent) {
+        let Some(inner) = &self.inner else { return };
+        let kind = event.kind();
+        let job = Job::Event(entry(&event, None));
+        let queued = if kind.is_lifecycle() {
+            inner.jobs.send(job).await.is_ok()
+        } else {
+            inner
+                .jobs
+                .send_timeout(job, inner.enqueue_wait)
+                .await
+                .is_ok()
+        };
+        if !queued {
+            inner.dropped(kind);
+        }
+    }
+
+    /// Records `event` and returns once it is durably on disk in every local sink (see the
+    /// module docs). For lifecycle commands. If this future is dropped early, the event is
+    /// still written.
+    pub async fn record_durable(&self, event: AuditEvent) -> Result<(), AuditError> {
+        let Some(inner) = &self.inner else {
+            return Ok(());
+        };
+        let (ack, written) = oneshot::channel();
+        inner
+            .jobs
+            .send(Job::Event(entry(&event, Some(ack))))
+            .await
+            .map_err(|_| AuditError::Stopped)?;
+        written.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Waits, at most `deadline`, until everything queued is written and the spool is
+    /// delivered. Returns how many events are not yet at their destination: still queued
+    /// or spooled. Spooled events are not lost; the next process delivers them.
+    pub async fn flush(&self, deadline: Duration) -> usize {
+        let Some(inner) = &self.inner else { return 0 };
+        let until = Instant::now() + deadline;
+        let drained = tokio::time::timeout_at(until, inner.drain_queue()).await;
+        let queued = if drained.is_ok() { 0 } else { inner.queued() };
+        queued + inner.await_delivery(until).await
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> AuditStats {
+        self.inner
+            .as_ref()
+            .map_or_else(AuditStats::default, |inner| inner.shared.stats.snapshot())
+    }
+}
+
+impl Inner {
+    fn dropped(&self, kind: EventKind) {
+        let total = Counters::bump(&self.shared.stats.dropped);
+        // Logged at the first drop and then at every 1024th, so a disk stall cannot flood logs.
+        if total == 1 || total % 1024 == 0 {
+            tracing::warn!(
+                event = %kind,
+                dropped_total = total,
+                "audit queue full or writer stopped: audit event dropped"
+            );
+        }
+    }
+
+    /// Returns once every event queued before the call is written.
+    async fn drain_queue(&self) {
+        let (done, drained) = oneshot::channel();
+        if self.jobs.send(Job::Barrier(done)).await.is_ok() {
+            let _ = drained.await;
+        }
+    }
+
+    fn queued(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
+    }
+
+    /// Waits until the spool is empty or `until`; returns how many events are spooled.
+    async fn await_delivery(&self, until: Instant) -> usize {
+        let Some(dir) = &self.spool_dir else { return 0 };
+        loop {
+            let progress = self.shared.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            // The gauge is cheap; the directory has the last word.
+            if self.shared.stats.snapshot().pending == 0 || Instant::now() >= until {
+                let left = count_spooled(dir).await;
+                if left == 0 || Instant::now() >= until {
+                    return left;
+                }
+            }
+            tokio::select! {
+                _ = progress => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+}
+
+fn entry(event: &AuditEvent, ack: Option<writer::Ack>) -> Entry {
+    Entry {
+        id: event.id().to_owned(),
+        json: event.to_json(),
+        ack,
+    }
+}
+
+fn open_sinks(config: &AuditConfig, shared: &Arc<Shared>) -> Result<Writer, AuditError> {
+    let file = config
+        .file
+        .as_deref()
+        .map(|path| file::AuditFile::open(path).map_err(|e| AuditError::file(path, e)))
+        .transpose()?;
+    let spool = config
+        .spool_dir
+        .as_deref()
+        .map(|dir| spool::Spool::open(dir).map_err(|e| AuditError::spool(dir, e)))
+        .transpose()?;
+    Ok(Writer {
+        file,
+        spool,
+        shared: Arc::clone(shared),
+        failing: false,
+    })
+}
+
+fn spawn_deliverer(
+    config: &AuditConfig,
+    url: &str,
+    dir: &Path,
+    shared: &Arc<Shared>,
+    stop: watch::Receiver<()>,
+) -> Result<(), AuditError> {
+    // validate() has checked the URL.
+    let endpoint = reqwest::Url::parse(url).map_err(|e| AuditError::Config(vec![e.to_string()]))?;
+    let runtime = tokio::runtime::Handle::try_current().map_err(|_| AuditError::NoRuntime)?;
+    let deliverer = Deliverer::new(config, endpoint, dir.to_owned(), Arc::clone(shared), stop)?;
+    runtime.spawn(deliverer.run());
+    Ok(())
+}
+
+async fn count_spooled(dir: &Path) -> usize {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || spool::count(&dir))
+        .await
+        .unwrap_or(0)
+}
+
+/// Opens `path` with `options`, creating it with mode 0600 where modes exist.
+fn private_file(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.create(true).open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    fn sign() -> AuditEvent {
+        AuditEvent::new(
+            EventKind::Sign,
+            Actor::caller("uid:1000"),
+            "transit",
+            "k",
+            Outcome::Ok,
+        )
+        .versions([1])
+        .input(b"payload")
+    }
+
+    fn rotate() -> AuditEvent {
+        AuditEvent::new(
+            EventKind::Rotate,
+            Actor::token("approle", "", "acc"),
+            "transit",
+            "k",
+            Outcome::Ok,
+        )
+        .versions([1, 2])
+    }
+
+    /// An auditor whose queue the test holds instead of a writer thread.
+    fn queue_only(capacity: usize) -> (Auditor, mpsc::Receiver<Job>) {
+        let (jobs, queue) = mpsc::channel(capacity);
+        let inner = Inner {
+            jobs,
+            shared: Arc::default(),
+            spool_dir: None,
+            enqueue_wait: Duration::from_millis(20),
+            _stop: watch::channel(()).0,
+        };
+        let auditor = Auditor {
+            inner: Some(Arc::new(inner)),
+        };
+        (auditor, queue)
+    }
+
+    #[tokio::test]
+    async fn full_queue_drops_sign_events_but_not_lifecycle_events() {
+        let (auditor, mut queue) = queue_only(1);
+        auditor.record(sign()).await;
+        auditor.record(sign()).await;
+        assert_eq!(auditor.stats().dropped, 1);
+
+        let waiting = tokio::spawn({
+            let auditor = auditor.clone();
+            async move { auditor.record(rotate()).await }
+        });
+        let mut waiting = std::pin::pin!(waiting);
+        // Still waiting for room well past enqueue_wait.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), waiting.as_mut())
+                .await
+                .is_err()
+        );
+        assert!(matches!(queue.recv().await, Some(Job::Event(_))));
+        tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
+        assert_eq!(auditor.stats().dropped, 1);
+        assert!(matches!(queue.try_recv(), Ok(Job::Event(e)) if e.json.starts_with(b"{")));
+    }
+
+    #[tokio::test]
+    async fn stopped_writer_is_reported_to_durable_callers() {
+        let (auditor, queue) = queue_only(4);
+        drop(queue);
+        assert!(matches!(
+            auditor.record_durable(rotate()).await,
+            Err(AuditError::Stopped)
+        ));
+        auditor.record(sign()).await;
+        assert_eq!(auditor.stats().dropped, 1);
+    }
+
+    #[tokio::test]
+    async fn disabled_auditor_accepts_everything_and_holds_nothing() {
+        let auditor = Auditor::start(&AuditConfig::default()).unwrap();
+        assert!(!auditor.is_enabled());
+        auditor.record(sign()).await;
+        auditor.record_durable(rotate()).await.unwrap();
+        assert_eq!(auditor.flush(WAIT).await, 0);
+        assert_eq!(auditor.stats(), AuditStats::default());
+    }
+
+    #[tokio::test]
+    async fn invalid_configuration_is_refused_at_start() {
+        let config = AuditConfig {
+            http_url: Some("https://audit.example/".into()),
+            ..AuditConfig::default()
+        };
+        let err = Auditor::start(&config).unwrap_err();
+        assert!(err.to_string().contains("AEGIS_AUDIT_SPOOL_DIR"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn durable_record_is_on_disk_when_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let auditor = Auditor::start(&AuditConfig {
+            file: Some(path.clone()),
+            ..AuditConfig::default()
+        })
+        .unwrap();
+        let event = rotate();
+        let id = event.id().to_owned();
+        auditor.record_durable(event).await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with('\n') && text.contains(&id));
+        auditor.record(sign()).await;
+        assert_eq!(auditor.flush(WAIT).await, 0);
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
+        assert_eq!(auditor.stats().written, 2);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn write_failures_reach_durable_callers_and_are_counted() {
+        let auditor = Auditor::start(&AuditConfig {
+            file: Some("/dev/full".into()),
+            ..AuditConfig::default()
+        })
+        .unwrap();
+        let err = auditor.record_durable(rotate()).await.unwrap_err();
+        assert!(matches!(err, AuditError::File { .. }), "{err}");
+        auditor.record(sign()).await;
+        auditor.flush(WAIT).await;
+        let stats = auditor.stats();
+        assert_eq!((stats.written, stats.write_errors), (0, 2));
+    }
+}
