@@ -1,12 +1,15 @@
-//! Command line: `aegis serve`, `aegis dev`. Parsing only; the work lives elsewhere.
+//! Command line: `aegis serve`, `aegis dev`, and the lifecycle commands for rotation jobs
+//! (`rotate`, `retire`, `keys status`). Parsing only; the work lives elsewhere.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ProcessEnv};
+use crate::lifecycle::{self, RetireArgs, RotateOptions};
 
 /// Exit code for invalid configuration (EX_CONFIG-style usage error, sysexits' EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
@@ -30,6 +33,60 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Rotate a signing key for a rotation job: rotate (unless done within --min-interval),
+    /// record outgoing versions with retire_after = now + grace in the retention record,
+    /// raise min_decryption_version, drop expired entries. Idempotent.
+    Rotate {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The Transit key.
+        #[arg(long)]
+        key: String,
+        /// How long outgoing versions keep verifying.
+        #[arg(long, default_value = "90d", value_parser = crate::config::parse_duration)]
+        grace: Duration,
+        /// Do not rotate again if the signing version is younger than this (a retried job).
+        #[arg(long, default_value = "1h", value_parser = crate::config::parse_duration)]
+        min_interval: Duration,
+        /// Rotate even if the signing version is younger than --min-interval.
+        #[arg(long)]
+        force: bool,
+        /// Recorded with each outgoing version.
+        #[arg(long, default_value = "rotation")]
+        reason: String,
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retire one version early (--at TIME) or revoke it now (--now) after a compromise.
+    Retire {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        version: u32,
+        /// RFC 3339 time until which the version keeps verifying.
+        #[arg(long, conflicts_with = "now", required_unless_present = "now")]
+        at: Option<String>,
+        /// Revoke now: its signatures are refused at once.
+        #[arg(long)]
+        now: bool,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inventory of signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Start a throwaway OpenBao dev server with demo keys and serve the sidecar against it.
     Dev {
         /// Where the sidecar listens.
@@ -39,6 +96,34 @@ enum Command {
         #[arg(long)]
         bao: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Versions, ages, signing version, retire_after, days until rotation is due, warnings.
+    Status {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// One key (default: every key of the Transit mount).
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Loads the configuration and sets up logging, or explains and exits 64.
+fn load_config(file: Option<&Path>) -> Result<Config, ExitCode> {
+    match Config::load(file, &ProcessEnv) {
+        Ok(c) => {
+            crate::telemetry::init(c.log_format, c.log_filter.as_deref());
+            Ok(c)
+        }
+        Err(e) => {
+            eprint!("aegis: {e}");
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
 }
 
 pub fn main() -> ExitCode {
@@ -53,20 +138,67 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
-        Command::Serve { config } => {
-            let config = match Config::load(config.as_deref(), &ProcessEnv) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprint!("aegis: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            };
-            crate::telemetry::init(config.log_format, config.log_filter.as_deref());
-            runtime.block_on(serve(config))
+    let (config_file, command) = match cli.command {
+        Command::Dev { listen, bao } => return runtime.block_on(crate::dev::run(listen, bao)),
+        Command::Serve { ref config } => (config.clone(), cli.command),
+        Command::Rotate { ref config, .. } | Command::Retire { ref config, .. } => {
+            (config.clone(), cli.command)
         }
-        Command::Dev { listen, bao } => runtime.block_on(crate::dev::run(listen, bao)),
-    }
+        Command::Keys {
+            command: KeysCommand::Status { ref config, .. },
+        } => (config.clone(), cli.command),
+    };
+    let config = match load_config(config_file.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    runtime.block_on(async {
+        match command {
+            Command::Serve { .. } => serve(config).await,
+            Command::Rotate {
+                key,
+                grace,
+                min_interval,
+                force,
+                reason,
+                dry_run,
+                json,
+                ..
+            } => {
+                let opts = RotateOptions {
+                    grace,
+                    min_interval: if force { Duration::ZERO } else { min_interval },
+                    dry_run,
+                    reason,
+                };
+                lifecycle::run_rotate(&config, &key, opts, json).await
+            }
+            Command::Retire {
+                key,
+                version,
+                at,
+                now,
+                reason,
+                dry_run,
+                json,
+                ..
+            } => {
+                let args = RetireArgs {
+                    key,
+                    version,
+                    at,
+                    now,
+                    reason,
+                    dry_run,
+                };
+                lifecycle::run_retire(&config, args, json).await
+            }
+            Command::Keys {
+                command: KeysCommand::Status { key, json, .. },
+            } => lifecycle::run_status(&config, key.as_deref(), json).await,
+            Command::Dev { .. } => unreachable!("handled above"),
+        }
+    })
 }
 
 async fn serve(config: Config) -> ExitCode {

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::audit::AuditConfig;
+use crate::keys::RetentionLocation;
+
 /// A secret string (a Vault token): never printed by `Debug` or `Display`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
@@ -177,6 +180,15 @@ pub struct Config {
     /// `AEGIS_CACHE_DIR`: where the keyset snapshot is kept, so a restart during a Vault
     /// outage still verifies. Unset: no snapshot.
     pub cache_dir: Option<PathBuf>,
+    /// Where retention records live: `AEGIS_RETENTION_KV_MOUNT` (default `secret`, a KV v2
+    /// mount) and `AEGIS_RETENTION_PREFIX` (default `aegis/keys`); the record of key K is
+    /// `{kv_mount}/data/{prefix}/{transit_mount}/{K}`.
+    pub retention: RetentionLocation,
+    /// `AEGIS_ROTATION_PERIOD`, default 90 days: when `keys status` says a rotation is due.
+    pub rotation_period: Duration,
+    /// The audit trail: `AEGIS_AUDIT_FILE`, `AEGIS_AUDIT_URL`, `AEGIS_AUDIT_SPOOL_DIR`,
+    /// `AEGIS_AUDIT_TOKEN_FILE` (see [`crate::audit`]).
+    pub audit: AuditConfig,
     pub vault: VaultConfig,
 }
 
@@ -206,6 +218,11 @@ struct FileConfig {
     refresh_interval: Option<String>,
     log_format: Option<LogFormat>,
     cache_dir: Option<String>,
+    rotation_period: Option<String>,
+    #[serde(default)]
+    retention: FileRetention,
+    #[serde(default)]
+    audit: FileAudit,
     #[serde(default)]
     vault: FileVault,
 }
@@ -225,6 +242,23 @@ struct FileVault {
     auth: FileAuth,
     #[serde(default)]
     tls: FileTls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAudit {
+    file: Option<String>,
+    url: Option<String>,
+    spool_dir: Option<String>,
+    token_file: Option<String>,
+    flush_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRetention {
+    kv_mount: Option<String>,
+    prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -591,6 +625,16 @@ impl Config {
             fc.vault.connect_timeout,
             Duration::from_secs(2),
         );
+        let audit_flush = duration(
+            "AEGIS_AUDIT_FLUSH_TIMEOUT",
+            fc.audit.flush_timeout.clone(),
+            Duration::from_secs(10),
+        );
+        let rotation_period = duration(
+            "AEGIS_ROTATION_PERIOD",
+            fc.rotation_period,
+            Duration::from_secs(90 * 86400),
+        );
         let total_timeout = duration(
             "AEGIS_VAULT_TOTAL_TIMEOUT",
             fc.vault.total_timeout,
@@ -617,6 +661,16 @@ impl Config {
         }
 
         let addrs = vault_addrs(env, fc.vault.addr, fc.vault.addrs, &mut errors);
+        let audit = AuditConfig {
+            file: pick("AEGIS_AUDIT_FILE", fc.audit.file).map(PathBuf::from),
+            http_url: pick("AEGIS_AUDIT_URL", fc.audit.url),
+            spool_dir: pick("AEGIS_AUDIT_SPOOL_DIR", fc.audit.spool_dir).map(PathBuf::from),
+            http_bearer_token_file: pick("AEGIS_AUDIT_TOKEN_FILE", fc.audit.token_file)
+                .map(PathBuf::from),
+            flush_timeout: audit_flush,
+            ..AuditConfig::default()
+        };
+        errors.extend(audit.validate());
         let mut flag = |name: &str, file: Option<bool>| -> bool {
             match env.var(name) {
                 None => file.unwrap_or(false),
@@ -663,6 +717,18 @@ impl Config {
             log_format,
             log_filter: env.var("RUST_LOG"),
             cache_dir: pick("AEGIS_CACHE_DIR", fc.cache_dir).map(PathBuf::from),
+            retention: RetentionLocation {
+                kv_mount: pick("AEGIS_RETENTION_KV_MOUNT", fc.retention.kv_mount)
+                    .unwrap_or_else(|| "secret".into())
+                    .trim_matches('/')
+                    .to_string(),
+                prefix: pick("AEGIS_RETENTION_PREFIX", fc.retention.prefix)
+                    .unwrap_or_else(|| "aegis/keys".into())
+                    .trim_matches('/')
+                    .to_string(),
+            },
+            rotation_period,
+            audit,
             vault: VaultConfig {
                 addrs,
                 auth,

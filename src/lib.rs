@@ -14,6 +14,7 @@ pub mod crypto;
 pub mod dev;
 pub mod error;
 pub mod keys;
+pub mod lifecycle;
 pub mod server;
 pub mod sign;
 pub mod telemetry;

@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::api::{http, AppState, Readiness};
+use crate::audit::Auditor;
 use crate::config::{Config, ConfigErrors};
 use crate::keys::{snapshot, KeyCache};
 use crate::sign::Signer;
@@ -23,10 +24,17 @@ use crate::verify::Verifier;
 pub fn build_state(config: Config) -> Result<Arc<AppState>, ConfigErrors> {
     let config = Arc::new(config);
     let vault = Arc::new(VaultClient::new(&config.vault)?);
-    let keys = Arc::new(KeyCache::new(vault.clone(), config.transit_mount.clone()));
+    let keys = Arc::new(KeyCache::new(
+        vault.clone(),
+        config.transit_mount.clone(),
+        Some(config.retention.clone()),
+    ));
     let readiness = Arc::new(Readiness::default());
     readiness.set_not_ready("starting: the allowlisted keys are not loaded yet");
+    let auditor = Auditor::start(&config.audit)
+        .map_err(|e| ConfigErrors(vec![format!("cannot start the audit trail: {e}")]))?;
     Ok(Arc::new(AppState {
+        auditor,
         signer: Signer::new(keys.clone(), vault.clone()),
         verifier: Verifier::new(keys.clone(), vault),
         keys,
@@ -62,12 +70,24 @@ pub async fn run(
                 .run_snapshotter(dir.clone(), state.config.vault.addrs.clone()),
         ));
     }
+    let auditor = state.auditor.clone();
+    let state_flush = state.config.audit.flush_timeout;
     info!(%addr, vault = ?state.config.vault.addrs, auth = state.config.vault.auth.method(), mount = %state.config.transit_mount, "aegis listening");
-    let result = axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = axum::serve(
+        listener,
+        http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
     for t in tasks {
         t.abort();
+    }
+    let pending = auditor.flush(state_flush).await;
+    if pending > 0 {
+        warn!(
+            pending,
+            "audit events not yet delivered; they stay spooled for the next start"
+        );
     }
     result
 }

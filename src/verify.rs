@@ -280,6 +280,7 @@ fn check_item_inner(
     let version = match set.version_status(number) {
         VersionStatus::Valid(v) => v,
         VersionStatus::TooOld => return Err(Error::bad_request(VersionStatus::TOO_OLD)),
+        VersionStatus::Retired(message) => return Err(Error::BadRequest(message)),
         VersionStatus::TooNew | VersionStatus::Missing => {
             return Ok(ItemCheck::NeedsRefresh(number))
         }

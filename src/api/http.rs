@@ -5,10 +5,11 @@
 //! credential. Bodies are capped before they are read; every error is rendered as
 //! `{"errors":[...]}` with the status from [`Error::status`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -115,14 +116,18 @@ fn route<'a>(mount: &str, path: &'a str) -> Result<Op<'a>, Error> {
     }
 }
 
-async fn vault_api(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    match handle(&state, req).await {
+async fn vault_api(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    match handle(&state, peer, req).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn handle(state: &AppState, req: Request) -> Result<Response, Error> {
+async fn handle(state: &AppState, peer: SocketAddr, req: Request) -> Result<Response, Error> {
     let path = req
         .uri()
         .path()
@@ -163,9 +168,18 @@ async fn handle(state: &AppState, req: Request) -> Result<Response, Error> {
     let body = read_body(req, state.config.max_body_bytes).await?;
     let request = TransitRequest::parse(&body, state.config.max_batch_items)?;
     let warning = request.unknown_fields_warning();
+    let caller = format!("tcp:{}", peer.ip());
     let data = match op {
-        Op::Sign { key, hash } => state.signer.sign(key, hash, &request).await?,
-        Op::Verify { key, hash } => state.verifier.verify(key, hash, &request).await?,
+        Op::Sign { key, hash } => {
+            let data = state.signer.sign(key, hash, &request).await?;
+            state.audit_sign(&caller, key, &request, &data).await;
+            data
+        }
+        Op::Verify { key, hash } => {
+            let outcome = state.verifier.verify(key, hash, &request).await;
+            state.audit_verify(&caller, key, &request, &outcome).await;
+            outcome?
+        }
         Op::ReadKey { .. } => unreachable!("answered above"),
     };
     Ok(envelope(data, warning))

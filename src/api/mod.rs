@@ -8,9 +8,14 @@ pub mod http;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use serde_json::Value;
+
+use crate::audit::{Actor, AuditEvent, Auditor, EventKind, Outcome};
 use crate::config::Config;
+use crate::error::Error;
 use crate::keys::KeyCache;
 use crate::sign::Signer;
+use crate::transit::TransitRequest;
 use crate::verify::Verifier;
 
 /// Startup latch: true once the allowlisted keys are loaded. Readiness as a whole also
@@ -38,6 +43,93 @@ impl Readiness {
 }
 
 impl AppState {
+    /// One audit event per signed item: the caller, the key, the version Vault signed
+    /// with and the SHA-256 of the input (never the input).
+    pub async fn audit_sign(&self, caller: &str, key: &str, req: &TransitRequest, data: &Value) {
+        if !self.auditor.is_enabled() {
+            return;
+        }
+        for (i, item) in req.items.iter().enumerate() {
+            let answer = if req.batch {
+                &data["batch_results"][i]
+            } else {
+                data
+            };
+            let result = match answer["error"].as_str().filter(|e| !e.is_empty()) {
+                Some(e) => Outcome::error(e),
+                None => Outcome::Ok,
+            };
+            let mut event = self.event(EventKind::Sign, caller, key, result);
+            if let Some(v) = answer["key_version"].as_u64() {
+                event = event.versions([v]);
+            }
+            if let Some(input) = &item.input {
+                event = event.input(&input_bytes(input));
+            }
+            self.auditor.record(event).await;
+        }
+    }
+
+    /// One audit event per verify item that was refused: an invalid signature, or an
+    /// error (a retired or revoked version, bad input).
+    pub async fn audit_verify(
+        &self,
+        caller: &str,
+        key: &str,
+        req: &TransitRequest,
+        outcome: &Result<Value, Error>,
+    ) {
+        if !self.auditor.is_enabled() {
+            return;
+        }
+        for (i, item) in req.items.iter().enumerate() {
+            let refusal = match outcome {
+                Err(e) => Some(e.messages().join("; ")),
+                Ok(data) => {
+                    let answer = if req.batch {
+                        &data["batch_results"][i]
+                    } else {
+                        data
+                    };
+                    match answer["error"].as_str().filter(|e| !e.is_empty()) {
+                        Some(e) => Some(e.to_string()),
+                        None if answer["valid"] == false => Some("invalid signature".into()),
+                        None => None,
+                    }
+                }
+            };
+            let Some(refusal) = refusal else { continue };
+            let mut event = self.event(
+                EventKind::VerifyRefused,
+                caller,
+                key,
+                Outcome::error(refusal),
+            );
+            if let Some(v) = item
+                .signature
+                .as_deref()
+                .and_then(|s| crate::verify::parse_signature(s).ok())
+                .and_then(|p| u64::try_from(p.version).ok())
+            {
+                event = event.versions([v]);
+            }
+            if let Some(input) = &item.input {
+                event = event.input(&input_bytes(input));
+            }
+            self.auditor.record(event).await;
+        }
+    }
+
+    fn event(&self, kind: EventKind, caller: &str, key: &str, result: Outcome) -> AuditEvent {
+        AuditEvent::new(
+            kind,
+            Actor::caller(caller),
+            &self.config.transit_mount,
+            key,
+            result,
+        )
+    }
+
     /// Ready to sign: Vault accepts the sidecar's credential now and the allowlisted keys
     /// are loaded. Verification from cache works whether ready or not.
     pub fn ready(&self) -> Result<(), String> {
@@ -56,6 +148,13 @@ impl AppState {
     }
 }
 
+/// The bytes an input stands for (base64-decoded; the text itself if it is not base64),
+/// only ever hashed.
+fn input_bytes(input: &str) -> Vec<u8> {
+    crate::b64::decode(input, crate::b64::Encoding::Standard)
+        .unwrap_or_else(|_| input.as_bytes().to_vec())
+}
+
 /// What every handler shares.
 pub struct AppState {
     pub config: Arc<Config>,
@@ -63,4 +162,6 @@ pub struct AppState {
     pub signer: Signer,
     pub verifier: Verifier,
     pub readiness: Arc<Readiness>,
+    /// The audit trail (sign and refused verify events).
+    pub auditor: Auditor,
 }

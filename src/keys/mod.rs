@@ -10,6 +10,7 @@
 //! unknown version: concurrent requests wait for one Vault call. A background task
 //! refreshes every cached key at the configured interval with jitter.
 
+pub mod retention;
 pub mod snapshot;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::crypto::{KeyType, PublicKey};
 use crate::vault::{TransitKeyInfo, VaultClient, VaultError};
+use retention::{Retention, RetentionRecord};
 
 /// One version of a key.
 #[derive(Clone)]
@@ -56,6 +58,11 @@ pub struct KeySet {
     pub versions: BTreeMap<u32, Arc<KeyVersion>>,
     /// The other fields of Vault's last answer, to answer `GET keys` like Vault.
     pub vault_fields: Map<String, Value>,
+    /// The key's retention record as last read (empty when none).
+    pub record: RetentionRecord,
+    /// Retention of recorded versions, plus expired ones seen before and since dropped
+    /// from the record (so a refusal can still say when they were retired).
+    pub retention: BTreeMap<u32, Retention>,
     pub fetched_at: SystemTime,
     fetched_instant: Instant,
 }
@@ -69,6 +76,8 @@ pub enum VersionStatus<'a> {
     TooOld,
     /// Within range, but the cache has no public key for it.
     Missing,
+    /// Recorded as retired and past its `retire_after`, or revoked: the 400 message.
+    Retired(String),
 }
 
 impl VersionStatus<'_> {
@@ -83,13 +92,27 @@ impl KeySet {
         self.local_type.is_some() && !self.derived
     }
 
-    /// The validity rule (DESIGN.md). Today Vault's: `min_decryption_version <= N <= latest`.
+    /// The validity rule of DESIGN.md, the one place it is applied. Version N verifies when
+    /// the cache has its public key, N <= latest, and either N is recorded in the
+    /// retention record with `retire_after` still ahead (even below
+    /// `min_decryption_version`), or N is unrecorded and >= `min_decryption_version`.
+    /// A recorded version past its `retire_after`, or revoked, is refused even above
+    /// `min_decryption_version`.
     pub fn version_status(&self, version: u32) -> VersionStatus<'_> {
+        self.version_status_at(version, SystemTime::now())
+    }
+
+    fn version_status_at(&self, version: u32, now: SystemTime) -> VersionStatus<'_> {
         if version > self.latest_version {
             return VersionStatus::TooNew;
         }
-        if version < self.min_decryption_version.max(1) {
-            return VersionStatus::TooOld;
+        match self.retention.get(&version) {
+            Some(r) if !r.valid_at(now) => {
+                return VersionStatus::Retired(r.refusal(&self.name, version))
+            }
+            Some(_) => {}
+            None if version < self.min_decryption_version.max(1) => return VersionStatus::TooOld,
+            None => {}
         }
         match self.versions.get(&version) {
             Some(v) => VersionStatus::Valid(v),
@@ -97,8 +120,9 @@ impl KeySet {
         }
     }
 
-    /// Builds the new keyset from Vault's answer, keeping what Vault no longer returns.
-    fn merge(info: TransitKeyInfo, previous: Option<&KeySet>) -> KeySet {
+    /// Builds the new keyset from Vault's answer and the key's retention record, keeping
+    /// what Vault no longer returns.
+    fn merge(info: TransitKeyInfo, record: RetentionRecord, previous: Option<&KeySet>) -> KeySet {
         let local_type = KeyType::from_transit(&info.key_type);
         let mut versions = BTreeMap::new();
         // Keep retired versions of the same key (same type, not above the new latest:
@@ -153,6 +177,43 @@ impl KeySet {
                 }),
             );
         }
+        // Versions Vault no longer returns but the retention record still holds.
+        let key_name = info.raw.get("name").and_then(Value::as_str).unwrap_or("?");
+        for e in &record.previous_keys {
+            if versions.contains_key(&e.version) || e.version > info.latest_version {
+                continue;
+            }
+            let parsed = local_type.and_then(|t| match PublicKey::parse(t, &e.public_key) {
+                Ok(p) => Some(p),
+                Err(err) => {
+                    warn!(key = key_name, version = e.version, error = %err, "retention record holds an unusable public key");
+                    None
+                }
+            });
+            let mut entry = Map::new();
+            entry.insert("public_key".into(), e.public_key.clone().into());
+            entry.insert("creation_time".into(), e.created.clone().into());
+            versions.insert(
+                e.version,
+                Arc::new(KeyVersion {
+                    version: e.version,
+                    public_key: e.public_key.clone(),
+                    creation_time: e.created.clone(),
+                    name: String::new(),
+                    vault_entry: entry,
+                    parsed,
+                }),
+            );
+        }
+        let mut retention = record.entries();
+        if let Some(prev) = previous.filter(|p| p.key_type == info.key_type) {
+            let now = SystemTime::now();
+            for (n, r) in &prev.retention {
+                if !retention.contains_key(n) && !r.valid_at(now) && *n <= info.latest_version {
+                    retention.insert(*n, r.clone());
+                }
+            }
+        }
         let mut vault_fields = info.raw;
         vault_fields.remove("keys");
         KeySet {
@@ -171,6 +232,8 @@ impl KeySet {
             min_available_version: info.min_available_version,
             versions,
             vault_fields,
+            record,
+            retention,
             fetched_at: SystemTime::now(),
             fetched_instant: Instant::now(),
         }
@@ -197,6 +260,9 @@ impl KeySet {
     }
 }
 
+/// Where a snapshot entry keeps the key's retention record, next to Transit's fields.
+const SNAPSHOT_RECORD_FIELD: &str = "aegis_retention_record";
+
 /// The cache of keysets for one Transit mount.
 pub struct KeyCache {
     vault: Arc<VaultClient>,
@@ -209,12 +275,33 @@ pub struct KeyCache {
     known_missing: moka::sync::Cache<(String, u32), ()>,
     /// Signalled whenever a keyset changes, for the snapshot writer.
     changed: Notify,
+    /// Where retention records live; `None`: the retention rule is off (Vault's rule only).
+    retention: Option<RetentionLocation>,
+}
+
+/// The KV v2 location of retention records: `{kv_mount}/data/{prefix}/{transit mount}/{key}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionLocation {
+    pub kv_mount: String,
+    pub prefix: String,
+}
+
+impl RetentionLocation {
+    /// The record's path inside the KV mount.
+    pub fn path(&self, transit_mount: &str, key: &str) -> String {
+        format!("{}/{transit_mount}/{key}", self.prefix.trim_matches('/'))
+    }
 }
 
 impl KeyCache {
-    pub fn new(vault: Arc<VaultClient>, mount: impl Into<String>) -> Self {
+    pub fn new(
+        vault: Arc<VaultClient>,
+        mount: impl Into<String>,
+        retention: Option<RetentionLocation>,
+    ) -> Self {
         KeyCache {
             vault,
+            retention,
             mount: mount.into(),
             sets: moka::future::Cache::builder().max_capacity(10_000).build(),
             refresh_locks: moka::sync::Cache::builder().max_capacity(10_000).build(),
@@ -238,15 +325,44 @@ impl KeyCache {
         self.vault.clone()
     }
 
+    /// Reads the key from Transit and its retention record from KV, concurrently. A record
+    /// Vault will not show us (403) counts as empty, with a warning: retired versions are
+    /// then refused, never wrongly accepted.
+    async fn read(&self, name: &str) -> Result<(TransitKeyInfo, RetentionRecord), VaultError> {
+        let record = async {
+            let Some(loc) = &self.retention else {
+                return Ok(RetentionRecord::default());
+            };
+            match self
+                .vault
+                .kv2_read(&loc.kv_mount, &loc.path(&self.mount, name))
+                .await
+            {
+                Ok(entry) if entry.data.is_null() => Ok(RetentionRecord::default()),
+                Ok(entry) => serde_json::from_value(entry.data).or_else(|e| {
+                    warn!(key = name, error = %e, "retention record unreadable; treated as empty");
+                    Ok(RetentionRecord::default())
+                }),
+                Err(VaultError::Status { status: 403, .. }) => {
+                    warn!(key = name, "no permission to read the retention record; retired versions will be refused");
+                    Ok(RetentionRecord::default())
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let (info, record) = tokio::join!(self.vault.transit_read_key(&self.mount, name), record);
+        Ok((info?, record?))
+    }
+
     /// The cached keyset, loading it (once, shared by concurrent callers) when absent.
     pub async fn get(&self, name: &str) -> Result<Arc<KeySet>, VaultError> {
         let loaded = std::sync::atomic::AtomicBool::new(false);
         let set = self
             .sets
             .try_get_with_by_ref(name, async {
-                let info = self.vault.transit_read_key(&self.mount, name).await?;
+                let (info, record) = self.read(name).await?;
                 loaded.store(true, std::sync::atomic::Ordering::Relaxed);
-                Ok(Arc::new(KeySet::merge(info, None)))
+                Ok(Arc::new(KeySet::merge(info, record, None)))
             })
             .await
             .map_err(|e: Arc<VaultError>| (*e).clone())?;
@@ -301,9 +417,9 @@ impl KeyCache {
         {
             return Ok(p.clone());
         }
-        match self.vault.transit_read_key(&self.mount, name).await {
-            Ok(info) => {
-                let set = Arc::new(KeySet::merge(info, previous.as_deref()));
+        match self.read(name).await {
+            Ok((info, record)) => {
+                let set = Arc::new(KeySet::merge(info, record, previous.as_deref()));
                 if previous.as_ref().is_none_or(|p| {
                     p.latest_version != set.latest_version
                         || p.min_decryption_version != set.min_decryption_version
@@ -316,9 +432,9 @@ impl KeyCache {
                         "keyset updated"
                     );
                 }
-                let changed = previous
-                    .as_ref()
-                    .is_none_or(|p| p.to_vault_json() != set.to_vault_json());
+                let changed = previous.as_ref().is_none_or(|p| {
+                    p.to_vault_json() != set.to_vault_json() || p.record != set.record
+                });
                 self.sets.insert(name.to_string(), set.clone()).await;
                 if changed {
                     self.changed.notify_one();
@@ -352,11 +468,16 @@ impl KeyCache {
     /// were restored; keys already loaded from Vault are left alone.
     pub async fn restore(&self, payload: snapshot::Payload) -> usize {
         let mut restored = 0;
-        for (name, data) in payload.keys {
+        for (name, mut data) in payload.keys {
+            let record = data
+                .as_object_mut()
+                .and_then(|m| m.remove(SNAPSHOT_RECORD_FIELD))
+                .and_then(|r| serde_json::from_value(r).ok())
+                .unwrap_or_default();
             match TransitKeyInfo::from_data(data) {
                 Ok(info) if !self.sets.contains_key(&name) => {
                     self.sets
-                        .insert(name, Arc::new(KeySet::merge(info, None)))
+                        .insert(name, Arc::new(KeySet::merge(info, record, None)))
                         .await;
                     restored += 1;
                 }
@@ -372,7 +493,15 @@ impl KeyCache {
         let keys = self
             .sets
             .iter()
-            .map(|(name, set)| ((*name).clone(), set.to_vault_json()))
+            .map(|(name, set)| {
+                let mut data = set.to_vault_json();
+                if let (Value::Object(m), Ok(record)) =
+                    (&mut data, serde_json::to_value(&set.record))
+                {
+                    m.insert(SNAPSHOT_RECORD_FIELD.into(), record);
+                }
+                ((*name).clone(), data)
+            })
             .collect();
         snapshot::Payload {
             mount: self.mount.clone(),
@@ -440,10 +569,10 @@ mod tests {
 
     #[test]
     fn retired_versions_stay_cached_but_are_refused_as_vault_does() {
-        let first = KeySet::merge(info(2, 1, &[1, 2]), None);
+        let first = KeySet::merge(info(2, 1, &[1, 2]), RetentionRecord::default(), None);
         assert!(matches!(first.version_status(1), VersionStatus::Valid(_)));
         // Vault raised min_decryption_version to 2 and stopped returning v1.
-        let second = KeySet::merge(info(2, 2, &[2]), Some(&first));
+        let second = KeySet::merge(info(2, 2, &[2]), RetentionRecord::default(), Some(&first));
         assert_eq!(second.versions.keys().copied().collect::<Vec<_>>(), [1, 2]);
         assert!(matches!(second.version_status(1), VersionStatus::TooOld));
         assert!(matches!(second.version_status(0), VersionStatus::TooOld));
@@ -457,14 +586,74 @@ mod tests {
 
     #[test]
     fn a_recreated_key_forgets_versions_above_its_latest() {
-        let old = KeySet::merge(info(3, 1, &[1, 2, 3]), None);
-        let new = KeySet::merge(info(1, 1, &[1]), Some(&old));
+        let old = KeySet::merge(info(3, 1, &[1, 2, 3]), RetentionRecord::default(), None);
+        let new = KeySet::merge(info(1, 1, &[1]), RetentionRecord::default(), Some(&old));
         assert_eq!(new.versions.keys().copied().collect::<Vec<_>>(), [1]);
     }
 
     #[test]
     fn missing_public_key_in_range_is_reported_missing() {
-        let s = KeySet::merge(info(3, 1, &[1, 3]), None);
+        let s = KeySet::merge(info(3, 1, &[1, 3]), RetentionRecord::default(), None);
         assert!(matches!(s.version_status(2), VersionStatus::Missing));
+    }
+
+    fn record(entries: &[(u32, SystemTime, bool)]) -> RetentionRecord {
+        let mut r = RetentionRecord::default();
+        for (version, retire_after, revoked) in entries {
+            r.upsert(retention::RetiredVersion {
+                version: *version,
+                public_key: "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=".into(),
+                created: "2026-01-01T00:00:00Z".into(),
+                retired_at: "2026-02-01T00:00:00Z".into(),
+                retire_after: retention::format_time(*retire_after),
+                reason: "test".into(),
+                revoked: *revoked,
+            });
+        }
+        r
+    }
+
+    #[test]
+    fn the_retention_rule() {
+        let now = SystemTime::now();
+        let later = now + Duration::from_secs(3600);
+        let earlier = now - Duration::from_secs(3600);
+        // Vault: latest 4, min_decryption_version 3, returns only v3 and v4.
+        let set = KeySet::merge(
+            info(4, 3, &[3, 4]),
+            record(&[(1, earlier, false), (2, later, false), (3, later, true)]),
+            None,
+        );
+        // v2: below min_decryption_version, retire_after ahead: retired but valid, with
+        // the public key taken from the record.
+        assert!(matches!(set.version_status(2), VersionStatus::Valid(v) if v.parsed.is_some()));
+        // v1: retire_after passed: refused, naming the key, version and times.
+        match set.version_status(1) {
+            VersionStatus::Retired(m) => {
+                assert!(
+                    m.contains("version 1 of key \"k\" was retired at 2026-02-01T00:00:00Z"),
+                    "{m}"
+                )
+            }
+            _ => panic!("v1 must be refused"),
+        }
+        // v3: revoked, although Vault still accepts it.
+        assert!(
+            matches!(set.version_status(3), VersionStatus::Retired(m) if m.contains("revoked"))
+        );
+        assert!(matches!(set.version_status(4), VersionStatus::Valid(_)));
+        assert!(matches!(set.version_status(0), VersionStatus::TooOld));
+        // Later the job drops the expired v1 from the record: still refused with its times.
+        let next = KeySet::merge(
+            info(4, 3, &[3, 4]),
+            record(&[(2, later, false), (3, later, true)]),
+            Some(&set),
+        );
+        assert!(matches!(next.version_status(1), VersionStatus::Retired(_)));
+        // Once v2's window passes, it is refused too (time is an input of the rule).
+        assert!(matches!(
+            next.version_status_at(2, later + Duration::from_secs(1)),
+            VersionStatus::Retired(_)
+        ));
     }
 }

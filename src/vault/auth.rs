@@ -29,6 +29,7 @@ use crate::config::{AuthConfig, Secret, SecretSource};
 pub struct TokenInfo {
     pub accessor: String,
     pub display_name: String,
+    pub entity_id: String,
     pub ttl: u64,
     pub renewable: bool,
     pub policies: Vec<String>,
@@ -212,6 +213,7 @@ impl VaultClient {
         Ok(TokenInfo {
             accessor: r.accessor,
             display_name: r.display_name,
+            entity_id: r.entity_id,
             ttl: r.ttl,
             renewable: r.renewable.unwrap_or(false),
             policies: r.policies,

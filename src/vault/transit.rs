@@ -86,3 +86,55 @@ impl VaultClient {
             .await
     }
 }
+
+impl VaultClient {
+    /// `POST {mount}/keys/{key}/rotate`: a new latest version (rotation jobs only).
+    pub async fn transit_rotate(&self, mount: &str, key: &str) -> Result<(), VaultError> {
+        self.request_with(
+            Retry::IfNotSent,
+            Method::POST,
+            &format!("{mount}/keys/{key}/rotate"),
+            Some(&Value::Object(Map::new())),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `POST {mount}/keys/{key}/config` with `min_decryption_version` (setting the same
+    /// value twice changes nothing, so it is retried like a read).
+    pub async fn transit_set_min_decryption_version(
+        &self,
+        mount: &str,
+        key: &str,
+        version: u32,
+    ) -> Result<(), VaultError> {
+        self.request_with(
+            Retry::Idempotent,
+            Method::POST,
+            &format!("{mount}/keys/{key}/config"),
+            Some(&serde_json::json!({ "min_decryption_version": version })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `LIST {mount}/keys`: every key name (empty when there is none).
+    pub async fn transit_list_keys(&self, mount: &str) -> Result<Vec<String>, VaultError> {
+        let list = Method::from_bytes(b"LIST").expect("LIST is a valid method");
+        match self
+            .request_with(Retry::Idempotent, list, &format!("{mount}/keys"), None)
+            .await
+        {
+            Ok(d) => Ok(d["keys"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|k| k.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default()),
+            Err(e) if e.is_not_found() => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+}

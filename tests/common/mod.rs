@@ -494,3 +494,24 @@ pub async fn sign_and_verify(side: &Sidecar, key: &str, msg: &[u8]) -> Result<()
     }
     Ok(())
 }
+
+/// A real HTTP audit receiver on 127.0.0.1:`port`: every JSON body POSTed is kept.
+pub async fn audit_receiver(port: u16) -> Arc<std::sync::Mutex<Vec<Value>>> {
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = got.clone();
+    let app = axum::Router::new().route(
+        "/audit",
+        axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+            let store = store.clone();
+            async move {
+                store.lock().unwrap().push(v);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    got
+}

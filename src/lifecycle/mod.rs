@@ -1,0 +1,514 @@
+//! Key lifecycle for rotation jobs: rotate, retire/revoke, and the inventory.
+//!
+//! These run in short-lived commands (`aegis rotate`, `aegis retire`, `aegis keys
+//! status`), never on the request path. They follow the operations runbook: rotate every
+//! 30-90 days; keep previous versions verifiable until what they signed is re-signed or
+//! expired, by recording them in the key's retention record (KV v2, check-and-set) with
+//! a `retire_after`; raise Transit's `min_decryption_version` only past versions safely
+//! recorded; drop entries whose window has passed.
+//!
+//! Every step re-reads Vault and converges, so a job that died half-way, or two jobs at
+//! once, end in the same consistent state: every version Vault no longer accepts is
+//! either recorded or past its window, and no record entry is lost (writes are CAS).
+
+mod commands;
+mod status;
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use serde_json::Value;
+use tracing::{info, warn};
+
+use crate::keys::retention::{format_time, parse_time, RetentionRecord, RetiredVersion};
+use crate::keys::RetentionLocation;
+use crate::vault::{CasWrite, TransitKeyInfo, VaultClient, VaultError};
+
+pub use commands::{run_retire, run_rotate, run_status, RetireArgs};
+pub use status::{key_status, KeyStatus, VersionState, VersionStatusLine};
+
+/// How many times a check-and-set write is retried against concurrent writers.
+const CAS_ATTEMPTS: u32 = 10;
+
+/// Why a lifecycle command failed; each maps to a documented exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// The request makes no sense for this key (unknown version, the signing version, ...).
+    #[error("{0}")]
+    Refused(String),
+    /// Vault said no (403): the job's policy lacks a capability.
+    #[error("permission denied by Vault: {0}")]
+    Denied(String),
+    /// Vault unreachable or the job not authenticated.
+    #[error("Vault unavailable: {0}")]
+    Unavailable(String),
+    /// Other writers kept changing the record; nothing was lost, run again.
+    #[error("the retention record kept changing under concurrent writers; run again")]
+    Contended,
+    /// Vault refused a write because a concurrent one won; retried by the commands.
+    #[error("a concurrent write to the key won; retrying")]
+    Conflict,
+    #[error("{0}")]
+    Vault(String),
+}
+
+impl LifecycleError {
+    /// The process exit code (sysexits-style, documented in the README).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LifecycleError::Refused(_) => 65,     // EX_DATAERR
+            LifecycleError::Unavailable(_) => 69, // EX_UNAVAILABLE
+            LifecycleError::Contended | LifecycleError::Conflict => 75, // EX_TEMPFAIL
+            LifecycleError::Denied(_) => 77,      // EX_NOPERM
+            LifecycleError::Vault(_) => 1,
+        }
+    }
+}
+
+impl From<VaultError> for LifecycleError {
+    fn from(e: VaultError) -> Self {
+        if e.is_write_conflict() {
+            return LifecycleError::Conflict;
+        }
+        match e {
+            VaultError::Status { status: 403, .. } => LifecycleError::Denied(e.to_string()),
+            VaultError::Unreachable { .. }
+            | VaultError::Unauthenticated(_)
+            | VaultError::Redirect(_) => LifecycleError::Unavailable(e.to_string()),
+            other => LifecycleError::Vault(other.to_string()),
+        }
+    }
+}
+
+/// One key in one Transit mount, with its record location.
+pub struct KeyRef<'a> {
+    pub vault: &'a VaultClient,
+    pub mount: &'a str,
+    pub key: &'a str,
+    pub retention: &'a RetentionLocation,
+}
+
+/// `aegis rotate` options.
+#[derive(Debug, Clone)]
+pub struct RotateOptions {
+    /// How long outgoing versions keep verifying (`--grace`).
+    pub grace: Duration,
+    /// Do not rotate again when the latest version is younger than this (`--min-interval`),
+    /// so a retried job does not rotate twice; `--force` sets it to zero.
+    pub min_interval: Duration,
+    pub dry_run: bool,
+    pub reason: String,
+}
+
+/// What a command did (or, with `--dry-run`, would do).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Plan {
+    pub key: String,
+    pub dry_run: bool,
+    /// The new signing version when the key was rotated.
+    pub rotated_to: Option<u32>,
+    /// Why no rotation happened, when none did.
+    pub rotation_skipped: Option<String>,
+    /// Versions newly recorded (or re-dated) in the retention record.
+    pub recorded: Vec<u32>,
+    /// `retire_after` given to them.
+    pub retire_after: Option<String>,
+    /// Versions dropped from the record because their window had passed.
+    pub dropped: Vec<u32>,
+    /// `min_decryption_version` before and after.
+    pub min_decryption_version: (u32, u32),
+}
+
+impl KeyRef<'_> {
+    fn record_path(&self) -> String {
+        self.retention.path(self.mount, self.key)
+    }
+
+    async fn read_key(&self) -> Result<TransitKeyInfo, LifecycleError> {
+        let info = self.vault.transit_read_key(self.mount, self.key).await?;
+        if !info.supports_signing {
+            return Err(LifecycleError::Refused(format!(
+                "key {:?} is a {} key: it does not sign",
+                self.key, info.key_type
+            )));
+        }
+        Ok(info)
+    }
+
+    /// The record and its KV version (0 when absent).
+    pub async fn read_record(&self) -> Result<(RetentionRecord, u64), LifecycleError> {
+        let entry = self
+            .vault
+            .kv2_read(&self.retention.kv_mount, &self.record_path())
+            .await?;
+        if entry.data.is_null() {
+            return Ok((self.empty_record(), entry.version));
+        }
+        let record = serde_json::from_value(entry.data).map_err(|e| {
+            LifecycleError::Refused(format!(
+                "the retention record at {}/{} is not in Aegis's format: {e}",
+                self.retention.kv_mount,
+                self.record_path()
+            ))
+        })?;
+        Ok((record, entry.version))
+    }
+
+    fn empty_record(&self) -> RetentionRecord {
+        RetentionRecord {
+            key: self.key.to_string(),
+            mount: self.mount.to_string(),
+            previous_keys: Vec::new(),
+        }
+    }
+
+    /// Applies `change` to the record with check-and-set, re-reading on conflict. `change`
+    /// gets the current key and record and returns whether it changed the record.
+    async fn update_record<F>(&self, mut change: F) -> Result<RetentionRecord, LifecycleError>
+    where
+        F: FnMut(&TransitKeyInfo, &mut RetentionRecord) -> Result<bool, LifecycleError>,
+    {
+        for attempt in 1..=CAS_ATTEMPTS {
+            let info = self.read_key().await?;
+            let (mut record, cas) = self.read_record().await?;
+            if !change(&info, &mut record)? {
+                return Ok(record);
+            }
+            let data = serde_json::to_value(&record).expect("record serializes");
+            let written = match self
+                .vault
+                .kv2_write_cas(&self.retention.kv_mount, &self.record_path(), &data, cas)
+                .await
+            {
+                // Raced another writer inside Vault: re-read and converge, like a CAS miss.
+                Err(e) if e.is_write_conflict() => CasWrite::Conflict,
+                other => other?,
+            };
+            match written {
+                CasWrite::Written(v) => {
+                    info!(key = self.key, kv_version = v, "retention record written");
+                    return Ok(record);
+                }
+                CasWrite::Conflict => {
+                    warn!(
+                        key = self.key,
+                        attempt, "retention record changed meanwhile; retrying"
+                    );
+                    backoff(attempt).await;
+                }
+            }
+        }
+        Err(LifecycleError::Contended)
+    }
+
+    /// Raises `min_decryption_version` past the versions the record holds (never lowers it,
+    /// never past the signing version). Returns (before, after).
+    async fn advance_min_decryption(&self, dry_run: bool) -> Result<(u32, u32), LifecycleError> {
+        on_write_conflict_retry(|| self.try_advance_min_decryption(dry_run)).await
+    }
+
+    async fn try_advance_min_decryption(
+        &self,
+        dry_run: bool,
+    ) -> Result<(u32, u32), LifecycleError> {
+        let info = self.read_key().await?;
+        let (record, _) = self.read_record().await?;
+        let before = info.min_decryption_version.max(1);
+        let after = advance_past_recorded(before, info.latest_version, &record);
+        if after > before && !dry_run {
+            self.vault
+                .transit_set_min_decryption_version(self.mount, self.key, after)
+                .await?;
+            info!(
+                key = self.key,
+                from = before,
+                to = after,
+                "min_decryption_version raised"
+            );
+        }
+        Ok((before, after))
+    }
+}
+
+/// A short, jittered pause before attempt `attempt + 1` against concurrent writers.
+async fn backoff(attempt: u32) {
+    let pause = Duration::from_millis(20 * u64::from(attempt));
+    tokio::time::sleep(pause.mul_f64(0.5 + rand::random::<f64>())).await;
+}
+
+/// Runs `step` again while Vault refuses a write for a concurrent write to the same key
+/// (OpenBao: "transaction commit failed"). Each step re-reads what it needs, so a repeat
+/// converges instead of acting twice.
+async fn on_write_conflict_retry<T, F, Fut>(mut step: F) -> Result<T, LifecycleError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, LifecycleError>>,
+{
+    for attempt in 1..CAS_ATTEMPTS {
+        match step().await {
+            Err(LifecycleError::Conflict) => backoff(attempt).await,
+            other => return other,
+        }
+    }
+    match step().await {
+        Err(LifecycleError::Conflict) => Err(LifecycleError::Contended),
+        other => other,
+    }
+}
+
+/// The smallest version >= `min` that the record does not hold, capped at `latest`.
+fn advance_past_recorded(min: u32, latest: u32, record: &RetentionRecord) -> u32 {
+    let mut v = min;
+    while v < latest && record.get(v).is_some() {
+        v += 1;
+    }
+    v
+}
+
+/// An entry for a version Vault still returns.
+fn entry_from_vault(
+    info: &TransitKeyInfo,
+    version: u32,
+    now: SystemTime,
+    retire_after: SystemTime,
+    reason: &str,
+    revoked: bool,
+) -> Option<RetiredVersion> {
+    let entry = info.keys.get(&version.to_string())?;
+    let field = |k: &str| {
+        entry
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let public_key = field("public_key");
+    if public_key.is_empty() {
+        return None;
+    }
+    Some(RetiredVersion {
+        version,
+        public_key,
+        created: field("creation_time"),
+        retired_at: format_time(now),
+        retire_after: format_time(retire_after),
+        reason: reason.to_string(),
+        revoked,
+    })
+}
+
+/// Age of the latest version, from Transit's `creation_time`.
+fn latest_age(info: &TransitKeyInfo, now: SystemTime) -> Option<Duration> {
+    let created = info.keys.get(&info.latest_version.to_string())?["creation_time"].as_str()?;
+    now.duration_since(parse_time(created)?).ok()
+}
+
+/// `aegis rotate`: rotate (unless done within `min_interval`), record every version that
+/// stops being the signing version, raise `min_decryption_version`, drop expired entries.
+pub async fn rotate(k: &KeyRef<'_>, opts: &RotateOptions) -> Result<Plan, LifecycleError> {
+    let now = SystemTime::now();
+    let retire_after = now + opts.grace;
+    let info = k.read_key().await?;
+    let mut plan = Plan {
+        key: k.key.to_string(),
+        dry_run: opts.dry_run,
+        retire_after: Some(format_time(retire_after)),
+        ..Plan::default()
+    };
+    let mut latest = info.latest_version;
+    match latest_age(&info, now) {
+        Some(age) if age < opts.min_interval => {
+            plan.rotation_skipped = Some(format!(
+                "version {latest} is only {} old (less than --min-interval {}); not rotating again",
+                humantime::format_duration(Duration::from_secs(age.as_secs())),
+                humantime::format_duration(opts.min_interval)
+            ));
+        }
+        _ if opts.dry_run => {
+            latest += 1;
+            plan.rotated_to = Some(latest);
+        }
+        _ => {
+            let before = latest;
+            latest = on_write_conflict_retry(|| async {
+                // After a conflict, a rotation that happened (ours or another job's) counts.
+                let now = k.read_key().await?.latest_version;
+                if now > before {
+                    return Ok(now);
+                }
+                k.vault.transit_rotate(k.mount, k.key).await?;
+                Ok(k.read_key().await?.latest_version)
+            })
+            .await?;
+            plan.rotated_to = Some(latest);
+            info!(key = k.key, version = latest, "key rotated");
+        }
+    }
+
+    // Record every version Vault still accepts below the signing one; drop expired
+    // entries that Vault no longer accepts either.
+    let mut recorded = Vec::new();
+    let mut dropped = Vec::new();
+    let change = |info: &TransitKeyInfo, record: &mut RetentionRecord| {
+        recorded.clear();
+        dropped.clear();
+        let min = info.min_decryption_version.max(1);
+        let signing = if opts.dry_run {
+            latest
+        } else {
+            info.latest_version
+        };
+        for v in min..signing {
+            if record.get(v).is_none() {
+                if let Some(e) = entry_from_vault(info, v, now, retire_after, &opts.reason, false) {
+                    record.upsert(e);
+                    recorded.push(v);
+                }
+            }
+        }
+        let entries = record.entries();
+        record.previous_keys.retain(|e| {
+            let expired = !entries[&e.version].valid_at(now) && e.version < min;
+            if expired {
+                dropped.push(e.version);
+            }
+            !expired
+        });
+        Ok(!recorded.is_empty() || !dropped.is_empty())
+    };
+    if opts.dry_run {
+        let mut change = change;
+        let (mut record, _) = k.read_record().await?;
+        change(&info, &mut record)?;
+        plan.min_decryption_version = (
+            info.min_decryption_version.max(1),
+            advance_past_recorded(info.min_decryption_version.max(1), latest, &record),
+        );
+    } else {
+        k.update_record(change).await?;
+        plan.min_decryption_version = k.advance_min_decryption(false).await?;
+    }
+    plan.recorded = recorded;
+    plan.dropped = dropped;
+    Ok(plan)
+}
+
+/// When `aegis retire` ends a version's validity.
+#[derive(Debug, Clone, Copy)]
+pub enum RetireAt {
+    /// Revoked now (compromise): refused at once.
+    Now,
+    /// Keeps verifying until then.
+    At(SystemTime),
+}
+
+/// `aegis retire`: early retirement (`--at`) or revocation (`--now`) of one version.
+pub async fn retire(
+    k: &KeyRef<'_>,
+    version: u32,
+    at: RetireAt,
+    reason: &str,
+    dry_run: bool,
+) -> Result<Plan, LifecycleError> {
+    let now = SystemTime::now();
+    let (until, revoked) = match at {
+        RetireAt::Now => (now, true),
+        RetireAt::At(t) => (t, false),
+    };
+    let info = k.read_key().await?;
+    if version == 0 || version > info.latest_version {
+        return Err(LifecycleError::Refused(format!(
+            "key {:?} has no version {version} (latest is {})",
+            k.key, info.latest_version
+        )));
+    }
+    if version == info.latest_version {
+        return Err(LifecycleError::Refused(format!(
+            "version {version} is the signing version of key {:?}: rotate first",
+            k.key
+        )));
+    }
+    let mut plan = Plan {
+        key: k.key.to_string(),
+        dry_run,
+        recorded: vec![version],
+        retire_after: Some(format_time(until)),
+        ..Plan::default()
+    };
+    let change = |info: &TransitKeyInfo, record: &mut RetentionRecord| {
+        let entry = match record.get(version) {
+            Some(existing) => RetiredVersion {
+                retire_after: format_time(until),
+                reason: reason.to_string(),
+                revoked: revoked || existing.revoked,
+                ..existing.clone()
+            },
+            None => entry_from_vault(info, version, now, until, reason, revoked).ok_or_else(|| {
+                LifecycleError::Refused(format!(
+                    "version {version} of key {:?} is already refused everywhere: Vault no longer holds its public key and the retention record has no entry",
+                    k.key
+                ))
+            })?,
+        };
+        let changed = record.get(version) != Some(&entry);
+        record.upsert(entry);
+        Ok(changed)
+    };
+    if dry_run {
+        let (mut record, _) = k.read_record().await?;
+        change(&info, &mut record)?;
+        let min = info.min_decryption_version.max(1);
+        plan.min_decryption_version = (
+            min,
+            advance_past_recorded(min, info.latest_version, &record),
+        );
+        return Ok(plan);
+    }
+    k.update_record(change).await?;
+    plan.min_decryption_version = k.advance_min_decryption(false).await?;
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(versions: &[u32]) -> RetentionRecord {
+        let mut r = RetentionRecord::default();
+        for v in versions {
+            r.upsert(RetiredVersion {
+                version: *v,
+                public_key: "pk".into(),
+                created: String::new(),
+                retired_at: "2026-01-01T00:00:00Z".into(),
+                retire_after: "2026-02-01T00:00:00Z".into(),
+                reason: String::new(),
+                revoked: false,
+            });
+        }
+        r
+    }
+
+    #[test]
+    fn min_decryption_advances_only_past_contiguous_recorded_versions() {
+        assert_eq!(advance_past_recorded(1, 4, &record(&[1, 2, 3])), 4);
+        assert_eq!(advance_past_recorded(1, 4, &record(&[1, 3])), 2);
+        assert_eq!(advance_past_recorded(2, 4, &record(&[1])), 2);
+        // Never past the signing version, even if it were recorded.
+        assert_eq!(advance_past_recorded(1, 2, &record(&[1, 2])), 2);
+    }
+
+    #[test]
+    fn exit_codes_are_distinct() {
+        let codes = [
+            LifecycleError::Refused(String::new()).exit_code(),
+            LifecycleError::Denied(String::new()).exit_code(),
+            LifecycleError::Unavailable(String::new()).exit_code(),
+            LifecycleError::Contended.exit_code(),
+            LifecycleError::Vault(String::new()).exit_code(),
+        ];
+        let unique: std::collections::BTreeSet<_> = codes.iter().collect();
+        assert_eq!(unique.len(), codes.len());
+        assert!(!codes.contains(&64), "64 is the configuration error code");
+    }
+}
