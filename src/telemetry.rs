@@ -9,12 +9,16 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::{fmt, EnvFilter};
 
+/// Without `RUST_LOG`: info, minus the HTTP-client crates' own error reports of failed
+/// Vault calls (Aegis logs each failure once, with its meaning).
+const DEFAULT_FILTER: &str = "info,rustify=off,vaultrs=warn";
+
 use crate::config::LogFormat;
 
 /// Installs the global subscriber. Safe to call more than once (later calls are no-ops).
 pub fn init(format: LogFormat, filter: Option<&str>) {
-    let filter =
-        EnvFilter::try_new(filter.unwrap_or("info")).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_new(filter.unwrap_or(DEFAULT_FILTER))
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,

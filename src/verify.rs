@@ -247,6 +247,8 @@ pub enum ItemCheck {
     NeedsRefresh(u32),
     /// Only Vault can answer this one.
     Forward,
+    /// Vault's answer for a forwarded batch item.
+    Answered(Value),
 }
 
 /// Checks one signature item against a keyset, in Vault's order. Pure: no I/O.
@@ -368,14 +370,28 @@ impl Verifier {
                 }
             }
         }
-        if checks.iter().any(|c| matches!(c, ItemCheck::Forward)) {
+        if !req.batch && matches!(checks[0], ItemCheck::Forward) {
             return self.forward(key, path_hash, req).await;
+        }
+        if checks.iter().any(|c| matches!(c, ItemCheck::Forward)) {
+            // Only the items Vault must answer go to Vault; the others keep the local
+            // answer (a retired or revoked version stays refused whatever Vault says).
+            let forwarded = self.forward_items(key, path_hash, req, &checks).await?;
+            for (check, answer) in checks
+                .iter_mut()
+                .filter(|c| matches!(c, ItemCheck::Forward))
+                .zip(forwarded)
+            {
+                *check = ItemCheck::Answered(answer);
+            }
         }
         if !req.batch {
             return match checks.pop().expect("one item") {
                 ItemCheck::Valid(v) => Ok(json!({ "valid": v })),
                 ItemCheck::Refused(e) => Err(e),
-                ItemCheck::NeedsRefresh(_) | ItemCheck::Forward => unreachable!("resolved above"),
+                ItemCheck::NeedsRefresh(_) | ItemCheck::Forward | ItemCheck::Answered(_) => {
+                    unreachable!("a single item is forwarded whole above")
+                }
             };
         }
         let results: Vec<Value> = checks
@@ -391,6 +407,14 @@ impl Verifier {
                         m.insert("valid".into(), false.into());
                         m.insert("error".into(), e.to_string().into());
                     }
+                    ItemCheck::Answered(Value::Object(vault)) => m = vault,
+                    ItemCheck::Answered(other) => {
+                        m.insert("valid".into(), false.into());
+                        m.insert(
+                            "error".into(),
+                            format!("unexpected answer from Vault: {other}").into(),
+                        );
+                    }
                     ItemCheck::NeedsRefresh(_) | ItemCheck::Forward => {
                         unreachable!("resolved above")
                     }
@@ -400,6 +424,46 @@ impl Verifier {
             })
             .collect();
         Ok(json!({ "batch_results": results }))
+    }
+
+    /// Sends the batch items marked `Forward` to Vault as one batch (same options) and
+    /// returns Vault's results for them, in order.
+    async fn forward_items(
+        &self,
+        key: &str,
+        path_hash: Option<&str>,
+        req: &TransitRequest,
+        checks: &[ItemCheck],
+    ) -> Result<Vec<Value>, Error> {
+        let items: Vec<Value> = req.body["batch_input"]
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .zip(checks)
+                    .filter(|(_, c)| matches!(c, ItemCheck::Forward))
+                    .map(|(item, _)| item.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut body = req.body.clone();
+        let expected = items.len();
+        body.insert("batch_input".into(), Value::Array(items));
+        let data = self
+            .vault
+            .transit_write(
+                "verify",
+                self.keys.mount(),
+                key,
+                path_hash,
+                &Value::Object(body),
+            )
+            .await?;
+        match data["batch_results"].as_array() {
+            Some(r) if r.len() == expected => Ok(r.clone()),
+            _ => Err(Error::Internal(format!(
+                "Vault answered a {expected}-item verify batch with something else"
+            ))),
+        }
     }
 
     async fn forward(

@@ -365,3 +365,35 @@ fn write_atomically(path: &Path, contents: &str) {
     std::fs::write(&tmp, contents).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
+
+/// Refused logins back off (1 s, doubling, jittered): over 4 s a wrong secret_id is tried
+/// a handful of times, not thousands, and readiness names the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_logins_back_off() {
+    let bao = Bao::dev().await;
+    let (role_id, _) = approle(
+        &bao,
+        "refused",
+        &transit_policy("none"),
+        Duration::from_secs(60),
+        Duration::from_secs(60),
+    )
+    .await;
+    let side = Sidecar::start_unready(
+        &bao,
+        &without_token(&[
+            ("AEGIS_AUTH_METHOD", "approle"),
+            ("VAULT_ROLE_ID", &role_id),
+            ("VAULT_SECRET_ID", "not-the-secret-id"),
+        ]),
+    )
+    .await;
+    not_ready_because(&side, "approle login failed").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let failures = side.state.keys.vault().auth_status().login_failures;
+    assert!(
+        (2..=5).contains(&failures),
+        "{failures} login attempts in about 4 s"
+    );
+    side.stop().await;
+}

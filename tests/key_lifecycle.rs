@@ -337,6 +337,21 @@ async fn concurrent_rotations_lose_no_entry() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // Before any converging run: every version below min_decryption_version is recorded
+    // (a lost entry would show here, not be papered over by a later run).
+    let info = bao.api_ok("GET", "transit/keys/race", json!({})).await;
+    let min = info["min_decryption_version"].as_u64().unwrap();
+    let rec = record(&bao, "race").await;
+    for v in 1..min {
+        assert!(
+            rec["previous_keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["version"] == v),
+            "version {v} below min_decryption_version {min} is not recorded: {rec}"
+        );
+    }
     // Each job rotates at most once (a job that lost a write race counts the rotation
     // another job made); whatever happened, the state is consistent.
     let info = bao.api_ok("GET", "transit/keys/race", json!({})).await;
@@ -606,4 +621,68 @@ async fn audit_trail_in_a_file_and_over_http() {
         .as_str()
         .unwrap()
         .starts_with("tcp:127.0.0.1"));
+}
+
+/// A batch mixing an item only Vault can answer (P-521 with a prehashed input over 64
+/// bytes) with a signature by a revoked version: only the first goes to Vault; the
+/// revoked one stays refused, although Vault itself would still accept it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_batch_item_does_not_launder_a_revoked_version() {
+    let bao = Bao::dev().await;
+    bao.create_key("mix", "ecdsa-p521").await;
+    bao.api_ok("POST", "transit/keys/mix/rotate", json!({}))
+        .await;
+    let opts = json!({"prehashed": true, "hash_algorithm": "sha2-512"});
+    let sign_prehashed = |input: Vec<u8>| {
+        let mut body = opts.clone();
+        body["input"] = b64(&input).into();
+        let bao = &bao;
+        async move {
+            bao.api_ok("POST", "transit/sign/mix", body).await["signature"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let (small, large) = (vec![7u8; 32], vec![9u8; 128]);
+    let revoked_sig = sign_prehashed(small.clone()).await; // v2
+    bao.api_ok("POST", "transit/keys/mix/rotate", json!({}))
+        .await;
+    let forwarded_sig = sign_prehashed(large.clone()).await; // v3, over 64 bytes: Vault only
+                                                             // Revoke v2; v1 is unrecorded, so Vault's min_decryption_version stays 1 and Vault
+                                                             // itself still accepts v2.
+    aegis_ok(
+        &bao,
+        &[
+            "retire",
+            "--key",
+            "mix",
+            "--version",
+            "2",
+            "--now",
+            "--reason",
+            "leak",
+        ],
+    );
+    assert_eq!(
+        bao.api_ok("GET", "transit/keys/mix", json!({})).await["min_decryption_version"],
+        1
+    );
+
+    let side = Sidecar::start(&bao, &[]).await;
+    let mut body = opts.clone();
+    body["batch_input"] = json!([
+        {"input": b64(&small), "signature": revoked_sig},
+        {"input": b64(&large), "signature": forwarded_sig},
+    ]);
+    let (s, answer) = side.api("POST", "transit/verify/mix", Some(body)).await;
+    assert_eq!(s, 200, "{answer}");
+    let results = &answer["data"]["batch_results"];
+    assert_eq!(results[0]["valid"], false, "{answer}");
+    assert!(
+        results[0]["error"].as_str().unwrap().contains("revoked"),
+        "{answer}"
+    );
+    assert_eq!(results[1]["valid"], true, "{answer}");
+    side.stop().await;
 }

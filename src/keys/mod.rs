@@ -325,9 +325,11 @@ impl KeyCache {
         self.vault.clone()
     }
 
-    /// Reads the key from Transit and its retention record from KV, concurrently. A record
-    /// Vault will not show us (403) counts as empty, with a warning: retired versions are
-    /// then refused, never wrongly accepted.
+    /// Reads the key from Transit, then its retention record from KV (in that order: a
+    /// rotation job writes the record before it raises `min_decryption_version`, so a
+    /// record read after the key never misses a version the key read shows retired).
+    /// A record that cannot be read or decoded fails the read (fail closed: a revocation
+    /// is never forgotten); a missing record is an empty one.
     async fn read(&self, name: &str) -> Result<(TransitKeyInfo, RetentionRecord), VaultError> {
         let record = async {
             let Some(loc) = &self.retention else {
@@ -339,19 +341,16 @@ impl KeyCache {
                 .await
             {
                 Ok(entry) if entry.data.is_null() => Ok(RetentionRecord::default()),
-                Ok(entry) => serde_json::from_value(entry.data).or_else(|e| {
-                    warn!(key = name, error = %e, "retention record unreadable; treated as empty");
-                    Ok(RetentionRecord::default())
+                Ok(entry) => serde_json::from_value(entry.data).map_err(|e| {
+                    VaultError::Decode(format!(
+                        "the retention record of key {name:?} is not in Aegis's format: {e}"
+                    ))
                 }),
-                Err(VaultError::Status { status: 403, .. }) => {
-                    warn!(key = name, "no permission to read the retention record; retired versions will be refused");
-                    Ok(RetentionRecord::default())
-                }
                 Err(e) => Err(e),
             }
         };
-        let (info, record) = tokio::join!(self.vault.transit_read_key(&self.mount, name), record);
-        Ok((info?, record?))
+        let info = self.vault.transit_read_key(&self.mount, name).await?;
+        Ok((info, record.await?))
     }
 
     /// The cached keyset, loading it (once, shared by concurrent callers) when absent.

@@ -25,7 +25,7 @@ pub struct RetireArgs {
 /// Logs in with the configured method (the job's own credential) and returns the client.
 async fn connect(config: &Config) -> Result<VaultClient, LifecycleError> {
     let vault = VaultClient::new(&config.vault)
-        .map_err(|e| LifecycleError::Refused(e.to_string().trim().to_string()))?;
+        .map_err(|e| LifecycleError::Config(e.to_string().trim().to_string()))?;
     vault.login().await?;
     Ok(vault)
 }
@@ -48,10 +48,7 @@ fn finish<T: Serialize>(
     match result {
         Ok(v) => {
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&v).expect("serializable")
-                );
+                println!("{}", serde_json::to_string(&v).expect("serializable"));
             } else {
                 print!("{}", text(&v));
             }
@@ -205,6 +202,10 @@ pub async fn run_status(config: &Config, key: Option<&str>, json: bool) -> ExitC
                 Ok(s) => out.push(s),
                 // Keys that do not sign (encryption keys) are not in the signing inventory.
                 Err(LifecycleError::Refused(_)) if key.is_none() => {}
+                // A least-privilege job may read only its own keys: skip, say so.
+                Err(LifecycleError::Denied(e)) if key.is_none() => {
+                    eprintln!("aegis: skipping key {name:?}: {e}");
+                }
                 Err(e) => return Err(e),
             }
         }

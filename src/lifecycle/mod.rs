@@ -36,6 +36,9 @@ pub enum LifecycleError {
     /// The request makes no sense for this key (unknown version, the signing version, ...).
     #[error("{0}")]
     Refused(String),
+    /// The configuration cannot be used (TLS files): exit 64 like any configuration error.
+    #[error("{0}")]
+    Config(String),
     /// Vault said no (403): the job's policy lacks a capability.
     #[error("permission denied by Vault: {0}")]
     Denied(String),
@@ -56,6 +59,7 @@ impl LifecycleError {
     /// The process exit code (sysexits-style, documented in the README).
     pub fn exit_code(&self) -> u8 {
         match self {
+            LifecycleError::Config(_) => 64,
             LifecycleError::Refused(_) => 65,     // EX_DATAERR
             LifecycleError::Unavailable(_) => 69, // EX_UNAVAILABLE
             LifecycleError::Contended | LifecycleError::Conflict => 75, // EX_TEMPFAIL
@@ -437,8 +441,12 @@ pub async fn retire(
     };
     let change = |info: &TransitKeyInfo, record: &mut RetentionRecord| {
         let entry = match record.get(version) {
+            // Retiring shortens a window, never lengthens or reopens it.
             Some(existing) => RetiredVersion {
-                retire_after: format_time(until),
+                retire_after: match parse_time(&existing.retire_after) {
+                    Some(t) if t < until => existing.retire_after.clone(),
+                    _ => format_time(until),
+                },
                 reason: reason.to_string(),
                 revoked: revoked || existing.revoked,
                 ..existing.clone()
@@ -510,5 +518,6 @@ mod tests {
         let unique: std::collections::BTreeSet<_> = codes.iter().collect();
         assert_eq!(unique.len(), codes.len());
         assert!(!codes.contains(&64), "64 is the configuration error code");
+        assert_eq!(LifecycleError::Config(String::new()).exit_code(), 64);
     }
 }

@@ -44,6 +44,8 @@ pub struct AuthStatus {
     /// `None` for a token that never expires (or none held).
     pub expires_in: Option<Duration>,
     pub last_error: Option<String>,
+    /// Failed login attempts since start (for alerting on auth failures).
+    pub login_failures: u64,
 }
 
 #[derive(Clone)]
@@ -69,6 +71,8 @@ struct State {
     generation: u64,
     needs_login: bool,
     last_error: Option<String>,
+    /// Failed login attempts since start.
+    login_failures: u64,
 }
 
 /// Credential state shared by every call.
@@ -123,14 +127,24 @@ impl Auth {
         self.state.read().expect("auth lock").generation
     }
 
+    /// Applies `f` to the state. Only a change of the credential itself (a new token, one
+    /// accepted, one dropped) bumps the generation and wakes waiters: renewals and failed
+    /// logins do not, so a failed login's backoff is not cut short by its own error.
     fn update(&self, f: impl FnOnce(&mut State)) {
-        let generation = {
+        let identity = |s: &State| s.cred.as_ref().map(|c| (c.token.clone(), c.verified));
+        let changed = {
             let mut s = self.state.write().expect("auth lock");
+            let before = identity(&s);
             f(&mut s);
-            s.generation += 1;
-            s.generation
+            let changed = identity(&s) != before;
+            if changed {
+                s.generation += 1;
+            }
+            changed.then_some(s.generation)
         };
-        self.changed.send_replace(generation);
+        if let Some(generation) = changed {
+            self.changed.send_replace(generation);
+        }
     }
 
     /// Whether a fresh login can produce a different token than the one held.
@@ -186,6 +200,7 @@ impl VaultClient {
                 .filter(|c| !c.ttl.is_zero())
                 .map(|c| (c.obtained + c.ttl).saturating_duration_since(now)),
             last_error: s.last_error.clone(),
+            login_failures: s.login_failures,
         }
     }
 
@@ -220,9 +235,14 @@ impl VaultClient {
         })
     }
 
-    /// Logs in with the configured method (shared: concurrent callers wait for one login).
+    /// Logs in with the configured method. Concurrent callers share one login: whoever
+    /// waited for the lock while another login succeeded returns at once.
     pub async fn login(&self) -> Result<(), VaultError> {
+        let seen = self.auth.generation();
         let _guard = self.auth.login_lock.lock().await;
+        if self.auth.generation() != seen && self.auth_status().authenticated {
+            return Ok(());
+        }
         self.login_locked().await
     }
 
@@ -245,7 +265,7 @@ impl VaultClient {
             }
             Err(e) => {
                 let refused =
-                    matches!(e, VaultError::Status { status, .. } if (400..500).contains(&status));
+                    matches!(e, VaultError::Status { status, .. } if (400..=403).contains(&status));
                 if refused {
                     error!(method, error = %e, "Vault refused the sidecar's credential");
                 } else if e.to_string().contains("certificate") {
@@ -261,6 +281,7 @@ impl VaultClient {
                         s.cred = None;
                     }
                     s.last_error = Some(message);
+                    s.login_failures += 1;
                 });
                 Err(e)
             }

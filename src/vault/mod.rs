@@ -420,7 +420,13 @@ fn next_step(err: &VaultError, retry: Retry) -> Step {
         VaultError::Unreachable { sent: true, .. } if retry == Retry::Idempotent => Step::OtherNode,
         VaultError::Redirect(location) if !location.is_empty() => Step::Redirect(location.clone()),
         // A redirect without a location, a sealed node or a standby that cannot forward.
-        VaultError::Redirect(_) | VaultError::Status { status: 503, .. } => Step::OtherNode,
+        VaultError::Redirect(_) => Step::OtherNode,
+        // Sealed, or a standby with no active node: provably not acted on. Any other 503
+        // (a load balancer after an upstream reset) may have been: reads only.
+        VaultError::Status {
+            status: 503,
+            errors,
+        } if retry == Retry::Idempotent || errors.iter().any(|e| not_active(e)) => Step::OtherNode,
         VaultError::Status {
             status: 500,
             errors,
@@ -447,6 +453,7 @@ fn not_active(msg: &str) -> bool {
         "active cluster node not found",
         "not the active node",
         "Vault is sealed",
+        "no active Vault instance found",
     ]
     .iter()
     .any(|m| msg.contains(m))

@@ -53,7 +53,8 @@ pub async fn write_policy(bao: &Bao, name: &str, hcl: &str) {
     .await;
 }
 
-/// A policy allowing Transit sign/verify and key reads for `key`.
+/// A policy allowing Transit sign/verify and key reads for `key`, and reading its
+/// retention record (as the sidecar needs; see deploy/vault/aegis-sidecar.hcl).
 pub fn transit_policy(key: &str) -> String {
     format!(
         r#"path "transit/sign/{key}" {{ capabilities = ["update"] }}
@@ -61,6 +62,7 @@ path "transit/sign/{key}/*" {{ capabilities = ["update"] }}
 path "transit/verify/{key}" {{ capabilities = ["update"] }}
 path "transit/verify/{key}/*" {{ capabilities = ["update"] }}
 path "transit/keys/{key}" {{ capabilities = ["read"] }}
+path "secret/data/aegis/keys/transit/{key}" {{ capabilities = ["read"] }}
 "#
     )
 }
