@@ -1,0 +1,58 @@
+# Vault/OpenBao ACL policy for the Aegis SIDECAR (`aegis serve`), least privilege for
+# ONE Transit key: "model-sign" on the Transit mount "transit", with its retention
+# record in the KV v2 mount "secret" under the default prefix "aegis/keys".
+#
+# What the sidecar calls, and nothing more:
+#   - sign:    POST transit/sign/model-sign and transit/sign/model-sign/<hash>
+#   - verify:  POST transit/verify/model-sign[/<hash>] (only what it cannot verify
+#              locally, e.g. HMAC or derived keys; harmless to allow)
+#   - keys:    GET  transit/keys/model-sign (public keys of the versions Vault holds)
+#   - record:  GET  secret/data/aegis/keys/transit/model-sign (the retention record,
+#              so versions retired by `aegis rotate` keep verifying until retire_after;
+#              without it the sidecar logs "no permission to read the retention record"
+#              and refuses every retired version)
+# It never rotates, never changes key configuration, never exports, never writes KV.
+#
+# Token housekeeping (auth/token/lookup-self, auth/token/renew-self) comes from the
+# "default" policy, which Vault attaches to every login unless the role sets
+# token_no_default_policy=true: keep the default policy attached.
+#
+# Adapting:
+#   - another key K: replace "model-sign" with K everywhere (deploy/vault/setup.sh does
+#     this with KEY=K); several keys: repeat the blocks per key, or write one policy per
+#     key and attach them all to the role. Do NOT widen "model-sign" to "model-sign*":
+#     that also matches "model-sign-p256", "model-sign-test", ...
+#   - another Transit mount M (AEGIS_TRANSIT_MOUNT=M): replace "transit/" with "M/" in
+#     the first five paths AND the "/transit/" segment of the record path (the record of
+#     key K lives at {kv_mount}/data/{prefix}/{transit_mount}/{K}).
+#   - another KV mount or prefix (AEGIS_RETENTION_KV_MOUNT, AEGIS_RETENTION_PREFIX):
+#     change "secret/data/aegis/keys" accordingly; KV v2 paths always carry "/data/".
+#   - Vault Enterprise / OpenBao namespaces: policies are written inside the namespace,
+#     paths stay relative to it.
+#
+# "+" matches exactly one path segment: the hash suffix ("sha2-256", "sha2-512", ...)
+# of Transit's sign/verify endpoints, and nothing deeper.
+
+path "transit/sign/model-sign" {
+  capabilities = ["update"]
+}
+
+path "transit/sign/model-sign/+" {
+  capabilities = ["update"]
+}
+
+path "transit/verify/model-sign" {
+  capabilities = ["update"]
+}
+
+path "transit/verify/model-sign/+" {
+  capabilities = ["update"]
+}
+
+path "transit/keys/model-sign" {
+  capabilities = ["read"]
+}
+
+path "secret/data/aegis/keys/transit/model-sign" {
+  capabilities = ["read"]
+}
