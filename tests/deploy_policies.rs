@@ -13,7 +13,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::standins::{
@@ -38,24 +38,7 @@ fn read_deploy(path: &str) -> String {
 /// Runs the real `aegis` binary with ONLY `VAULT_ADDR` and `env` (no root token
 /// anywhere); returns (exit code, stdout, stderr).
 fn aegis(bao: &Bao, env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(env!("CARGO_BIN_EXE_aegis"))
-        .args(args)
-        .env_clear()
-        .env("VAULT_ADDR", &bao.addr)
-        .env("AEGIS_LOG_FORMAT", "text")
-        .env("RUST_LOG", "warn")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run aegis");
-    (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
+    common::aegis_cli(&bao.addr, env, args)
 }
 
 /// [`aegis`] that must exit 0 and print JSON.

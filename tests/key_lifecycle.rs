@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{b64, eventually, Bao, Sidecar};
@@ -18,25 +18,9 @@ fn aegis(bao: &Bao, args: &[&str]) -> (i32, String, String) {
 
 /// [`aegis`] with extra environment variables.
 fn aegis_with(bao: &Bao, env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(env!("CARGO_BIN_EXE_aegis"))
-        .args(args)
-        .env_clear()
-        .env("VAULT_ADDR", &bao.addr)
-        .env("VAULT_TOKEN", &bao.token)
-        .env("AEGIS_LOG_FORMAT", "text")
-        .env("RUST_LOG", "warn")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run aegis");
-    (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
+    let mut all = vec![("VAULT_TOKEN", bao.token.as_str())];
+    all.extend_from_slice(env);
+    common::aegis_cli(&bao.addr, &all, args)
 }
 
 fn aegis_ok(bao: &Bao, args: &[&str]) -> Value {

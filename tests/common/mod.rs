@@ -130,22 +130,28 @@ impl Bao {
             client: http(),
         };
         bao.spawn_persistent();
-        bao.wait_listening().await;
+        bao.init_unseal_and_mount_transit().await;
+        bao
+    }
+
+    /// For a freshly started non-dev server: waits for its listener, initialises it (one
+    /// key share), keeps the unseal key and root token, unseals, and mounts Transit.
+    pub(crate) async fn init_unseal_and_mount_transit(&mut self) {
+        self.wait_listening().await;
         let (s, init) = call(
-            &bao.client,
+            &self.client,
             "PUT",
-            &format!("{}/v1/sys/init", bao.addr),
+            &format!("{}/v1/sys/init", self.addr),
             None,
             Some(&json!({"secret_shares": 1, "secret_threshold": 1})),
         )
         .await;
         assert_eq!(s, 200, "init: {init}");
-        bao.unseal_key = init["keys"][0].as_str().unwrap().to_string();
-        bao.token = init["root_token"].as_str().unwrap().to_string();
-        bao.unseal().await;
-        bao.api_ok("POST", "sys/mounts/transit", json!({"type": "transit"}))
+        self.unseal_key = init["keys"][0].as_str().unwrap().to_string();
+        self.token = init["root_token"].as_str().unwrap().to_string();
+        self.unseal().await;
+        self.api_ok("POST", "sys/mounts/transit", json!({"type": "transit"}))
             .await;
-        bao
     }
 
     fn spawn_persistent(&mut self) {
@@ -514,4 +520,23 @@ pub async fn audit_receiver(port: u16) -> Arc<std::sync::Mutex<Vec<Value>>> {
         .unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     got
+}
+
+/// Runs the real `aegis` binary against `addr` with a clean environment: only
+/// `VAULT_ADDR`, text logs at `warn`, and `env`. Returns (exit code, stdout, stderr).
+pub fn aegis_cli(addr: &str, env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_aegis"))
+        .args(args)
+        .env_clear()
+        .env("VAULT_ADDR", addr)
+        .env("AEGIS_LOG_FORMAT", "text")
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run aegis");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

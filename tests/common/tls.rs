@@ -249,21 +249,7 @@ cluster_addr = "https://127.0.0.1:{cluster_port}"
             unseal_key: String::new(),
             client: pki.https_client(Some(&pki.client)),
         };
-        bao.wait_listening().await;
-        let (s, init) = call(
-            &bao.client,
-            "PUT",
-            &format!("{}/v1/sys/init", bao.addr),
-            None,
-            Some(&json!({"secret_shares": 1, "secret_threshold": 1})),
-        )
-        .await;
-        assert_eq!(s, 200, "init: {init}");
-        bao.unseal_key = init["keys"][0].as_str().unwrap().to_string();
-        bao.token = init["root_token"].as_str().unwrap().to_string();
-        bao.unseal().await;
-        bao.api_ok("POST", "sys/mounts/transit", json!({"type": "transit"}))
-            .await;
+        bao.init_unseal_and_mount_transit().await;
         TlsBao {
             bao,
             pki,
