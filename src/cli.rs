@@ -116,7 +116,7 @@ enum KeysCommand {
 fn load_config(file: Option<&Path>) -> Result<Config, ExitCode> {
     match Config::load(file, &ProcessEnv) {
         Ok(c) => {
-            crate::telemetry::init(c.log_format, c.log_filter.as_deref());
+            crate::telemetry::init(c.log_format, c.log_filter.as_deref(), &c.telemetry);
             Ok(c)
         }
         Err(e) => {
@@ -138,6 +138,8 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Telemetry exporters (gRPC) are built inside the runtime.
+    let _runtime_context = runtime.enter();
     let (config_file, command) = match cli.command {
         Command::Dev { listen, bao } => return runtime.block_on(crate::dev::run(listen, bao)),
         Command::Serve { ref config } => (config.clone(), cli.command),
@@ -152,7 +154,7 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         match command {
             Command::Serve { .. } => serve(config).await,
             Command::Rotate {
@@ -198,7 +200,9 @@ pub fn main() -> ExitCode {
             } => lifecycle::run_status(&config, key.as_deref(), json).await,
             Command::Dev { .. } => unreachable!("handled above"),
         }
-    })
+    });
+    crate::telemetry::shutdown();
+    code
 }
 
 async fn serve(config: Config) -> ExitCode {

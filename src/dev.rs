@@ -24,7 +24,11 @@ pub const DEMO_KEYS: [(&str, &str); 2] =
     [("model-sign", "ed25519"), ("model-sign-p256", "ecdsa-p256")];
 
 pub async fn run(listen: SocketAddr, bao: Option<PathBuf>) -> ExitCode {
-    crate::telemetry::init(crate::config::LogFormat::Text, Some("info"));
+    crate::telemetry::init(
+        crate::config::LogFormat::Text,
+        Some("info"),
+        &crate::config::TelemetryConfig::default(),
+    );
     match run_inner(listen, bao).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

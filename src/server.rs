@@ -16,6 +16,7 @@ use crate::audit::Auditor;
 use crate::config::{Config, ConfigErrors};
 use crate::keys::{snapshot, KeyCache};
 use crate::sign::Signer;
+use crate::telemetry::metrics::{self, GaugeSources, KeyLabels};
 use crate::vault::VaultClient;
 use crate::verify::Verifier;
 
@@ -33,10 +34,12 @@ pub fn build_state(config: Config) -> Result<Arc<AppState>, ConfigErrors> {
     readiness.set_not_ready("starting: the allowlisted keys are not loaded yet");
     let auditor = Auditor::start(&config.audit)
         .map_err(|e| ConfigErrors(vec![format!("cannot start the audit trail: {e}")]))?;
+    let key_labels = Arc::new(KeyLabels::new(config.keys.clone()));
     Ok(Arc::new(AppState {
         auditor,
         signer: Signer::new(keys.clone(), vault.clone()),
-        verifier: Verifier::new(keys.clone(), vault),
+        verifier: Verifier::new(keys.clone(), vault, key_labels.clone()),
+        key_labels,
         keys,
         readiness,
         config,
@@ -50,6 +53,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
+    let metrics_listener = match state.config.telemetry.metrics_listen {
+        Some(at) => Some(TcpListener::bind(at).await.inspect_err(
+            |e| error!(addr = %at, error = %e, "cannot listen for metrics (AEGIS_METRICS_LISTEN)"),
+        )?),
+        None => None,
+    };
+    register_gauges(&state);
     restore_snapshot(&state).await;
     let vault = state.keys.vault_arc();
     let mut tasks = vec![
@@ -69,6 +79,16 @@ pub async fn run(
                 .clone()
                 .run_snapshotter(dir.clone(), state.config.vault.addrs.clone()),
         ));
+    }
+    if let Some(listener) = metrics_listener {
+        let at = listener.local_addr()?;
+        info!(addr = %at, "serving /metrics, /healthz and /readyz");
+        let router = http::admin_router(state.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                error!(error = %e, "metrics listener failed");
+            }
+        }));
     }
     let auditor = state.auditor.clone();
     let state_flush = state.config.audit.flush_timeout;
@@ -90,6 +110,29 @@ pub async fn run(
         );
     }
     result
+}
+
+/// Starts the alerting series at 0, and lets the state gauges (readiness, credential,
+/// keys) read the running sidecar. They hold only a weak reference: a stopped server reads as not ready, with no keys.
+fn register_gauges(state: &Arc<AppState>) {
+    metrics::get().start_series(
+        state.config.vault.auth.method(),
+        state.config.keys.iter().flatten().map(String::as_str),
+    );
+    let weak = Arc::downgrade(state);
+    let (w1, w2) = (weak.clone(), weak.clone());
+    metrics::register_gauges(GaugeSources {
+        ready: Box::new(move || w1.upgrade().is_some_and(|s| s.ready().is_ok())),
+        auth: Box::new(move || match w2.upgrade() {
+            Some(s) => {
+                let a = s.keys.vault().auth_status();
+                (a.authenticated, a.expires_in)
+            }
+            None => (false, None),
+        }),
+        keys: Box::new(move || weak.upgrade().map(|s| s.keys.gauges()).unwrap_or_default()),
+        rotation_period: state.config.rotation_period,
+    });
 }
 
 /// Loads the keyset snapshot of `AEGIS_CACHE_DIR`, if any, so verification works before

@@ -57,6 +57,7 @@ impl Signer {
         if !req.batch {
             refuse_what_vault_fails_on(&set, &res, req)?;
         }
+        crate::telemetry::metrics::get().sign_batch(req.items.len());
         let data = self
             .vault
             .transit_write(

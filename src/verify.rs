@@ -17,6 +17,7 @@ use crate::crypto::{
 };
 use crate::error::Error;
 use crate::keys::{KeyCache, KeySet, VersionStatus};
+use crate::telemetry::metrics::{self, KeyLabels, VerifyResult};
 use crate::transit::{Item, Options, TransitRequest};
 use crate::vault::VaultClient;
 
@@ -242,7 +243,8 @@ pub fn rsa_scheme(set: &KeySet, res: &Resolved, opts: &Options) -> Result<RsaSch
 #[derive(Debug)]
 pub enum ItemCheck {
     Valid(bool),
-    Refused(Error),
+    /// Refused with a 400, and what that means for the metrics.
+    Refused(Error, VerifyResult),
     /// The cache lacks the version: refresh and look again.
     NeedsRefresh(u32),
     /// Only Vault can answer this one.
@@ -255,7 +257,16 @@ pub enum ItemCheck {
 pub fn check_item(set: &KeySet, res: &Resolved, opts: &Options, item: &Item) -> ItemCheck {
     match check_item_inner(set, res, opts, item) {
         Ok(c) => c,
-        Err(e) => ItemCheck::Refused(e),
+        Err(Refusal(e, result)) => ItemCheck::Refused(e, result),
+    }
+}
+
+/// A refused item: malformed input counts as an invalid signature.
+struct Refusal(Error, VerifyResult);
+
+impl From<Error> for Refusal {
+    fn from(e: Error) -> Self {
+        Refusal(e, VerifyResult::Invalid)
     }
 }
 
@@ -264,9 +275,9 @@ fn check_item_inner(
     res: &Resolved,
     opts: &Options,
     item: &Item,
-) -> Result<ItemCheck, Error> {
+) -> Result<ItemCheck, Refusal> {
     if item.input.is_none() {
-        return Err(Error::bad_request("missing input"));
+        return Err(Error::bad_request("missing input").into());
     }
     let input = decode_input(item)?;
     if let Some(ctx) = item.context.as_deref().filter(|c| !c.is_empty()) {
@@ -277,12 +288,24 @@ fn check_item_inner(
     // Negative versions are below any min_decryption_version; ones past u32 are past
     // any latest_version.
     let Ok(number) = u32::try_from(parsed.version.max(0)) else {
-        return Err(Error::bad_request(VersionStatus::TOO_NEW));
+        return Err(too_new());
     };
     let version = match set.version_status(number) {
         VersionStatus::Valid(v) => v,
-        VersionStatus::TooOld => return Err(Error::bad_request(VersionStatus::TOO_OLD)),
-        VersionStatus::Retired(message) => return Err(Error::BadRequest(message)),
+        VersionStatus::TooOld => {
+            return Err(Refusal(
+                Error::bad_request(VersionStatus::TOO_OLD),
+                VerifyResult::Retired,
+            ))
+        }
+        VersionStatus::Retired { message, revoked } => {
+            let result = if revoked {
+                VerifyResult::Revoked
+            } else {
+                VerifyResult::Retired
+            };
+            return Err(Refusal(Error::BadRequest(message), result));
+        }
         VersionStatus::TooNew | VersionStatus::Missing => {
             return Ok(ItemCheck::NeedsRefresh(number))
         }
@@ -305,8 +328,37 @@ fn check_item_inner(
     };
     match public_key.verify(&params, &input, &sig) {
         Ok(valid) => Ok(ItemCheck::Valid(valid)),
-        Err(CryptoError::Invalid(msg)) => Err(Error::bad_request(msg)),
+        Err(CryptoError::Invalid(msg)) => Err(Error::bad_request(msg).into()),
         Err(CryptoError::NotLocal) => Ok(ItemCheck::Forward),
+    }
+}
+
+fn too_new() -> Refusal {
+    Refusal(
+        Error::bad_request(VersionStatus::TOO_NEW),
+        VerifyResult::TooNew,
+    )
+}
+
+/// What Vault's refusal of a forwarded item means for the metrics.
+fn classify_vault_refusal(message: &str) -> VerifyResult {
+    if message.contains("too old") {
+        VerifyResult::Retired
+    } else if message.contains("too new") {
+        VerifyResult::TooNew
+    } else if message.contains("version") {
+        VerifyResult::UnknownVersion
+    } else {
+        VerifyResult::Invalid
+    }
+}
+
+/// The verdict in one item of Transit's answer (`valid`, and `error` in batches).
+fn classify_answer(answer: &Value) -> VerifyResult {
+    match answer["error"].as_str().filter(|e| !e.is_empty()) {
+        Some(e) => classify_vault_refusal(e),
+        None if answer["valid"] == true => VerifyResult::Valid,
+        None => VerifyResult::Invalid,
     }
 }
 
@@ -314,19 +366,69 @@ fn check_item_inner(
 pub struct Verifier {
     keys: Arc<KeyCache>,
     vault: Arc<VaultClient>,
+    labels: Arc<KeyLabels>,
 }
 
 impl Verifier {
-    pub fn new(keys: Arc<KeyCache>, vault: Arc<VaultClient>) -> Self {
-        Verifier { keys, vault }
+    pub fn new(keys: Arc<KeyCache>, vault: Arc<VaultClient>, labels: Arc<KeyLabels>) -> Self {
+        Verifier {
+            keys,
+            vault,
+            labels,
+        }
     }
 
-    /// Verifies a request for `key`; returns Transit's `data` object.
+    /// Verifies a request for `key`; returns Transit's `data` object. Every judged
+    /// signature is counted in `aegis_verify_results_total`.
     pub async fn verify(
         &self,
         key: &str,
         path_hash: Option<&str>,
         req: &TransitRequest,
+    ) -> Result<Value, Error> {
+        let mut results = Vec::with_capacity(req.items.len());
+        let answer = self.verify_inner(key, path_hash, req, &mut results).await;
+        match &answer {
+            // Forwarded to Vault whole: its answer says what each item was.
+            Ok(data) if results.is_empty() => match data["batch_results"].as_array() {
+                Some(items) => results.extend(items.iter().map(classify_answer)),
+                None => results.push(classify_answer(data)),
+            },
+            Err(Error::BadRequest(message)) if results.is_empty() && !req.batch => {
+                results.push(classify_vault_refusal(message))
+            }
+            _ => {}
+        }
+        self.count(key, &results);
+        answer
+    }
+
+    /// Adds `results` to the counters, one call per distinct result.
+    fn count(&self, key: &str, results: &[VerifyResult]) {
+        if results.is_empty() {
+            return;
+        }
+        let label = self.labels.label(key, self.keys.contains(key));
+        let mut tally: Vec<(VerifyResult, u64)> = Vec::new();
+        for r in results {
+            match tally.iter_mut().find(|(seen, _)| seen == r) {
+                Some((_, n)) => *n += 1,
+                None => tally.push((*r, 1)),
+            }
+        }
+        for (result, n) in tally {
+            metrics::get().verify_results(&label, result, n);
+        }
+    }
+
+    /// [`verify`](Self::verify) without the counting; items judged here are pushed to
+    /// `results` (left empty when the request went to Vault whole).
+    async fn verify_inner(
+        &self,
+        key: &str,
+        path_hash: Option<&str>,
+        req: &TransitRequest,
+        results: &mut Vec<VerifyResult>,
     ) -> Result<Value, Error> {
         let started = Instant::now();
         if classify(req)? == ItemKind::Hmac {
@@ -362,7 +464,8 @@ impl Verifier {
                         // Still unknown after a fresh read: above latest is "too new";
                         // in range without a public key, only Vault can tell.
                         ItemCheck::NeedsRefresh(v) if v > set.latest_version => {
-                            ItemCheck::Refused(Error::bad_request(VersionStatus::TOO_NEW))
+                            let Refusal(e, result) = too_new();
+                            ItemCheck::Refused(e, result)
                         }
                         ItemCheck::NeedsRefresh(_) => ItemCheck::Forward,
                         other => other,
@@ -385,10 +488,17 @@ impl Verifier {
                 *check = ItemCheck::Answered(answer);
             }
         }
+        results.extend(checks.iter().map(|c| match c {
+            ItemCheck::Valid(true) => VerifyResult::Valid,
+            ItemCheck::Valid(false) => VerifyResult::Invalid,
+            ItemCheck::Refused(_, result) => *result,
+            ItemCheck::Answered(answer) => classify_answer(answer),
+            ItemCheck::NeedsRefresh(_) | ItemCheck::Forward => VerifyResult::UnknownVersion,
+        }));
         if !req.batch {
             return match checks.pop().expect("one item") {
                 ItemCheck::Valid(v) => Ok(json!({ "valid": v })),
-                ItemCheck::Refused(e) => Err(e),
+                ItemCheck::Refused(e, _) => Err(e),
                 ItemCheck::NeedsRefresh(_) | ItemCheck::Forward | ItemCheck::Answered(_) => {
                     unreachable!("a single item is forwarded whole above")
                 }
@@ -403,7 +513,7 @@ impl Verifier {
                     ItemCheck::Valid(v) => {
                         m.insert("valid".into(), v.into());
                     }
-                    ItemCheck::Refused(e) => {
+                    ItemCheck::Refused(e, _) => {
                         m.insert("valid".into(), false.into());
                         m.insert("error".into(), e.to_string().into());
                     }

@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
@@ -15,20 +16,19 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use serde_json::{json, Value};
-use tracing::{error, warn};
+use tracing::{error, warn, Instrument as _};
 
 use super::AppState;
 use crate::error::Error;
+use crate::telemetry::{
+    self,
+    metrics::{self, KeyLabels, Operation, Outcome},
+};
 use crate::transit::TransitRequest;
 
 /// The HTTP router for one sidecar.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route(
-            "/healthz",
-            get(|| async { (StatusCode::OK, axum::Json(json!({"status": "ok"}))) }),
-        )
-        .route("/readyz", get(readyz))
+    probes()
         .route("/v1/{*path}", any(vault_api))
         .fallback(|| async {
             Error::NotFound(
@@ -36,6 +36,34 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         .with_state(state)
+}
+
+/// The router of the optional metrics listener (`AEGIS_METRICS_LISTEN`).
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    probes().with_state(state)
+}
+
+/// `/healthz`, `/readyz` and `/metrics`: on the main listener and the metrics listener.
+fn probes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { (StatusCode::OK, axum::Json(json!({"status": "ok"}))) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+/// Prometheus text exposition (format 0.0.4).
+async fn metrics() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        telemetry::render_metrics(),
+    )
+        .into_response()
 }
 
 impl IntoResponse for Error {
@@ -116,28 +144,84 @@ fn route<'a>(mount: &str, path: &'a str) -> Result<Op<'a>, Error> {
     }
 }
 
+impl<'a> Op<'a> {
+    fn key(&self) -> &'a str {
+        match self {
+            Op::Sign { key, .. } | Op::Verify { key, .. } | Op::ReadKey { key } => key,
+        }
+    }
+    fn operation(&self) -> Operation {
+        match self {
+            Op::Sign { .. } => Operation::Sign,
+            Op::Verify { .. } => Operation::Verify,
+            Op::ReadKey { .. } => Operation::ReadKey,
+        }
+    }
+}
+
+/// One Transit request: its span (continuing the caller's trace), its answer, and its
+/// count and duration in the metrics.
 async fn vault_api(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    match handle(&state, peer, req).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn handle(state: &AppState, peer: SocketAddr, req: Request) -> Result<Response, Error> {
+    let started = Instant::now();
     let path = req
         .uri()
         .path()
         .strip_prefix("/v1/")
         .unwrap_or_default()
         .to_string();
-    let op = route(&state.config.transit_mount, &path)?;
-    let key = match op {
-        Op::Sign { key, .. } | Op::Verify { key, .. } | Op::ReadKey { key } => key,
+    let op = route(&state.config.transit_mount, &path);
+    let (operation, key) = match &op {
+        Ok(op) => (op.operation(), op.key()),
+        Err(_) => (Operation::Other, ""),
     };
+    let span = tracing::info_span!(
+        "aegis.request",
+        otel.name = %format_args!("aegis {}", operation.as_str()),
+        otel.kind = "server",
+        operation = operation.as_str(),
+        key,
+        key_version = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        http.request.method = %req.method(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    telemetry::trace::continue_from(&span, req.headers());
+    let answer = match op {
+        Ok(op) => {
+            Box::pin(handle(&state, peer, op, req))
+                .instrument(span.clone())
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    let response = span.in_scope(|| answer.unwrap_or_else(IntoResponse::into_response));
+    let status = response.status().as_u16();
+    let outcome = Outcome::from_status(status);
+    span.record("outcome", outcome.as_str());
+    span.record("http.response.status_code", i64::from(status));
+    if status >= 500 {
+        telemetry::trace::mark_error(&span, outcome.as_str());
+    }
+    let label = if key.is_empty() {
+        KeyLabels::OTHER.to_string()
+    } else {
+        state.key_labels.label(key, state.keys.contains(key))
+    };
+    metrics::get().request(operation, &label, outcome, started.elapsed());
+    response
+}
+
+async fn handle(
+    state: &AppState,
+    peer: SocketAddr,
+    op: Op<'_>,
+    req: Request,
+) -> Result<Response, Error> {
+    let key = op.key();
     if !state.config.key_allowed(key) {
         return Err(Error::PermissionDenied);
     }
@@ -172,10 +256,25 @@ async fn handle(state: &AppState, peer: SocketAddr, req: Request) -> Result<Resp
     let data = match op {
         Op::Sign { key, hash } => {
             let data = state.signer.sign(key, hash, &request).await?;
+            let first = if request.batch {
+                &data["batch_results"][0]
+            } else {
+                &data
+            };
+            if let Some(v) = first["key_version"].as_i64() {
+                tracing::Span::current().record("key_version", v);
+            }
             state.audit_sign(&caller, key, &request, &data).await;
             data
         }
         Op::Verify { key, hash } => {
+            if let Some(v) = request.items[0]
+                .signature
+                .as_deref()
+                .and_then(|s| crate::verify::parse_signature(s).ok())
+            {
+                tracing::Span::current().record("key_version", v.version);
+            }
             let outcome = state.verifier.verify(key, hash, &request).await;
             state.audit_verify(&caller, key, &request, &outcome).await;
             outcome?

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::keys::KeyCache;
 use crate::sign::Signer;
+use crate::telemetry::metrics::KeyLabels;
 use crate::transit::TransitRequest;
 use crate::verify::Verifier;
 
@@ -164,4 +165,6 @@ pub struct AppState {
     pub readiness: Arc<Readiness>,
     /// The audit trail (sign and refused verify events).
     pub auditor: Auditor,
+    /// Bounds the `key` label of the metrics.
+    pub key_labels: Arc<KeyLabels>,
 }

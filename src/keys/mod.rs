@@ -77,7 +77,10 @@ pub enum VersionStatus<'a> {
     /// Within range, but the cache has no public key for it.
     Missing,
     /// Recorded as retired and past its `retire_after`, or revoked: the 400 message.
-    Retired(String),
+    Retired {
+        message: String,
+        revoked: bool,
+    },
 }
 
 impl VersionStatus<'_> {
@@ -108,7 +111,10 @@ impl KeySet {
         }
         match self.retention.get(&version) {
             Some(r) if !r.valid_at(now) => {
-                return VersionStatus::Retired(r.refusal(&self.name, version))
+                return VersionStatus::Retired {
+                    message: r.refusal(&self.name, version),
+                    revoked: r.revoked,
+                }
             }
             Some(_) => {}
             None if version < self.min_decryption_version.max(1) => return VersionStatus::TooOld,
@@ -330,7 +336,17 @@ impl KeyCache {
     /// record read after the key never misses a version the key read shows retired).
     /// A record that cannot be read or decoded fails the read (fail closed: a revocation
     /// is never forgotten); a missing record is an empty one.
+    #[tracing::instrument(name = "keys.refresh", skip(self), fields(key = name))]
     async fn read(&self, name: &str) -> Result<(TransitKeyInfo, RetentionRecord), VaultError> {
+        let result = self.read_uncounted(name).await;
+        crate::telemetry::metrics::get().keyset_refresh(result.is_ok());
+        result
+    }
+
+    async fn read_uncounted(
+        &self,
+        name: &str,
+    ) -> Result<(TransitKeyInfo, RetentionRecord), VaultError> {
         let record = async {
             let Some(loc) = &self.retention else {
                 return Ok(RetentionRecord::default());
@@ -369,6 +385,34 @@ impl KeyCache {
             self.changed.notify_one(); // after the insert, so the snapshot includes it
         }
         Ok(set)
+    }
+
+    /// What the key gauges show, for every cached key (no I/O).
+    pub fn gauges(&self) -> Vec<crate::telemetry::metrics::KeyGauge> {
+        let now = SystemTime::now();
+        self.sets
+            .iter()
+            .map(|(name, set)| crate::telemetry::metrics::KeyGauge {
+                key: (*name).clone(),
+                latest_version: set.latest_version,
+                oldest_valid_version: set
+                    .versions
+                    .keys()
+                    .copied()
+                    .find(|v| matches!(set.version_status_at(*v, now), VersionStatus::Valid(_)))
+                    .unwrap_or(0),
+                age: set
+                    .versions
+                    .get(&set.latest_version)
+                    .and_then(|v| retention::parse_time(&v.creation_time))
+                    .and_then(|created| now.duration_since(created).ok()),
+            })
+            .collect()
+    }
+
+    /// Whether the cache holds `name` (a key Vault has), without asking Vault.
+    pub fn contains(&self, name: &str) -> bool {
+        self.sets.contains_key(name)
     }
 
     /// The cached keyset, without asking Vault.
@@ -628,7 +672,10 @@ mod tests {
         assert!(matches!(set.version_status(2), VersionStatus::Valid(v) if v.parsed.is_some()));
         // v1: retire_after passed: refused, naming the key, version and times.
         match set.version_status(1) {
-            VersionStatus::Retired(m) => {
+            VersionStatus::Retired {
+                message: m,
+                revoked: false,
+            } => {
                 assert!(
                     m.contains("version 1 of key \"k\" was retired at 2026-02-01T00:00:00Z"),
                     "{m}"
@@ -638,7 +685,7 @@ mod tests {
         }
         // v3: revoked, although Vault still accepts it.
         assert!(
-            matches!(set.version_status(3), VersionStatus::Retired(m) if m.contains("revoked"))
+            matches!(set.version_status(3), VersionStatus::Retired { message, revoked: true } if message.contains("revoked"))
         );
         assert!(matches!(set.version_status(4), VersionStatus::Valid(_)));
         assert!(matches!(set.version_status(0), VersionStatus::TooOld));
@@ -648,11 +695,14 @@ mod tests {
             record(&[(2, later, false), (3, later, true)]),
             Some(&set),
         );
-        assert!(matches!(next.version_status(1), VersionStatus::Retired(_)));
+        assert!(matches!(
+            next.version_status(1),
+            VersionStatus::Retired { revoked: false, .. }
+        ));
         // Once v2's window passes, it is refused too (time is an input of the rule).
         assert!(matches!(
             next.version_status_at(2, later + Duration::from_secs(1)),
-            VersionStatus::Retired(_)
+            VersionStatus::Retired { .. }
         ));
     }
 }

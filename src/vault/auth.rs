@@ -23,6 +23,7 @@ use tracing::{error, info, warn};
 
 use super::{Retry, TokenUse, VaultClient, VaultError};
 use crate::config::{AuthConfig, Secret, SecretSource};
+use crate::telemetry::metrics::{self, VaultEndpoint};
 
 /// What `auth/token/lookup-self` says about a token (the parts Aegis uses).
 #[derive(Debug, Clone)]
@@ -221,9 +222,12 @@ impl VaultClient {
 
     async fn lookup(&self, token: TokenUse) -> Result<TokenInfo, VaultError> {
         let r = self
-            .vaultrs_call(Retry::Idempotent, token, |c| async move {
-                vaultrs::token::lookup_self(&c).await
-            })
+            .vaultrs_call(
+                Retry::Idempotent,
+                token,
+                VaultEndpoint::LookupSelf,
+                |c| async move { vaultrs::token::lookup_self(&c).await },
+            )
             .await?;
         Ok(TokenInfo {
             accessor: r.accessor,
@@ -246,6 +250,7 @@ impl VaultClient {
         self.login_locked().await
     }
 
+    #[tracing::instrument(name = "vault.login", skip(self), fields(method = self.auth.cfg.method()))]
     async fn login_locked(&self) -> Result<(), VaultError> {
         let method = self.auth.cfg.method();
         match self.obtain().await {
@@ -273,6 +278,7 @@ impl VaultClient {
                 } else {
                     warn!(method, error = %e, "cannot log in to Vault");
                 }
+                metrics::get().auth_failure(method);
                 let message = format!("{method} login failed: {e}");
                 self.auth.update(|s| {
                     // A token Vault refuses is dropped; another method's old token stays
@@ -329,9 +335,12 @@ impl VaultClient {
                     read(secret_id, "AppRole secret_id")?
                 };
                 let (m, r, s) = (mount.as_str(), role_id.expose(), secret_id.expose());
-                self.vaultrs_call(Retry::IfNotSent, TokenUse::Anonymous, |c| async move {
-                    vaultrs::auth::approle::login(&c, m, r, s).await
-                })
+                self.vaultrs_call(
+                    Retry::IfNotSent,
+                    TokenUse::Anonymous,
+                    VaultEndpoint::Login,
+                    |c| async move { vaultrs::auth::approle::login(&c, m, r, s).await },
+                )
                 .await?
             }
             AuthConfig::Kubernetes {
@@ -341,9 +350,12 @@ impl VaultClient {
             } => {
                 let jwt = file(jwt_file, "service-account token")?;
                 let (m, r, j) = (mount.as_str(), role.as_str(), jwt.expose());
-                self.vaultrs_call(Retry::IfNotSent, TokenUse::Anonymous, |c| async move {
-                    vaultrs::auth::kubernetes::login(&c, m, r, j).await
-                })
+                self.vaultrs_call(
+                    Retry::IfNotSent,
+                    TokenUse::Anonymous,
+                    VaultEndpoint::Login,
+                    |c| async move { vaultrs::auth::kubernetes::login(&c, m, r, j).await },
+                )
                 .await?
             }
             AuthConfig::Jwt {
@@ -353,16 +365,22 @@ impl VaultClient {
             } => {
                 let jwt = file(jwt_file, "JWT")?;
                 let (m, j) = (mount.as_str(), jwt.expose());
-                self.vaultrs_call(Retry::IfNotSent, TokenUse::Anonymous, |c| async move {
-                    vaultrs::auth::oidc::login(&c, m, j, role.clone()).await
-                })
+                self.vaultrs_call(
+                    Retry::IfNotSent,
+                    TokenUse::Anonymous,
+                    VaultEndpoint::Login,
+                    |c| async move { vaultrs::auth::oidc::login(&c, m, j, role.clone()).await },
+                )
                 .await?
             }
             AuthConfig::Cert { mount, role } => {
                 let (m, r) = (mount.as_str(), role.as_deref().unwrap_or_default());
-                self.vaultrs_call(Retry::IfNotSent, TokenUse::Anonymous, |c| async move {
-                    vaultrs::auth::cert::login(&c, m, r).await
-                })
+                self.vaultrs_call(
+                    Retry::IfNotSent,
+                    TokenUse::Anonymous,
+                    VaultEndpoint::Login,
+                    |c| async move { vaultrs::auth::cert::login(&c, m, r).await },
+                )
                 .await?
             }
         };
@@ -387,6 +405,7 @@ impl VaultClient {
             .vaultrs_call(
                 Retry::IfNotSent,
                 TokenUse::Given(wrapping_token.clone()),
+                VaultEndpoint::Other,
                 |c| async move { vaultrs::sys::wrapping::unwrap(&c, None).await },
             )
             .await
@@ -413,9 +432,12 @@ impl VaultClient {
             None => return Err(VaultError::Unauthenticated("no token to renew".into())),
         };
         let auth = self
-            .vaultrs_call(Retry::Idempotent, TokenUse::Current, |c| async move {
-                vaultrs::token::renew_self(&c, None).await
-            })
+            .vaultrs_call(
+                Retry::Idempotent,
+                TokenUse::Current,
+                VaultEndpoint::Renew,
+                |c| async move { vaultrs::token::renew_self(&c, None).await },
+            )
             .await?;
         let ttl = Duration::from_secs(auth.lease_duration);
         self.auth.update(|s| {
@@ -445,6 +467,7 @@ impl VaultClient {
             Ok(_) => false,
             Err(VaultError::Status { status: 403, .. }) => {
                 warn!("Vault no longer accepts the sidecar's token (revoked or expired); logging in again");
+                metrics::get().auth_failure(self.auth.cfg.method());
                 self.auth.update(|s| {
                     s.cred = None;
                     s.needs_login = true;

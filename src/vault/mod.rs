@@ -32,9 +32,10 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument as _};
 
 use crate::config::{ConfigErrors, Secret, VaultConfig};
+use crate::telemetry::{self, metrics, metrics::VaultEndpoint};
 
 pub use auth::{AuthStatus, TokenInfo};
 pub use kv::{CasWrite, KvEntry};
@@ -185,23 +186,35 @@ impl VaultClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, VaultError> {
-        self.with_relogin(retry, |t| self.send(t, method.clone(), path, body))
-            .await
+        let endpoint = VaultEndpoint::from_request(&method, path);
+        self.with_relogin(retry, endpoint, |t| {
+            self.send(t, method.clone(), path, body)
+        })
+        .await
     }
 
     /// [`execute`](Self::execute) with the sidecar's token; on a 403, checks the token
     /// once, logs in again if Vault no longer accepts it, and retries once.
-    async fn with_relogin<T, F, Fut>(&self, retry: Retry, mut attempt: F) -> Result<T, VaultError>
+    async fn with_relogin<T, F, Fut>(
+        &self,
+        retry: Retry,
+        endpoint: VaultEndpoint,
+        mut attempt: F,
+    ) -> Result<T, VaultError>
     where
         F: FnMut(Target) -> Fut,
         Fut: Future<Output = Result<T, VaultError>>,
     {
         let generation = self.auth.generation();
-        match self.execute(retry, TokenUse::Current, &mut attempt).await {
+        match self
+            .execute(retry, TokenUse::Current, endpoint, &mut attempt)
+            .await
+        {
             Err(VaultError::Status { status: 403, .. })
                 if self.recover_from_403(generation).await =>
             {
-                self.execute(retry, TokenUse::Current, attempt).await
+                self.execute(retry, TokenUse::Current, endpoint, attempt)
+                    .await
             }
             other => other,
         }
@@ -220,10 +233,13 @@ impl VaultClient {
 
     /// Runs `attempt` against the active node until it succeeds, fails for good, or the
     /// total timeout passes, applying the HA, retry and re-login rules of this module.
+    /// Each attempt is one `vault.request` span and one count in
+    /// `aegis_vault_requests_total` (2xx answers count as `200`).
     async fn execute<T, F, Fut>(
         &self,
         retry: Retry,
         token: TokenUse,
+        endpoint: VaultEndpoint,
         mut attempt: F,
     ) -> Result<T, VaultError>
     where
@@ -243,7 +259,36 @@ impl VaultClient {
                 addr: addr.clone(),
                 token: secret,
             };
-            let err = match tokio::time::timeout_at(deadline.into(), attempt(target)).await {
+            let span = tracing::info_span!(
+                "vault.request",
+                otel.name = %format_args!("vault {}", endpoint.as_str()),
+                otel.kind = "client",
+                vault.endpoint = endpoint.as_str(),
+                server.address = %addr,
+                http.response.status_code = tracing::field::Empty,
+            );
+            let started = Instant::now();
+            let answer =
+                tokio::time::timeout_at(deadline.into(), attempt(target).instrument(span.clone()))
+                    .await;
+            let status = match &answer {
+                Ok(Ok(_)) | Ok(Err(VaultError::Decode(_))) => Some(200),
+                Ok(Err(VaultError::Status { status, .. })) => Some(*status),
+                Ok(Err(VaultError::Redirect(_))) => Some(307),
+                Ok(Err(VaultError::Unauthenticated(_))) => None,
+                Ok(Err(VaultError::Unreachable { .. })) | Err(_) => Some(0),
+            };
+            if let Some(status) = status {
+                let code = (status != 0).then_some(status);
+                metrics::get().vault_request(endpoint, code, started.elapsed());
+                if let Some(code) = code {
+                    span.record("http.response.status_code", i64::from(code));
+                }
+                if code.is_none_or(|c| c >= 500) {
+                    telemetry::trace::mark_error(&span, "Vault did not answer, or answered 5xx");
+                }
+            }
+            let err = match answer {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => e,
                 // The call's budget is spent; the node is not to blame for that.
@@ -289,9 +334,12 @@ impl VaultClient {
         body: Option<&Value>,
     ) -> Result<Value, VaultError> {
         let url = format!("{}/v1/{}", target.addr, path);
+        let mut trace_headers = http::HeaderMap::new();
+        telemetry::trace::inject_current(&mut trace_headers);
         let mut req = self
             .http
             .request(method, &url)
+            .headers(trace_headers)
             .header("X-Vault-Request", "true");
         if let Some(t) = &target.token {
             req = req.header("X-Vault-Token", t.expose());
@@ -343,13 +391,14 @@ impl VaultClient {
         &self,
         retry: Retry,
         token: TokenUse,
+        endpoint: VaultEndpoint,
         f: F,
     ) -> Result<T, VaultError>
     where
         F: Fn(vaultrs::client::VaultClient) -> Fut,
         Fut: Future<Output = Result<T, vaultrs::error::ClientError>>,
     {
-        self.execute(retry, token, |t| {
+        self.execute(retry, token, endpoint, |t| {
             let fut = self.vaultrs_client(&t).map(&f);
             async move {
                 match fut {
@@ -568,21 +617,26 @@ mod tests {
         let elected = start + Duration::from_millis(1600);
         let attempts = AtomicUsize::new(0);
         let answer = vault
-            .execute(Retry::IfNotSent, TokenUse::Anonymous, |t: Target| {
-                attempts.fetch_add(1, Ordering::Relaxed);
-                async move {
-                    if t.addr == dead {
-                        Err(VaultError::Unreachable {
-                            message: "connection refused".into(),
-                            sent: false,
-                        })
-                    } else if Instant::now() < elected {
-                        Err(VaultError::Redirect(format!("{dead}/v1/transit/sign/k")))
-                    } else {
-                        Ok(t.addr)
+            .execute(
+                Retry::IfNotSent,
+                TokenUse::Anonymous,
+                VaultEndpoint::Other,
+                |t: Target| {
+                    attempts.fetch_add(1, Ordering::Relaxed);
+                    async move {
+                        if t.addr == dead {
+                            Err(VaultError::Unreachable {
+                                message: "connection refused".into(),
+                                sent: false,
+                            })
+                        } else if Instant::now() < elected {
+                            Err(VaultError::Redirect(format!("{dead}/v1/transit/sign/k")))
+                        } else {
+                            Ok(t.addr)
+                        }
                     }
-                }
-            })
+                },
+            )
             .await;
         let took = start.elapsed();
         assert!(answer.is_ok(), "{answer:?} after {took:?}");
@@ -596,6 +650,7 @@ mod tests {
             .execute(
                 Retry::IfNotSent,
                 TokenUse::Anonymous,
+                VaultEndpoint::Other,
                 |t: Target| async move {
                     Err::<(), _>(VaultError::Redirect(format!("{}/v1/x", t.addr)))
                 },

@@ -11,6 +11,7 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -19,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import pytest
 import requests
@@ -161,9 +162,10 @@ class Sidecar:
     proc: Proc
 
 
-@pytest.fixture(scope="session")
-def bao() -> Bao:
-    """A real OpenBao dev server with Transit and the keys in KEYS + FORBIDDEN_KEY."""
+@contextlib.contextmanager
+def running_bao(*extra_args: str) -> Iterator[Bao]:
+    """A real OpenBao dev server (``extra_args`` added to its command line) with Transit and
+    the keys in KEYS + FORBIDDEN_KEY."""
     path = bao_path()
     port = free_port()
     token = "root-" + secrets.token_hex(16)
@@ -176,6 +178,7 @@ def bao() -> Bao:
             "-dev-no-store-token",
             f"-dev-root-token-id={token}",
             f"-dev-listen-address=127.0.0.1:{port}",
+            *extra_args,
         ],
         env=clean_env(),
     )
@@ -197,22 +200,28 @@ def bao() -> Bao:
 
 
 @pytest.fixture(scope="session")
-def _sidecar_session(bao: Bao) -> Sidecar:
-    """``aegis serve`` against the dev server, allowlisting exactly the names in KEYS."""
+def bao() -> Bao:
+    """The session's OpenBao dev server (see ``running_bao``)."""
+    with running_bao() as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_sidecar(bao: Bao, token: Optional[str] = None, **env: str) -> Iterator[Sidecar]:
+    """``aegis serve`` against ``bao`` (with ``token``, default the root token), allowlisting
+    the names in KEYS, ready before it is yielded; ``env`` adds or overrides settings."""
     binary = aegis_path()
     port = free_port()
-    proc = Proc(
-        "aegis serve",
-        [binary, "serve"],
-        env=clean_env(
-            VAULT_ADDR=bao.addr,
-            VAULT_TOKEN=bao.root_token,
-            AEGIS_LISTEN_ADDR=f"127.0.0.1:{port}",
-            AEGIS_KEYS=",".join(name for name, _ in KEYS),
-            AEGIS_LOG_FORMAT="text",
-            NO_COLOR="1",
-        ),
+    settings = dict(
+        VAULT_ADDR=bao.addr,
+        VAULT_TOKEN=token or bao.root_token,
+        AEGIS_LISTEN_ADDR=f"127.0.0.1:{port}",
+        AEGIS_KEYS=",".join(name for name, _ in KEYS),
+        AEGIS_LOG_FORMAT="text",
+        NO_COLOR="1",
     )
+    settings.update(env)
+    proc = Proc("aegis serve", [binary, "serve"], env=clean_env(**settings))
     sidecar = Sidecar(addr=f"http://127.0.0.1:{port}", proc=proc)
     try:
         wait_for(
@@ -225,6 +234,13 @@ def _sidecar_session(bao: Bao) -> Sidecar:
             pytest.fail(f"aegis exited unexpectedly during the tests: {proc.describe()}", pytrace=False)
     finally:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def _sidecar_session(bao: Bao) -> Sidecar:
+    """``aegis serve`` against the dev server, allowlisting exactly the names in KEYS."""
+    with running_sidecar(bao) as sidecar:
+        yield sidecar
 
 
 @pytest.fixture

@@ -16,6 +16,10 @@ use serde::Deserialize;
 use crate::audit::AuditConfig;
 use crate::keys::RetentionLocation;
 
+mod telemetry;
+
+pub use telemetry::{OtlpExport, OtlpProtocol, Sampler, TelemetryConfig};
+
 /// A secret string (a Vault token): never printed by `Debug` or `Display`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
@@ -189,6 +193,9 @@ pub struct Config {
     /// The audit trail: `AEGIS_AUDIT_FILE`, `AEGIS_AUDIT_URL`, `AEGIS_AUDIT_SPOOL_DIR`,
     /// `AEGIS_AUDIT_TOKEN_FILE` (see [`crate::audit`]).
     pub audit: AuditConfig,
+    /// Traces and metrics export: the standard `OTEL_*` variables (see
+    /// [`telemetry`](self::telemetry)), and `AEGIS_METRICS_LISTEN`.
+    pub telemetry: TelemetryConfig,
     pub vault: VaultConfig,
 }
 
@@ -661,6 +668,7 @@ impl Config {
         }
 
         let addrs = vault_addrs(env, fc.vault.addr, fc.vault.addrs, &mut errors);
+        let telemetry = telemetry::telemetry_config(env, &mut errors);
         let audit = AuditConfig {
             file: pick("AEGIS_AUDIT_FILE", fc.audit.file).map(PathBuf::from),
             http_url: pick("AEGIS_AUDIT_URL", fc.audit.url),
@@ -729,6 +737,7 @@ impl Config {
             },
             rotation_period,
             audit,
+            telemetry,
             vault: VaultConfig {
                 addrs,
                 auth,
