@@ -19,6 +19,7 @@ pub mod trace;
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
@@ -107,18 +108,34 @@ pub fn render_metrics() -> String {
         .unwrap_or_else(|e| format!("# metrics could not be encoded: {e}\n"))
 }
 
-/// Exports what is still buffered (spans, a last metrics push). Called once at exit.
+/// How long the exit waits for the last spans and metrics to be exported.
+const EXIT_FLUSH: Duration = Duration::from_secs(3);
+
+/// Exports what is still buffered (spans, a last metrics push), waiting at most
+/// [`EXIT_FLUSH`]: a dead receiver never holds up the exit. Called once at exit.
 pub fn shutdown() {
     let Some(installed) = INSTALLED.get() else {
         return;
     };
-    if let Some(t) = &installed.tracer_provider {
-        if let Err(e) = t.force_flush() {
-            tracing::warn!(error = %e, "could not flush spans at exit");
+    let (done, finished) = std::sync::mpsc::channel();
+    let tracer = installed.tracer_provider.clone();
+    let meter = installed.meter_provider.clone();
+    std::thread::spawn(move || {
+        if let Some(t) = tracer {
+            if let Err(e) = t.shutdown_with_timeout(EXIT_FLUSH) {
+                tracing::warn!(error = %e, "could not export the last spans");
+            }
         }
-    }
-    if let Err(e) = installed.meter_provider.force_flush() {
-        tracing::debug!(error = %e, "could not flush metrics at exit");
+        if let Err(e) = meter.shutdown() {
+            tracing::debug!(error = %e, "could not export the last metrics");
+        }
+        let _ = done.send(());
+    });
+    if finished.recv_timeout(EXIT_FLUSH).is_err() {
+        tracing::warn!(
+            timeout_s = EXIT_FLUSH.as_secs(),
+            "telemetry not exported in time at exit; exiting without it"
+        );
     }
 }
 

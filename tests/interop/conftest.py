@@ -86,6 +86,7 @@ class Proc:
     def __init__(self, name: str, argv: list, env: dict, cwd: Optional[str] = None):
         self.name = name
         self.argv = argv
+        self.stopped = False
         self.log = tempfile.NamedTemporaryFile(prefix=f"aegis-interop-{name}-", suffix=".log", delete=False)
         self.popen = subprocess.Popen(
             argv,
@@ -106,6 +107,15 @@ class Proc:
 
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    def terminate(self, timeout: float) -> int:
+        """SIGTERM, as Kubernetes stops a pod; returns the exit status (fails after ``timeout``)."""
+        self.stopped = True
+        self.popen.terminate()
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{self.name} did not exit within {timeout} s of SIGTERM: {self.describe()}", pytrace=False)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.alive():
@@ -230,7 +240,7 @@ def running_sidecar(bao: Bao, token: Optional[str] = None, **env: str) -> Iterat
             proc,
         )
         yield sidecar
-        if not proc.alive():
+        if not proc.alive() and not proc.stopped:
             pytest.fail(f"aegis exited unexpectedly during the tests: {proc.describe()}", pytrace=False)
     finally:
         proc.stop()

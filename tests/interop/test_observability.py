@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import socket
 import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, Tuple
@@ -23,7 +24,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import KEYS, Bao, running_bao, running_sidecar
+from conftest import KEYS, Bao, free_port, running_bao, running_sidecar
 from monitoring_names import CONTRACT, OPTIONAL_METRICS, base_names_of_samples, referenced_metric_names
 from otlp_receiver import OtlpReceiver
 
@@ -230,3 +231,48 @@ def test_metrics_parse_count_requests_and_see_auth_failures(bao: Bao) -> None:
         assert {"timestamp", "level"} <= set(entry), line
     for secret in (token, marker.decode(), b64(marker)):
         assert secret not in logs, "a token or input reached the logs"
+
+
+def test_a_silent_or_absent_receiver_never_fails_a_request(bao: Bao) -> None:
+    """Spans go to a gRPC receiver that accepts connections and never answers; metrics to an
+    HTTP port where nothing listens. Requests are answered all the same (each within a 2 s
+    client timeout, far below the 10 s export timeout a blocked request would wait out), and
+    the metrics listener serves the counts."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1024)
+    absent = free_port()
+    metrics_port = free_port()
+    try:
+        with running_sidecar(
+            bao,
+            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=f"http://127.0.0.1:{silent.getsockname()[1]}",
+            OTEL_EXPORTER_OTLP_TRACES_PROTOCOL="grpc",
+            OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=f"http://127.0.0.1:{absent}/v1/metrics",
+            OTEL_EXPORTER_OTLP_METRICS_PROTOCOL="http/protobuf",
+            OTEL_METRIC_EXPORT_INTERVAL="100",
+            OTEL_BSP_SCHEDULE_DELAY="10",
+            OTEL_BSP_MAX_QUEUE_SIZE="64",
+            AEGIS_METRICS_LISTEN=f"127.0.0.1:{metrics_port}",
+        ) as sidecar:
+            url = f"{sidecar.addr}/v1/transit"
+            for i in range(200):
+                data = b64(f"request {i}".encode())
+                r = requests.post(f"{url}/sign/{KEY}", json={"input": data}, headers=VAULT_HEADERS, timeout=2)
+                assert r.status_code == 200, r.text
+                sig = r.json()["data"]["signature"]
+                r = requests.post(
+                    f"{url}/verify/{KEY}", json={"input": data, "signature": sig}, headers=VAULT_HEADERS, timeout=2
+                )
+                assert r.status_code == 200 and r.json()["data"]["valid"] is True, r.text
+            admin = f"http://127.0.0.1:{metrics_port}"
+            samples = scrape(admin)
+            assert value(samples, "aegis_requests_total", operation="sign", key=KEY, outcome="ok") == 200
+            assert value(samples, "aegis_verify_results_total", key=KEY, result="valid") == 200
+            assert requests.get(f"{admin}/readyz", timeout=5).status_code == 200
+            r = requests.post(f"{admin}/v1/transit/sign/{KEY}", json={"input": "aGk="}, timeout=5)
+            assert r.status_code == 404, "the metrics listener serves no Transit API"
+            # SIGTERM: the last export to the silent receiver is abandoned after 3 s; exit 0.
+            assert sidecar.proc.terminate(timeout=8) == 0, sidecar.proc.describe()
+    finally:
+        silent.close()
