@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # Installs promtool (Prometheus rule checker and rule unit-test runner) into ./.venv/bin at the
 # repository root (idempotent). There is no Go toolchain here and the network only reaches
-# package registries, so promtool comes from Debian's `prometheus` package: the .deb is
-# downloaded with `apt-get download` into a temporary directory and unpacked with `dpkg-deb -x`;
-# nothing is installed system-wide and no root is needed (apt-get download runs as any user).
+# package registries, so promtool comes from Debian's `prometheus` package, unpacked by
+# scripts/fetch-deb.sh (nothing is installed system-wide).
 # Only promtool is kept; the Prometheus server binary in the same package is not installed.
 # Every failure stops the script with a non-zero status and a message; nothing is skipped.
 #
@@ -11,9 +10,10 @@
 # deploy/prometheus/aegis-alerts.yaml and the Grafana dashboard's queries).
 set -euo pipefail
 
-# Pinned version: Debian bookworm's prometheus package (promtool 2.42.0).
+# Pinned version: promtool 2.42.0 from Debian bookworm's prometheus package. The Debian
+# revision is not pinned (security updates replace it in the archive); the upstream version
+# is checked after unpacking.
 DEB_PACKAGE="prometheus"
-DEB_VERSION="2.42.0+ds-5+b6"
 PROMTOOL_VERSION="2.42.0"
 
 die() {
@@ -43,48 +43,11 @@ if [[ -x "$target" ]]; then
     echo "install-promtool: replacing $target (found version '${current:-unknown}', want $PROMTOOL_VERSION)"
 fi
 
-command -v apt-get >/dev/null 2>&1 \
-    || die "apt-get not found: promtool is installed from Debian's '$DEB_PACKAGE' package (Debian/Ubuntu only)"
-command -v dpkg-deb >/dev/null 2>&1 || die "dpkg-deb not found (package dpkg)"
-
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/aegis-promtool.XXXXXX")" || die "mktemp -d failed"
 trap 'rm -rf "$tmp"' EXIT
-# As root, apt-get download drops privileges to _apt, which must be able to write here;
-# otherwise it still works but warns that the download ran unsandboxed.
-if [[ "$(id -u)" == 0 ]] && id _apt >/dev/null 2>&1; then
-    chown _apt "$tmp" 2>/dev/null || true
-fi
-
-download() {
-    (cd "$tmp" && apt-get download -q "$DEB_PACKAGE=$DEB_VERSION") >"$tmp/apt.log" 2>&1
-}
-
-echo "install-promtool: downloading $DEB_PACKAGE=$DEB_VERSION (apt-get download, no install)"
-if ! download; then
-    # A fresh container has no package lists yet; as root, fetch them once and retry.
-    if [[ "$(id -u)" == 0 ]]; then
-        echo "install-promtool: download failed; running apt-get update and retrying"
-        apt-get update -q >"$tmp/apt-update.log" 2>&1 || {
-            cat "$tmp/apt-update.log" >&2
-            die "apt-get update failed"
-        }
-        download || {
-            cat "$tmp/apt.log" >&2
-            die "apt-get download $DEB_PACKAGE=$DEB_VERSION failed after apt-get update (is Debian bookworm's main archive in the apt sources?)"
-        }
-    else
-        cat "$tmp/apt.log" >&2
-        die "apt-get download $DEB_PACKAGE=$DEB_VERSION failed (is Debian bookworm's main archive in the apt sources? if the package lists are missing, run 'apt-get update' as root)"
-    fi
-fi
-
-shopt -s nullglob
-debs=("$tmp"/"${DEB_PACKAGE}"_*.deb)
-shopt -u nullglob
-[[ ${#debs[@]} -eq 1 ]] || die "expected one ${DEB_PACKAGE}_*.deb in $tmp after apt-get download, found ${#debs[@]}"
-
-dpkg-deb -x "${debs[0]}" "$tmp/root" || die "dpkg-deb -x ${debs[0]} failed"
-[[ -f "$tmp/root/usr/bin/promtool" ]] || die "${debs[0]} does not contain usr/bin/promtool"
+bash "$repo_root/scripts/fetch-deb.sh" "$tmp/root" "$DEB_PACKAGE" \
+    || die "cannot fetch Debian's $DEB_PACKAGE"
+[[ -f "$tmp/root/usr/bin/promtool" ]] || die "Debian's $DEB_PACKAGE does not contain usr/bin/promtool"
 
 # Copy to a temporary name in the same directory, check it runs, then rename: a failed run
 # never leaves a broken promtool behind.

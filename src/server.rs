@@ -37,7 +37,12 @@ pub fn build_state(config: Config) -> Result<Arc<AppState>, ConfigErrors> {
     let key_labels = Arc::new(KeyLabels::new(config.keys.clone()));
     Ok(Arc::new(AppState {
         auditor,
-        signer: Signer::new(keys.clone(), vault.clone()),
+        signer: Signer::new(
+            keys.clone(),
+            vault.clone(),
+            config.sign_max_batch,
+            config.sign_max_in_flight,
+        ),
         verifier: Verifier::new(keys.clone(), vault, key_labels.clone()),
         key_labels,
         keys,

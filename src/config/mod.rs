@@ -175,6 +175,13 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `AEGIS_MAX_BATCH_ITEMS`, default 10 000.
     pub max_batch_items: usize,
+    /// `AEGIS_SIGN_MAX_BATCH`, default 200: items per Transit sign call (coalesced
+    /// requests, and the parts a caller's larger batch is split into; OpenBao refuses
+    /// requests of more than 1 000 JSON strings).
+    pub sign_max_batch: usize,
+    /// `AEGIS_SIGN_MAX_IN_FLIGHT`, default 2: concurrent Transit sign calls per key and
+    /// options before requests queue to be coalesced.
+    pub sign_max_in_flight: usize,
     /// `AEGIS_REFRESH_INTERVAL`, default 30 s, jittered by up to 10 %.
     pub refresh_interval: Duration,
     /// `AEGIS_LOG_FORMAT`: auto, json or text.
@@ -222,6 +229,8 @@ struct FileConfig {
     keys: Option<Vec<String>>,
     max_body_bytes: Option<usize>,
     max_batch_items: Option<usize>,
+    sign_max_batch: Option<usize>,
+    sign_max_in_flight: Option<usize>,
     refresh_interval: Option<String>,
     log_format: Option<LogFormat>,
     cache_dir: Option<String>,
@@ -600,6 +609,8 @@ impl Config {
         };
         let max_body_bytes = number("AEGIS_MAX_BODY_BYTES", fc.max_body_bytes, 32 * 1024 * 1024);
         let max_batch_items = number("AEGIS_MAX_BATCH_ITEMS", fc.max_batch_items, 10_000);
+        let sign_max_batch = number("AEGIS_SIGN_MAX_BATCH", fc.sign_max_batch, 200);
+        let sign_max_in_flight = number("AEGIS_SIGN_MAX_IN_FLIGHT", fc.sign_max_in_flight, 2);
 
         let mut duration = |name: &str, file: Option<String>, default: Duration| -> Duration {
             match pick(name, file) {
@@ -721,6 +732,8 @@ impl Config {
             keys,
             max_body_bytes,
             max_batch_items,
+            sign_max_batch,
+            sign_max_in_flight,
             refresh_interval,
             log_format,
             log_filter: env.var("RUST_LOG"),

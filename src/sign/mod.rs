@@ -21,14 +21,27 @@ use crate::verify::{
     rsa_scheme, Resolved,
 };
 
+pub mod coalesce;
+
+use coalesce::Coalescer;
+
+/// Validates sign requests and sends them to Transit through the [`Coalescer`].
 pub struct Signer {
     keys: Arc<KeyCache>,
-    vault: Arc<VaultClient>,
+    coalescer: Arc<Coalescer>,
 }
 
 impl Signer {
-    pub fn new(keys: Arc<KeyCache>, vault: Arc<VaultClient>) -> Self {
-        Signer { keys, vault }
+    /// `max_batch`: items per Transit call; `max_in_flight`: concurrent calls per key and
+    /// options (see [`coalesce`]).
+    pub fn new(
+        keys: Arc<KeyCache>,
+        vault: Arc<VaultClient>,
+        max_batch: usize,
+        max_in_flight: usize,
+    ) -> Self {
+        let coalescer = Coalescer::new(vault, keys.mount().to_string(), max_batch, max_in_flight);
+        Signer { keys, coalescer }
     }
 
     /// Signs a request for `key`; returns Transit's `data` object.
@@ -57,17 +70,11 @@ impl Signer {
         if !req.batch {
             refuse_what_vault_fails_on(&set, &res, req)?;
         }
-        crate::telemetry::metrics::get().sign_batch(req.items.len());
-        let data = self
-            .vault
-            .transit_write(
-                "sign",
-                self.keys.mount(),
-                key,
-                path_hash,
-                &Value::Object(req.body.clone()),
-            )
-            .await?;
+        let data = if req.batch {
+            self.coalescer.sign_batch(key, path_hash, &req.body).await?
+        } else {
+            self.coalescer.sign_one(key, path_hash, &req.body).await?
+        };
         let newest = newest_key_version(&data);
         if newest > u64::from(set.latest_version) {
             debug!(
