@@ -109,7 +109,7 @@ def wrk(url: str, body: dict, token: str, connections: int, duration: float, scr
     threads = 1 if connections == 1 else 2
     env = dict(os.environ, BENCH_BODY=json.dumps(body), BENCH_TOKEN=token)
     out = subprocess.run(
-        [str(VENV_BIN / "wrk"), f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(script), url],
+        [str(VENV_BIN / "wrk"), f"-t{threads}", f"-c{connections}", f"-d{int(duration)}s", "--timeout", "10s", "-s", str(script), url],
         env=env, capture_output=True, text=True, check=True,
     ).stdout
     line = next((l for l in out.splitlines() if l.startswith("BENCH_JSON ")), None)
@@ -140,13 +140,13 @@ def machine() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="seconds, not minutes: one key type, c=1 and 16")
-    ap.add_argument("--duration", type=float, default=5.0, help="seconds per measurement (default 5)")
+    ap.add_argument("--duration", type=int, default=5, help="whole seconds per measurement (default 5)")
     ap.add_argument("--json", type=Path, default=REPO / "target/bench.json", help="where to write the results")
     ap.add_argument("--aegis", type=Path, default=REPO / "target/release/aegis", help="the aegis binary (release)")
     args = ap.parse_args()
     key_types = KEY_TYPES[:1] if args.smoke else KEY_TYPES
     concurrency = [1, 16] if args.smoke else CONCURRENCY
-    duration = 1.0 if args.smoke else args.duration
+    duration = 1 if args.smoke else args.duration
     for tool in (VENV_BIN / "bao", VENV_BIN / "wrk", args.aegis):
         if not os.access(tool, os.X_OK):
             sys.exit(f"bench: {tool} is missing (scripts/install-tools.sh, scripts/install-wrk.sh, cargo build --release)")

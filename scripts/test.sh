@@ -38,4 +38,7 @@ fi
 step "pytest tests/interop (hvac, bao CLI and aegis dev against a real OpenBao)"
 .venv/bin/python -m pytest -q tests/interop
 
+step "benchmark smoke run (scripts/bench.py --smoke, debug build: keeps the script working; no timing checked)"
+.venv/bin/python scripts/bench.py --smoke --aegis target/debug/aegis --json target/bench-smoke.json
+
 step "All checks passed"
