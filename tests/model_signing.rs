@@ -1,0 +1,152 @@
+//! `aegis model sign|verify` across key rotation, with the real binary, a real OpenBao and
+//! the sidecar: a model signed with version 1 still verifies through the sidecar after
+//! rotation and retirement with a grace period (Vault itself refuses it by then), and is
+//! refused once version 1 is revoked, while models signed with version 2 keep verifying.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{eventually, Bao, Sidecar};
+
+const KEY: &str = "oms-life";
+const REFUSED: i32 = 65;
+
+/// `aegis <args>` against `addr` (the sidecar: no token; Vault: `token`), off the runtime.
+async fn aegis(addr: &str, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let addr = addr.to_string();
+    let env: Vec<(String, String)> = token
+        .map(|t| vec![("VAULT_TOKEN".to_string(), t.to_string())])
+        .unwrap_or_default();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        common::aegis_cli(&addr, &env, &args)
+    })
+    .await
+    .unwrap()
+}
+
+fn write_model(dir: &Path) {
+    std::fs::create_dir_all(dir.join("weights")).unwrap();
+    std::fs::write(dir.join("weights/shard-0.bin"), vec![42u8; 1 << 20]).unwrap();
+    std::fs::write(dir.join("config.json"), br#"{"hidden": 8}"#).unwrap();
+}
+
+async fn sign(side: &Sidecar, model: &Path, sig: &Path) {
+    let (code, out, err) = aegis(
+        &side.addr,
+        None,
+        &[
+            "model",
+            "sign",
+            "--key",
+            KEY,
+            "--signature",
+            sig.to_str().unwrap(),
+            model.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "sign: {out}{err}");
+}
+
+/// `aegis model verify --key` through `addr`.
+async fn verify(addr: &str, token: Option<&str>, model: &Path, sig: &Path) -> (i32, String) {
+    let (code, out, err) = aegis(
+        addr,
+        token,
+        &[
+            "model",
+            "verify",
+            "--key",
+            KEY,
+            "--signature",
+            sig.to_str().unwrap(),
+            model.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(!err.contains("panicked"), "{err}");
+    (code, out + &err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_bundles_verify_while_retired_but_valid_and_not_after_revocation() {
+    let bao = Bao::dev().await;
+    bao.create_key(KEY, "ecdsa-p256").await;
+    let side = Sidecar::start(&bao, &[("AEGIS_REFRESH_INTERVAL", "300ms")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    write_model(&model);
+    let old_sig = dir.path().join("v1.sig");
+    sign(&side, &model, &old_sig).await;
+    let (code, out) = verify(&side.addr, None, &model, &old_sig).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("version 1"), "{out}");
+
+    // Rotate with a grace period: v1 is recorded, min_decryption_version goes to 2.
+    let (code, out, err) = aegis(
+        &bao.addr,
+        Some(&bao.token),
+        &["rotate", "--key", KEY, "--force", "--grace", "1h"],
+    )
+    .await;
+    assert_eq!(code, 0, "rotate: {out}{err}");
+    eventually(
+        Duration::from_secs(10),
+        "the sidecar to see min_decryption_version 2",
+        || async {
+            let (_, k) = side.api("GET", &format!("transit/keys/{KEY}"), None).await;
+            (k["data"]["min_decryption_version"] == 2).then_some(())
+        },
+    )
+    .await;
+
+    // Vault itself no longer accepts v1; the sidecar does: retired but valid.
+    let (code, out) = verify(&bao.addr, Some(&bao.token), &model, &old_sig).await;
+    assert_eq!(code, REFUSED, "{out}");
+    let (code, out) = verify(&side.addr, None, &model, &old_sig).await;
+    assert_eq!(code, 0, "a retired-but-valid version must verify: {out}");
+
+    // New signatures use v2.
+    let new_sig = dir.path().join("v2.sig");
+    sign(&side, &model, &new_sig).await;
+    let (code, out) = verify(&side.addr, None, &model, &new_sig).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("version 2"), "{out}");
+
+    // Revoke v1 (compromise): refused once the sidecar refreshes; v2 unaffected.
+    let (code, out, err) = aegis(
+        &bao.addr,
+        Some(&bao.token),
+        &[
+            "retire",
+            "--key",
+            KEY,
+            "--version",
+            "1",
+            "--now",
+            "--reason",
+            "key compromised",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "retire: {out}{err}");
+    let refusal = eventually(
+        Duration::from_secs(10),
+        "the sidecar to refuse the revoked version",
+        || async {
+            let (code, out) = verify(&side.addr, None, &model, &old_sig).await;
+            (code != 0).then_some((code, out))
+        },
+    )
+    .await;
+    assert_eq!(refusal.0, REFUSED, "{}", refusal.1);
+    assert!(refusal.1.contains("revoked"), "{}", refusal.1);
+    let (code, out) = verify(&side.addr, None, &model, &new_sig).await;
+    assert_eq!(code, 0, "{out}");
+    side.stop().await;
+}
