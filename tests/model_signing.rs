@@ -35,42 +35,29 @@ fn write_model(dir: &Path) {
     std::fs::write(dir.join("config.json"), br#"{"hidden": 8}"#).unwrap();
 }
 
-async fn sign(side: &Sidecar, model: &Path, sig: &Path) {
-    let (code, out, err) = aegis(
-        &side.addr,
-        None,
-        &[
-            "model",
-            "sign",
-            "--key",
-            KEY,
-            "--signature",
-            sig.to_str().unwrap(),
-            model.to_str().unwrap(),
-        ],
-    )
-    .await;
-    assert_eq!(code, 0, "sign: {out}{err}");
-}
-
-/// `aegis model verify --key` through `addr`.
-async fn verify(addr: &str, token: Option<&str>, model: &Path, sig: &Path) -> (i32, String) {
-    let (code, out, err) = aegis(
-        addr,
-        token,
-        &[
-            "model",
-            "verify",
-            "--key",
-            KEY,
-            "--signature",
-            sig.to_str().unwrap(),
-            model.to_str().unwrap(),
-        ],
-    )
-    .await;
+/// `aegis model <command> --key KEY --signature <sig> <model>` through `addr`: (exit
+/// code, stdout + stderr).
+async fn model_cmd(
+    addr: &str,
+    token: Option<&str>,
+    command: &str,
+    model: &Path,
+    sig: &Path,
+) -> (i32, String) {
+    let (sig, model) = (sig.to_str().unwrap(), model.to_str().unwrap());
+    let args = ["model", command, "--key", KEY, "--signature", sig, model];
+    let (code, out, err) = aegis(addr, token, &args).await;
     assert!(!err.contains("panicked"), "{err}");
     (code, out + &err)
+}
+
+async fn sign(side: &Sidecar, dir: &Path, sig: &Path) {
+    let (code, out) = model_cmd(&side.addr, None, "sign", dir, sig).await;
+    assert_eq!(code, 0, "sign: {out}");
+}
+
+async fn verify(addr: &str, token: Option<&str>, dir: &Path, sig: &Path) -> (i32, String) {
+    model_cmd(addr, token, "verify", dir, sig).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,11 +66,11 @@ async fn old_bundles_verify_while_retired_but_valid_and_not_after_revocation() {
     bao.create_key(KEY, "ecdsa-p256").await;
     let side = Sidecar::start(&bao, &[("AEGIS_REFRESH_INTERVAL", "300ms")]).await;
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("model");
-    write_model(&model);
+    let model_dir = dir.path().join("model");
+    write_model(&model_dir);
     let old_sig = dir.path().join("v1.sig");
-    sign(&side, &model, &old_sig).await;
-    let (code, out) = verify(&side.addr, None, &model, &old_sig).await;
+    sign(&side, &model_dir, &old_sig).await;
+    let (code, out) = verify(&side.addr, None, &model_dir, &old_sig).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("version 1"), "{out}");
 
@@ -106,47 +93,35 @@ async fn old_bundles_verify_while_retired_but_valid_and_not_after_revocation() {
     .await;
 
     // Vault itself no longer accepts v1; the sidecar does: retired but valid.
-    let (code, out) = verify(&bao.addr, Some(&bao.token), &model, &old_sig).await;
+    let (code, out) = verify(&bao.addr, Some(&bao.token), &model_dir, &old_sig).await;
     assert_eq!(code, REFUSED, "{out}");
-    let (code, out) = verify(&side.addr, None, &model, &old_sig).await;
+    let (code, out) = verify(&side.addr, None, &model_dir, &old_sig).await;
     assert_eq!(code, 0, "a retired-but-valid version must verify: {out}");
 
     // New signatures use v2.
     let new_sig = dir.path().join("v2.sig");
-    sign(&side, &model, &new_sig).await;
-    let (code, out) = verify(&side.addr, None, &model, &new_sig).await;
+    sign(&side, &model_dir, &new_sig).await;
+    let (code, out) = verify(&side.addr, None, &model_dir, &new_sig).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("version 2"), "{out}");
 
     // Revoke v1 (compromise): refused once the sidecar refreshes; v2 unaffected.
-    let (code, out, err) = aegis(
-        &bao.addr,
-        Some(&bao.token),
-        &[
-            "retire",
-            "--key",
-            KEY,
-            "--version",
-            "1",
-            "--now",
-            "--reason",
-            "key compromised",
-        ],
-    )
-    .await;
+    let revoke = format!("retire --key {KEY} --version 1 --now --reason compromise");
+    let revoke: Vec<&str> = revoke.split(' ').collect();
+    let (code, out, err) = aegis(&bao.addr, Some(&bao.token), &revoke).await;
     assert_eq!(code, 0, "retire: {out}{err}");
     let refusal = eventually(
         Duration::from_secs(10),
         "the sidecar to refuse the revoked version",
         || async {
-            let (code, out) = verify(&side.addr, None, &model, &old_sig).await;
+            let (code, out) = verify(&side.addr, None, &model_dir, &old_sig).await;
             (code != 0).then_some((code, out))
         },
     )
     .await;
     assert_eq!(refusal.0, REFUSED, "{}", refusal.1);
     assert!(refusal.1.contains("revoked"), "{}", refusal.1);
-    let (code, out) = verify(&side.addr, None, &model, &new_sig).await;
+    let (code, out) = verify(&side.addr, None, &model_dir, &new_sig).await;
     assert_eq!(code, 0, "{out}");
     side.stop().await;
 }

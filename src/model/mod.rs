@@ -321,14 +321,14 @@ pub async fn sign(
     let manifest = Manifest::new(model_name(model), serialization, &hashed.files);
     let payload = manifest.to_payload();
     let pae = bundle::pae(&payload);
-    let sig = transit::sign_digest(
+    let sig = transit::KeyVersion {
         vault,
         mount,
         key,
         version,
-        signer.hash(),
-        &signer.digest(&pae),
-    )
+        signer: &signer,
+    }
+    .sign(&pae)
     .await?;
     // Never write a bundle that would not verify.
     if signer.verify(&pae, &sig) != Ok(true) {
@@ -399,15 +399,14 @@ async fn authenticate(key: VerifyKey<'_>, b: &Bundle) -> Result<Signer, ModelErr
             for (version, signer) in candidates {
                 match signer.verify(&pae, &b.signature) {
                     Ok(true) => {
-                        transit::check_version(
+                        transit::KeyVersion {
                             vault,
                             mount,
                             key,
                             version,
-                            signer.hash(),
-                            &signer.digest(&pae),
-                            &b.signature,
-                        )
+                            signer: &signer,
+                        }
+                        .check(&pae, &b.signature)
                         .await?;
                         return Ok(Signer::Transit {
                             key: key.to_string(),

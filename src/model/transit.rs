@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::keys::{transit_spki, SignerKey};
 use super::ModelError;
-use crate::crypto::{HashAlgorithm, KeyType};
+use crate::crypto::KeyType;
 use crate::vault::{VaultClient, VaultError};
 
 /// A Transit key as the endpoint lists it.
@@ -97,71 +97,69 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// Transit signs `digest` (already hashed with `hash`) with `version`; returns the DER
-/// signature without its `vault:vN:` prefix.
-pub async fn sign_digest(
-    vault: &VaultClient,
-    mount: &str,
-    key: &str,
-    version: u32,
-    hash: HashAlgorithm,
-    digest: &[u8],
-) -> Result<Vec<u8>, ModelError> {
-    let body = json!({
-        "input": b64(digest),
-        "prehashed": true,
-        "marshaling_algorithm": "asn1",
-        "key_version": version,
-    });
-    let data = vault
-        .transit_write("sign", mount, key, Some(hash.name()), &body)
-        .await
-        .map_err(|e| vault_error(key, e))?;
-    let text = data["signature"].as_str().unwrap_or_default();
-    let prefix = format!("vault:v{version}:");
-    let encoded = text.strip_prefix(&prefix).ok_or_else(|| {
-        ModelError::Signature(format!(
-            "Transit answered a signature that is not by version {version}: {:?}",
-            text.split(':').take(2).collect::<Vec<_>>().join(":")
-        ))
-    })?;
-    base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .map_err(|e| ModelError::Signature(format!("Transit's signature is not base64: {e}")))
+/// One version of a Transit key, with its public key: what signs and what verifies.
+pub struct KeyVersion<'a> {
+    pub vault: &'a VaultClient,
+    pub mount: &'a str,
+    pub key: &'a str,
+    pub version: u32,
+    pub signer: &'a SignerKey,
 }
 
-/// Asks Transit whether `signature` by `version` over `digest` verifies now: the
-/// endpoint's validity rule decides (retired, revoked, too old).
-pub async fn check_version(
-    vault: &VaultClient,
-    mount: &str,
-    key: &str,
-    version: u32,
-    hash: HashAlgorithm,
-    digest: &[u8],
-    signature: &[u8],
-) -> Result<(), ModelError> {
-    let body = json!({
-        "input": b64(digest),
-        "prehashed": true,
-        "marshaling_algorithm": "asn1",
-        "signature": format!("vault:v{version}:{}", b64(signature)),
-    });
-    match vault
-        .transit_write("verify", mount, key, Some(hash.name()), &body)
-        .await
-    {
-        Ok(data) if data["valid"] == true => Ok(()),
-        Ok(_) => Err(ModelError::Signature(format!(
-            "Transit does not accept the signature for version {version} of key {key:?}"
-        ))),
-        Err(VaultError::Status {
-            status: 400,
-            errors,
-        }) => Err(ModelError::KeyVersionRefused(format!(
-            "version {version} of key {key:?} no longer verifies: {}",
-            errors.join("; ")
-        ))),
-        Err(e) => Err(vault_error(key, e)),
+impl KeyVersion<'_> {
+    /// Transit's sign or verify of the PAE's digest (`prehashed`, the curve's hash, asn1).
+    async fn call(&self, op: &str, pae: &[u8], extra: (&str, Value)) -> Result<Value, VaultError> {
+        let mut body = json!({
+            "input": b64(&self.signer.digest(pae)),
+            "prehashed": true,
+            "marshaling_algorithm": "asn1",
+        });
+        body[extra.0] = extra.1;
+        let hash = self.signer.hash().name();
+        self.vault
+            .transit_write(op, self.mount, self.key, Some(hash), &body)
+            .await
+    }
+
+    /// Transit signs the PAE with this version; returns the DER signature without its
+    /// `vault:vN:` prefix.
+    pub async fn sign(&self, pae: &[u8]) -> Result<Vec<u8>, ModelError> {
+        let (key, version) = (self.key, self.version);
+        let data = self
+            .call("sign", pae, ("key_version", version.into()))
+            .await
+            .map_err(|e| vault_error(key, e))?;
+        let text = data["signature"].as_str().unwrap_or_default();
+        let prefix = format!("vault:v{version}:");
+        let encoded = text.strip_prefix(&prefix).ok_or_else(|| {
+            ModelError::Signature(format!(
+                "Transit answered a signature that is not by version {version}: {:?}",
+                text.split(':').take(2).collect::<Vec<_>>().join(":")
+            ))
+        })?;
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| ModelError::Signature(format!("Transit's signature is not base64: {e}")))
+    }
+
+    /// Asks Transit whether `signature` by this version over the PAE verifies now: the
+    /// endpoint's validity rule decides (retired, revoked, too old).
+    pub async fn check(&self, pae: &[u8], signature: &[u8]) -> Result<(), ModelError> {
+        let (key, version) = (self.key, self.version);
+        let sig = format!("vault:v{version}:{}", b64(signature));
+        match self.call("verify", pae, ("signature", sig.into())).await {
+            Ok(data) if data["valid"] == true => Ok(()),
+            Ok(_) => Err(ModelError::Signature(format!(
+                "Transit does not accept the signature for version {version} of key {key:?}"
+            ))),
+            Err(VaultError::Status {
+                status: 400,
+                errors,
+            }) => Err(ModelError::KeyVersionRefused(format!(
+                "version {version} of key {key:?} no longer verifies: {}",
+                errors.join("; ")
+            ))),
+            Err(e) => Err(vault_error(key, e)),
+        }
     }
 }
