@@ -142,8 +142,9 @@ struct ModelFlags {
     /// TOML configuration file (Vault address, auth); environment variables override it.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Paths not hashed (relative to the current directory; outside the model: dropped).
-    #[arg(long = "ignore-paths", num_args = 1.., value_name = "PATH")]
+    /// A path not hashed (relative to the current directory; outside the model: dropped).
+    /// Repeat for more.
+    #[arg(long = "ignore-paths", value_name = "PATH")]
     ignore_paths: Vec<PathBuf>,
     /// Hash git metadata (.git, .gitattributes, .github, .gitignore), ignored by default.
     #[arg(long)]

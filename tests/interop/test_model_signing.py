@@ -291,3 +291,36 @@ def test_keys_export_jwks_matches_the_pem(oms_sidecar, bao):
     assert (jwk["x"], jwk["y"]) == (b64u(numbers.x), b64u(numbers.y))
     missing = aegis(oms_sidecar, "keys", "export", "--key", key, "--version", "7")
     assert missing.returncode == EXIT_REFUSED and "no public key for version 7" in missing.stderr, describe(missing)
+
+
+def test_ignore_paths_and_symlinks_as_upstream_reads_them(oms_sidecar, tmp_path):
+    key = KEY_PREFIX + "ecdsa-p256"
+    model = make_model(tmp_path)
+    (model / "README.md").write_text("model card v1")
+    sig = tmp_path / "model.sig"
+    pem = tmp_path / "key.pem"
+    exported = aegis(oms_sidecar, "keys", "export", "--key", key)
+    assert exported.returncode == 0, describe(exported)
+    pem.write_text(exported.stdout)
+
+    # --ignore-paths resolves against the current directory, as upstream's does.
+    signed = aegis(
+        oms_sidecar, "model", "sign", "--key", key, "--signature", sig,
+        "--ignore-paths", "model/README.md", "model", cwd=tmp_path,
+    )
+    assert signed.returncode == 0, describe(signed)
+    (model / "README.md").write_text("model card v2: not signed, so not checked")
+    # Both verifiers take the ignored paths from the signed manifest.
+    up = upstream_verify(model, sig, pem)
+    assert up.returncode == 0, describe(up)
+    mine = aegis(oms_sidecar, "model", "verify", "--key", key, "--signature", sig, model)
+    assert mine.returncode == 0, describe(mine)
+
+    # A symbolic link is refused unless allowed; allowed, both tools follow it.
+    (model / "alias.json").symlink_to("config.json")
+    refused = aegis(oms_sidecar, "model", "sign", "--key", key, "--signature", sig, model)
+    assert refused.returncode == EXIT_REFUSED and "--allow-symlinks" in refused.stderr, describe(refused)
+    signed = aegis(oms_sidecar, "model", "sign", "--key", key, "--signature", sig, "--allow-symlinks", model)
+    assert signed.returncode == 0, describe(signed)
+    up = run([model_signing_bin(), "verify", "key", "--signature", sig, "--public_key", pem, "--allow_symlinks", model])
+    assert up.returncode == 0, describe(up)
