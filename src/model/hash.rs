@@ -24,6 +24,11 @@ use aws_lc_rs::digest;
 /// the core's cache between the copy and the hash.
 const READ_BUFFER: usize = 256 * 1024;
 
+/// Alignment of the read buffer. The kernel copies from the page cache with `rep movsb`,
+/// which runs 4-5 times slower into a destination that is not cache-line aligned (as
+/// malloc's 16-byte-aligned blocks are): measured 0.09 s against 0.44 s for 805 MB.
+const BUFFER_ALIGN: usize = 4096;
+
 /// One hashed file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileDigest {
@@ -236,12 +241,14 @@ fn hash_jobs(mut jobs: Vec<Job>, opts: &HashOptions) -> Result<Hashed, HashError
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 scope.spawn(|| {
-                    let mut buf = vec![0u8; READ_BUFFER];
+                    let mut raw = vec![0u8; READ_BUFFER + BUFFER_ALIGN];
+                    let start = raw.as_ptr().align_offset(BUFFER_ALIGN);
+                    let buf = &mut raw[start..start + READ_BUFFER];
                     let mut mine = Vec::new();
                     while !failed.load(Ordering::Relaxed) {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some(job) = jobs.get(i) else { break };
-                        match hash_file(&job.path, &mut buf, &done) {
+                        match hash_file(&job.path, buf, &done) {
                             Ok(sha256) => mine.push(FileDigest {
                                 name: job.name.clone(),
                                 sha256,

@@ -378,6 +378,10 @@ async fn authenticate(key: VerifyKey<'_>, b: &Bundle) -> Result<Signer, ModelErr
         }
         VerifyKey::Transit { vault, mount, key } => {
             let tk = transit::read_key(vault, mount, key).await?;
+            if !matches!(tk.key_type, Some(crate::crypto::KeyType::Ecdsa(_))) {
+                // The same refusal signing gives for a key that is not ECDSA.
+                tk.signer(tk.latest_version)?;
+            }
             // The hinted version, or (an old bundle without a hint) every version, newest first.
             let candidates: Vec<(u32, SignerKey)> = tk
                 .versions

@@ -32,6 +32,7 @@ CURVES = {
     "p521": ("ecdsa-p521", ec.SECP521R1()),
 }
 KEY_PREFIX = "oms-"
+NOT_ECDSA = KEY_PREFIX + "ed25519"
 EXIT_REFUSED = 65
 EXIT_DENIED = 77
 
@@ -61,8 +62,8 @@ def describe(p: subprocess.CompletedProcess) -> str:
 @pytest.fixture(scope="module")
 def oms_sidecar(bao):
     """Transit ECDSA keys for each curve, and an `aegis serve` allowlisting them."""
-    for kind, _ in CURVES.values():
-        r = bao.api("POST", f"transit/keys/{KEY_PREFIX}{kind}", json={"type": kind})
+    for name, kind in [(KEY_PREFIX + k, k) for k, _ in CURVES.values()] + [(NOT_ECDSA, "ed25519")]:
+        r = bao.api("POST", f"transit/keys/{name}", json={"type": kind})
         assert r.status_code in (200, 204), r.text
     port = free_port()
     proc = Proc(
@@ -72,7 +73,7 @@ def oms_sidecar(bao):
             VAULT_ADDR=bao.addr,
             VAULT_TOKEN=bao.root_token,
             AEGIS_LISTEN_ADDR=f"127.0.0.1:{port}",
-            AEGIS_KEYS=",".join(KEY_PREFIX + kind for kind, _ in CURVES.values()),
+            AEGIS_KEYS=",".join([KEY_PREFIX + kind for kind, _ in CURVES.values()] + [NOT_ECDSA]),
             AEGIS_LOG_FORMAT="text",
         ),
     )
@@ -274,6 +275,17 @@ def test_bad_bundles_are_refused_with_a_clear_message(oms_sidecar, tmp_path, cas
     assert result.returncode == EXIT_REFUSED, describe(result)
     assert expected in result.stderr, describe(result)
     assert "panicked" not in result.stderr, describe(result)
+
+
+def test_a_key_that_is_not_ecdsa_is_refused(oms_sidecar, tmp_path):
+    model = make_model(tmp_path)
+    sig = tmp_path / "model.sig"
+    for command in ("sign", "verify"):
+        if command == "verify":
+            signed = aegis(oms_sidecar, "model", "sign", "--key", KEY_PREFIX + "ecdsa-p256", "--signature", sig, model)
+            assert signed.returncode == 0, describe(signed)
+        out = aegis(oms_sidecar, "model", command, "--key", NOT_ECDSA, "--signature", sig, model)
+        assert out.returncode == EXIT_REFUSED and "ecdsa-p256" in out.stderr, f"{command}: {describe(out)}"
 
 
 def test_keys_export_jwks_matches_the_pem(oms_sidecar, bao):
