@@ -123,6 +123,7 @@ enum KeysCommand {
     Export {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// The Transit key.
         #[arg(long)]
         key: String,
         /// One version (default: pem the latest, jwks every version Transit accepts).
@@ -186,6 +187,7 @@ enum ModelCommand {
         /// The Transit key (not needed with --public-key).
         #[arg(long, required_unless_present = "public_key")]
         key: Option<String>,
+        /// The OMS bundle to check (as `aegis model sign` or `model_signing sign key` wrote it).
         #[arg(long)]
         signature: PathBuf,
         /// A PEM public key: verify offline, without Vault.

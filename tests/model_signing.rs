@@ -15,10 +15,17 @@ const REFUSED: i32 = 65;
 
 /// `aegis <args>` against `addr` (the sidecar: no token; Vault: `token`), off the runtime.
 async fn aegis(addr: &str, token: Option<&str>, args: &[&str]) -> (i32, String, String) {
+    let env: Vec<(&str, &str)> = token.map(|t| vec![("VAULT_TOKEN", t)]).unwrap_or_default();
+    aegis_env(addr, &env, args).await
+}
+
+/// [`aegis`] with any environment.
+async fn aegis_env(addr: &str, env: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
     let addr = addr.to_string();
-    let env: Vec<(String, String)> = token
-        .map(|t| vec![("VAULT_TOKEN".to_string(), t.to_string())])
-        .unwrap_or_default();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     tokio::task::spawn_blocking(move || {
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -39,25 +46,26 @@ fn write_model(dir: &Path) {
 /// code, stdout + stderr).
 async fn model_cmd(
     addr: &str,
-    token: Option<&str>,
+    env: &[(&str, &str)],
     command: &str,
     model: &Path,
     sig: &Path,
 ) -> (i32, String) {
     let (sig, model) = (sig.to_str().unwrap(), model.to_str().unwrap());
     let args = ["model", command, "--key", KEY, "--signature", sig, model];
-    let (code, out, err) = aegis(addr, token, &args).await;
+    let (code, out, err) = aegis_env(addr, env, &args).await;
     assert!(!err.contains("panicked"), "{err}");
     (code, out + &err)
 }
 
 async fn sign(side: &Sidecar, dir: &Path, sig: &Path) {
-    let (code, out) = model_cmd(&side.addr, None, "sign", dir, sig).await;
+    let (code, out) = model_cmd(&side.addr, &[], "sign", dir, sig).await;
     assert_eq!(code, 0, "sign: {out}");
 }
 
 async fn verify(addr: &str, token: Option<&str>, dir: &Path, sig: &Path) -> (i32, String) {
-    model_cmd(addr, token, "verify", dir, sig).await
+    let env: Vec<(&str, &str)> = token.map(|t| vec![("VAULT_TOKEN", t)]).unwrap_or_default();
+    model_cmd(addr, &env, "verify", dir, sig).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,4 +132,33 @@ async fn old_bundles_verify_while_retired_but_valid_and_not_after_revocation() {
     let (code, out) = verify(&side.addr, None, &model_dir, &new_sig).await;
     assert_eq!(code, 0, "{out}");
     side.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_vault_addr_is_exit_69() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("model");
+    write_model(&model_dir);
+    // Nobody listens there: connection refused at once, retried within the total timeout.
+    let addr = format!("http://127.0.0.1:{}", common::free_port());
+    let fast = [
+        ("AEGIS_VAULT_TIMEOUT", "1s"),
+        ("AEGIS_VAULT_TOTAL_TIMEOUT", "1s"),
+    ];
+    let unsigned = dir.path().join("unsigned.sig");
+    let (code, out) = model_cmd(&addr, &fast, "sign", &model_dir, &unsigned).await;
+    assert_eq!(code, 69, "sign: {out}");
+    assert!(!unsigned.exists(), "nothing is written when signing fails");
+
+    // A well-formed bundle: verification gets as far as asking Transit for the key.
+    let bundle = aegis::model::bundle::Bundle {
+        hint: Some("ab".repeat(32)),
+        payload: b"{}".to_vec(),
+        signature: vec![0x30, 0x06, 0x02, 0x01, 0x01, 0x02, 0x01, 0x01],
+    };
+    let sig = dir.path().join("model.sig");
+    std::fs::write(&sig, bundle.to_json()).unwrap();
+    let (code, out) = model_cmd(&addr, &fast, "verify", &model_dir, &sig).await;
+    assert_eq!(code, 69, "verify: {out}");
+    assert!(out.contains("Vault unavailable"), "{out}");
 }
