@@ -3,14 +3,14 @@
 //!
 //! The walk follows the upstream tool's rules: ignored paths (relative to the root) are
 //! skipped with everything below them, a symbolic link is refused unless links are
-//! allowed (then it is followed, with loops refused), and anything that is neither a
-//! regular file nor a directory is refused. Files are hashed in parallel, largest first
+//! allowed (then a link to a file is hashed as its target's content, and a link to a
+//! directory is not descended into, as Python's `Path.glob("**/*")` does), and anything
+//! that is neither a regular file nor a directory is refused. Files are hashed in parallel, largest first
 //! (the `files` format gives one digest per file, so a file cannot be split), each
 //! streamed through one fixed buffer per worker: memory stays bounded by the number of
 //! workers, whatever the model's size. The digest is aws-lc's SHA-256 (SHA-NI where the
 //! CPU has it).
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Component, Path, PathBuf};
@@ -54,7 +54,7 @@ pub struct HashOptions {
 /// Why a model could not be hashed.
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
-    /// The model holds something the format refuses (a symlink, a device, a loop).
+    /// The model holds something the format refuses (a symlink, a device, a broken link).
     #[error("{0}")]
     Refused(String),
     #[error("cannot read {path}: {source}")]
@@ -117,11 +117,7 @@ fn walk(root: &Path, opts: &HashOptions) -> Result<Vec<Job>, HashError> {
     if !meta.is_dir() {
         return Err(not_file_or_dir(root));
     }
-    let mut ancestors = BTreeSet::new();
-    if opts.allow_symlinks {
-        ancestors.insert(std::fs::canonicalize(root).map_err(io_error(root))?);
-    }
-    walk_dir(root, &mut Vec::new(), opts, &mut ancestors, &mut jobs)?;
+    walk_dir(root, &mut Vec::new(), opts, &mut jobs)?;
     Ok(jobs)
 }
 
@@ -143,7 +139,6 @@ fn walk_dir(
     dir: &Path,
     rel: &mut Vec<String>,
     opts: &HashOptions,
-    ancestors: &mut BTreeSet<PathBuf>,
     jobs: &mut Vec<Job>,
 ) -> Result<(), HashError> {
     for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
@@ -157,7 +152,7 @@ fn walk_dir(
         };
         rel.push(name);
         if !ignored(rel, &opts.ignore) {
-            visit(&path, rel, opts, ancestors, jobs, entry.file_type())?;
+            visit(&path, rel, opts, jobs, entry.file_type())?;
         }
         rel.pop();
     }
@@ -168,51 +163,35 @@ fn visit(
     path: &Path,
     rel: &mut Vec<String>,
     opts: &HashOptions,
-    ancestors: &mut BTreeSet<PathBuf>,
     jobs: &mut Vec<Job>,
     file_type: std::io::Result<std::fs::FileType>,
 ) -> Result<(), HashError> {
-    let mut file_type = file_type.map_err(io_error(path))?;
-    let mut size = None;
-    if file_type.is_symlink() {
+    let file_type = file_type.map_err(io_error(path))?;
+    if file_type.is_dir() {
+        return walk_dir(path, rel, opts, jobs);
+    }
+    let meta = if file_type.is_symlink() {
         if !opts.allow_symlinks {
             return Err(symlink_refused(path));
         }
+        // A broken link is an I/O error; a link to a directory is not descended into.
         let target = std::fs::metadata(path).map_err(io_error(path))?;
-        file_type = target.file_type();
-        size = Some(target.len());
-    }
-    if file_type.is_file() {
-        let size = match size {
-            Some(s) => s,
-            None => std::fs::symlink_metadata(path)
-                .map_err(io_error(path))?
-                .len(),
-        };
-        jobs.push(Job {
-            name: rel.join("/"),
-            path: path.to_path_buf(),
-            size,
-        });
-        Ok(())
-    } else if file_type.is_dir() {
-        if !opts.allow_symlinks {
-            return walk_dir(path, rel, opts, ancestors, jobs);
+        if target.is_dir() {
+            return Ok(());
         }
-        // Following links: refuse a directory that contains itself.
-        let real = std::fs::canonicalize(path).map_err(io_error(path))?;
-        if !ancestors.insert(real.clone()) {
-            return Err(HashError::Refused(format!(
-                "{}: symbolic links form a loop",
-                path.display()
-            )));
-        }
-        let r = walk_dir(path, rel, opts, ancestors, jobs);
-        ancestors.remove(&real);
-        r
+        target
     } else {
-        Err(not_file_or_dir(path))
+        std::fs::symlink_metadata(path).map_err(io_error(path))?
+    };
+    if !meta.is_file() {
+        return Err(not_file_or_dir(path));
     }
+    jobs.push(Job {
+        name: rel.join("/"),
+        path: path.to_path_buf(),
+        size: meta.len(),
+    });
+    Ok(())
 }
 
 /// Hashes the jobs on a pool of scoped threads, largest file first so that one big shard
@@ -392,24 +371,29 @@ mod tests {
     }
 
     #[test]
-    fn symlinks_are_refused_unless_allowed_and_loops_always() {
+    fn symlinks_are_refused_unless_allowed_and_linked_directories_not_entered() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        std::fs::write(root.join("f"), b"data").unwrap();
-        std::os::unix::fs::symlink("f", root.join("link")).unwrap();
+        std::fs::create_dir(root.join("d")).unwrap();
+        std::fs::write(root.join("d/f"), b"data").unwrap();
+        std::os::unix::fs::symlink("d/f", root.join("link")).unwrap();
         let err = hash_model(root, &HashOptions::default()).unwrap_err();
         assert!(err.to_string().contains("--allow-symlinks"), "{err}");
         let opts = HashOptions {
             allow_symlinks: true,
             ..HashOptions::default()
         };
-        let got = hash_model(root, &opts).unwrap().files;
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0].sha256, got[1].sha256);
-        std::fs::create_dir(root.join("d")).unwrap();
+        // A link to a directory (here a loop) is not descended into, as upstream's glob.
         std::os::unix::fs::symlink("..", root.join("d/up")).unwrap();
-        let err = hash_model(root, &opts).unwrap_err();
-        assert!(err.to_string().contains("loop"), "{err}");
+        let got = hash_model(root, &opts).unwrap().files;
+        let names: Vec<_> = got.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["d/f", "link"]);
+        assert_eq!(got[0].sha256, got[1].sha256);
+        std::os::unix::fs::symlink("missing", root.join("broken")).unwrap();
+        assert!(matches!(
+            hash_model(root, &opts).unwrap_err(),
+            HashError::Io { .. }
+        ));
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub enum ModelError {
     #[error("the model does not match its signature: {0}")]
     Mismatch(String),
     /// The model holds something the format refuses (a symlink without
-    /// `--allow-symlinks`, a device file, a link loop).
+    /// `--allow-symlinks`, a device file).
     #[error("{0}")]
     Refused(String),
     /// A file could not be read or written.

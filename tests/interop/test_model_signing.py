@@ -328,11 +328,15 @@ def test_ignore_paths_and_symlinks_as_upstream_reads_them(oms_sidecar, tmp_path)
     mine = aegis(oms_sidecar, "model", "verify", "--key", key, "--signature", sig, model)
     assert mine.returncode == 0, describe(mine)
 
-    # A symbolic link is refused unless allowed; allowed, both tools follow it.
+    # A symbolic link is refused unless allowed; allowed, both tools hash a linked file
+    # as its target and do not enter a linked directory.
     (model / "alias.json").symlink_to("config.json")
+    (model / "tokenizer-link").symlink_to("tokenizer")
     refused = aegis(oms_sidecar, "model", "sign", "--key", key, "--signature", sig, model)
     assert refused.returncode == EXIT_REFUSED and "--allow-symlinks" in refused.stderr, describe(refused)
     signed = aegis(oms_sidecar, "model", "sign", "--key", key, "--signature", sig, "--allow-symlinks", model)
     assert signed.returncode == 0, describe(signed)
     up = run([model_signing_bin(), "verify", "key", "--signature", sig, "--public_key", pem, "--allow_symlinks", model])
     assert up.returncode == 0, describe(up)
+    names = [r["name"] for r in json.loads(base64.b64decode(json.loads(sig.read_text())["dsseEnvelope"]["payload"]))["predicate"]["resources"]]
+    assert "alias.json" in names and not any(n.startswith("tokenizer-link") for n in names), names
