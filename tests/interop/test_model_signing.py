@@ -60,11 +60,18 @@ def describe(p: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def oms_sidecar(bao):
-    """Transit ECDSA keys for each curve, and an `aegis serve` allowlisting them."""
-    for name, kind in [(KEY_PREFIX + k, k) for k, _ in CURVES.values()] + [(NOT_ECDSA, "ed25519")]:
+def oms_keys(bao) -> list:
+    """Transit ECDSA keys for each curve, and one ed25519 key; their names."""
+    keys = [(KEY_PREFIX + k, k) for k, _ in CURVES.values()] + [(NOT_ECDSA, "ed25519")]
+    for name, kind in keys:
         r = bao.api("POST", f"transit/keys/{name}", json={"type": kind})
         assert r.status_code in (200, 204), r.text
+    return [name for name, _ in keys]
+
+
+@pytest.fixture(scope="module")
+def oms_sidecar(bao, oms_keys):
+    """An `aegis serve` allowlisting the model signing keys."""
     port = free_port()
     proc = Proc(
         "aegis serve (model signing)",
@@ -73,7 +80,7 @@ def oms_sidecar(bao):
             VAULT_ADDR=bao.addr,
             VAULT_TOKEN=bao.root_token,
             AEGIS_LISTEN_ADDR=f"127.0.0.1:{port}",
-            AEGIS_KEYS=",".join([KEY_PREFIX + kind for kind, _ in CURVES.values()] + [NOT_ECDSA]),
+            AEGIS_KEYS=",".join(oms_keys),
             AEGIS_LOG_FORMAT="text",
         ),
     )
@@ -208,10 +215,11 @@ def test_upstream_signed_model_verifies_offline_with_aegis(tmp_path, curve):
     assert "content changed" in bad.stderr, describe(bad)
 
 
-def test_signing_directly_against_vault_uses_the_token(bao, tmp_path):
+def test_signing_directly_against_vault_uses_the_token(bao, oms_keys, tmp_path):
     key = KEY_PREFIX + "ecdsa-p384"
     model = make_model(tmp_path)
-    sig = tmp_path / "model.sig"
+    # Inside the model, as upstream's default: the signature file is not hashed.
+    sig = model / "model.sig"
     denied = aegis(bao.addr, "model", "sign", "--key", key, "--signature", sig, model)
     assert denied.returncode == EXIT_DENIED, describe(denied)
     assert not sig.exists()
@@ -219,6 +227,10 @@ def test_signing_directly_against_vault_uses_the_token(bao, tmp_path):
     assert signed.returncode == 0, describe(signed)
     verified = aegis(bao.addr, "model", "verify", "--key", key, "--signature", sig, model, token=bao.root_token)
     assert verified.returncode == 0, describe(verified)
+    pem = tmp_path / "key.pem"
+    pem.write_text(transit_pem(bao, key, 1))
+    up = upstream_verify(model, sig, pem)
+    assert up.returncode == 0, describe(up)
 
 
 def _rewrite(sig: Path, out: Path, change) -> Path:
