@@ -143,9 +143,11 @@ def main() -> None:
     ap.add_argument("--duration", type=int, default=5, help="whole seconds per measurement (default 5)")
     ap.add_argument("--json", type=Path, default=REPO / "target/bench.json", help="where to write the results")
     ap.add_argument("--aegis", type=Path, default=REPO / "target/release/aegis", help="the aegis binary (release)")
+    ap.add_argument("--keys", default=",".join(KEY_TYPES), help="key types to measure (comma-separated)")
+    ap.add_argument("--concurrency", default=",".join(map(str, CONCURRENCY)), help="connection counts (comma-separated)")
     args = ap.parse_args()
-    key_types = KEY_TYPES[:1] if args.smoke else KEY_TYPES
-    concurrency = [1, 16] if args.smoke else CONCURRENCY
+    key_types = KEY_TYPES[:1] if args.smoke else args.keys.split(",")
+    concurrency = [1, 16] if args.smoke else [int(c) for c in args.concurrency.split(",")]
     duration = 1 if args.smoke else args.duration
     for tool in (VENV_BIN / "bao", VENV_BIN / "wrk", args.aegis):
         if not os.access(tool, os.X_OK):

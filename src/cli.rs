@@ -1,5 +1,6 @@
-//! Command line: `aegis serve`, `aegis dev`, and the lifecycle commands for rotation jobs
-//! (`rotate`, `retire`, `keys status`). Parsing only; the work lives elsewhere.
+//! Command line: `aegis serve`, `aegis dev`, the lifecycle commands for rotation jobs
+//! (`rotate`, `retire`, `keys status`), and the Transit client commands (`model sign`,
+//! `model verify`, `keys export`). Parsing only; the work lives elsewhere.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,8 +9,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, ProcessEnv};
+use crate::config::{Config, Credential, ProcessEnv};
 use crate::lifecycle::{self, RetireArgs, RotateOptions};
+use crate::model::commands::{self as model_commands, ExportFormat, SignArgs, VerifyArgs};
+use crate::model::ModelOptions;
 
 /// Exit code for invalid configuration (EX_CONFIG-style usage error, sysexits' EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
@@ -87,6 +90,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// OpenSSF Model Signing with a Transit ECDSA key: sign and verify model directories.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
     /// Start a throwaway OpenBao dev server with demo keys and serve the sidecar against it.
     Dev {
         /// Where the sidecar listens.
@@ -110,11 +118,89 @@ enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print a key's public keys for offline verifiers (e.g. `aegis model verify
+    /// --public-key`), through VAULT_ADDR (the sidecar or Vault).
+    Export {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The Transit key.
+        #[arg(long)]
+        key: String,
+        /// One version (default: pem the latest, jwks every version Transit accepts).
+        #[arg(long)]
+        version: Option<u32>,
+        #[arg(long, value_enum, default_value = "pem")]
+        format: ExportFormat,
+    },
+}
+
+/// The `model_signing` options Aegis shares with the upstream tool.
+#[derive(Debug, clap::Args)]
+struct ModelFlags {
+    /// The model directory (or a single file).
+    #[arg(value_name = "MODEL_PATH")]
+    model: PathBuf,
+    /// TOML configuration file (Vault address, auth); environment variables override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// A path not hashed (relative to the current directory; outside the model: dropped).
+    /// Repeat for more.
+    #[arg(long = "ignore-paths", value_name = "PATH")]
+    ignore_paths: Vec<PathBuf>,
+    /// Hash git metadata (.git, .gitattributes, .github, .gitignore), ignored by default.
+    #[arg(long)]
+    no_ignore_git_paths: bool,
+    /// Follow symbolic links instead of refusing them.
+    #[arg(long, alias = "allow_symlinks")]
+    allow_symlinks: bool,
+}
+
+impl ModelFlags {
+    fn options(&self) -> ModelOptions {
+        ModelOptions {
+            ignore_paths: self.ignore_paths.clone(),
+            ignore_git_paths: !self.no_ignore_git_paths,
+            allow_symlinks: self.allow_symlinks,
+            progress: true,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelCommand {
+    /// Hash MODEL_PATH, have Transit sign it with the key's latest version, and write an
+    /// OMS bundle that `model_signing verify key` accepts with that version's PEM.
+    Sign {
+        /// The Transit key (ecdsa-p256, ecdsa-p384 or ecdsa-p521).
+        #[arg(long)]
+        key: String,
+        /// Where to write the signature.
+        #[arg(long, default_value = "model.sig")]
+        signature: PathBuf,
+        #[command(flatten)]
+        flags: ModelFlags,
+    },
+    /// Verify MODEL_PATH against an OMS bundle: with a Transit key's versions (chosen by
+    /// the bundle's public-key hint, refused when retired past its window or revoked), or
+    /// offline with --public-key.
+    Verify {
+        /// The Transit key (not needed with --public-key).
+        #[arg(long, required_unless_present = "public_key")]
+        key: Option<String>,
+        /// The OMS bundle to check (as `aegis model sign` or `model_signing sign key` wrote it).
+        #[arg(long)]
+        signature: PathBuf,
+        /// A PEM public key: verify offline, without Vault.
+        #[arg(long, alias = "public_key")]
+        public_key: Option<PathBuf>,
+        #[command(flatten)]
+        flags: ModelFlags,
+    },
 }
 
 /// Loads the configuration and sets up logging, or explains and exits 64.
-fn load_config(file: Option<&Path>) -> Result<Config, ExitCode> {
-    match Config::load(file, &ProcessEnv) {
+fn load_config(file: Option<&Path>, credential: Credential) -> Result<Config, ExitCode> {
+    match Config::load_with(file, &ProcessEnv, credential) {
         Ok(c) => {
             crate::telemetry::init(c.log_format, c.log_filter.as_deref(), &c.telemetry);
             Ok(c)
@@ -140,8 +226,32 @@ pub fn main() -> ExitCode {
     };
     // Telemetry exporters (gRPC) are built inside the runtime.
     let _runtime_context = runtime.enter();
+    let code = dispatch(cli, &runtime);
+    // The last spans and metrics (an init container's failed model verification) leave now.
+    crate::telemetry::shutdown();
+    code
+}
+
+/// Runs the command.
+fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
     let (config_file, command) = match cli.command {
         Command::Dev { listen, bao } => return runtime.block_on(crate::dev::run(listen, bao)),
+        Command::Model { command } => return runtime.block_on(run_model(command)),
+        Command::Keys {
+            command:
+                KeysCommand::Export {
+                    config,
+                    key,
+                    version,
+                    format,
+                },
+        } => {
+            let config = match load_config(config.as_deref(), Credential::Optional) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            return runtime.block_on(model_commands::run_export(&config, &key, version, format));
+        }
         Command::Serve { ref config } => (config.clone(), cli.command),
         Command::Rotate { ref config, .. } | Command::Retire { ref config, .. } => {
             (config.clone(), cli.command)
@@ -150,11 +260,11 @@ pub fn main() -> ExitCode {
             command: KeysCommand::Status { ref config, .. },
         } => (config.clone(), cli.command),
     };
-    let config = match load_config(config_file.as_deref()) {
+    let config = match load_config(config_file.as_deref(), Credential::Required) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let code = runtime.block_on(async {
+    runtime.block_on(async {
         match command {
             Command::Serve { .. } => serve(config).await,
             Command::Rotate {
@@ -198,11 +308,59 @@ pub fn main() -> ExitCode {
             Command::Keys {
                 command: KeysCommand::Status { key, json, .. },
             } => lifecycle::run_status(&config, key.as_deref(), json).await,
-            Command::Dev { .. } => unreachable!("handled above"),
+            Command::Dev { .. }
+            | Command::Model { .. }
+            | Command::Keys {
+                command: KeysCommand::Export { .. },
+            } => unreachable!("handled above"),
         }
-    });
-    crate::telemetry::shutdown();
-    code
+    })
+}
+
+/// `aegis model sign|verify`. The configuration (Vault address and credential, which the
+/// sidecar does not need) is loaded unless verification is offline (`--public-key`).
+async fn run_model(command: ModelCommand) -> ExitCode {
+    match command {
+        ModelCommand::Sign {
+            key,
+            signature,
+            flags,
+        } => {
+            let config = match load_config(flags.config.as_deref(), Credential::Optional) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let args = SignArgs {
+                key,
+                signature,
+                options: flags.options(),
+                model: flags.model,
+            };
+            model_commands::run_sign(&config, args).await
+        }
+        ModelCommand::Verify {
+            key,
+            signature,
+            public_key,
+            flags,
+        } => {
+            let config = match public_key {
+                Some(_) => None,
+                None => match load_config(flags.config.as_deref(), Credential::Optional) {
+                    Ok(c) => Some(c),
+                    Err(code) => return code,
+                },
+            };
+            let args = VerifyArgs {
+                key,
+                signature,
+                public_key,
+                options: flags.options(),
+                model: flags.model,
+            };
+            model_commands::run_verify(config.as_ref(), args).await
+        }
+    }
 }
 
 async fn serve(config: Config) -> ExitCode {

@@ -15,6 +15,7 @@ pub mod dev;
 pub mod error;
 pub mod keys;
 pub mod lifecycle;
+pub mod model;
 pub mod server;
 pub mod sign;
 pub mod telemetry;

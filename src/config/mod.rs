@@ -405,7 +405,18 @@ fn vault_addrs(
         .collect()
 }
 
+/// Whether the configuration must name a Vault credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// The sidecar and the rotation jobs: a Vault credential is required.
+    Required,
+    /// A Transit client (`aegis model`, `aegis keys export`) that may talk to the sidecar,
+    /// which needs none: the token method without a token sends an empty one.
+    Optional,
+}
+
 /// The auth method and its settings. Secrets are named in errors, never echoed.
+#[allow(clippy::too_many_arguments)]
 fn auth_config(
     env: &dyn Env,
     file_token: Option<Secret>,
@@ -413,6 +424,7 @@ fn auth_config(
     fa: FileAuth,
     secret_id_wrapped: bool,
     tls: &TlsConfig,
+    credential: Credential,
     errors: &mut Vec<String>,
 ) -> AuthConfig {
     let pick = |name: &str, file: Option<String>| env.var(name).or(file);
@@ -445,6 +457,7 @@ fn auth_config(
             (None, Some(path)) => AuthConfig::Token {
                 token: SecretSource::File(path.into()),
             },
+            _ if credential == Credential::Optional => placeholder,
             _ => {
                 errors.push(
                     "no Vault credential: set VAULT_TOKEN or AEGIS_VAULT_TOKEN_FILE, or choose another AEGIS_AUTH_METHOD (approle, kubernetes, jwt, cert)"
@@ -546,6 +559,15 @@ fn auth_config(
 impl Config {
     /// Reads `file` (if any), then applies the environment. All problems are reported together.
     pub fn load(file: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigErrors> {
+        Self::load_with(file, env, Credential::Required)
+    }
+
+    /// [`load`](Self::load), saying whether a Vault credential is required.
+    pub fn load_with(
+        file: Option<&Path>,
+        env: &dyn Env,
+        credential: Credential,
+    ) -> Result<Config, ConfigErrors> {
         let mut errors = Vec::new();
         let fc = match file {
             None => FileConfig::default(),
@@ -720,6 +742,7 @@ impl Config {
             fc.vault.auth,
             secret_id_wrapped,
             &tls,
+            credential,
             &mut errors,
         );
 
@@ -801,6 +824,26 @@ mod tests {
         assert_eq!(c.vault.tls, TlsConfig::default());
         assert_eq!(c.cache_dir, None);
         assert!(c.key_allowed("anything"));
+    }
+
+    #[test]
+    fn a_transit_client_may_go_without_a_credential() {
+        let env = [("VAULT_ADDR", "http://127.0.0.1:8201")];
+        let e = Config::load(None, &env).unwrap_err();
+        assert!(e.to_string().contains("no Vault credential"), "{e}");
+        let c = Config::load_with(None, &env, Credential::Optional).unwrap();
+        assert_eq!(
+            c.vault.auth,
+            AuthConfig::Token {
+                token: SecretSource::Value(Secret::default())
+            }
+        );
+        // Other methods still need their settings.
+        let env = [
+            ("VAULT_ADDR", "http://127.0.0.1:8201"),
+            ("AEGIS_AUTH_METHOD", "approle"),
+        ];
+        assert!(Config::load_with(None, &env, Credential::Optional).is_err());
     }
 
     #[test]

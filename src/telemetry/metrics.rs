@@ -20,6 +20,7 @@
 //! | `aegis_key_latest_version`, `aegis_key_oldest_valid_version` | gauge | key |
 //! | `aegis_key_age_seconds`, `aegis_key_rotation_period_seconds` | gauge | key |
 //! | `aegis_build_info` | gauge (1) | version |
+//! | `aegis_model_verify_failures_total` | counter (`aegis model verify`, pushed over OTLP) | key, reason |
 //!
 //! Label values come from closed enums, except `key`: see [`KeyLabels`].
 
@@ -235,6 +236,7 @@ pub struct Metrics {
     vault_duration: Histogram<f64>,
     auth_failures: Counter<u64>,
     keyset_refreshes: Counter<u64>,
+    model_verify_failures: Counter<u64>,
 }
 
 /// The process's instruments.
@@ -287,6 +289,10 @@ impl Metrics {
             auth_failures: meter
                 .u64_counter("aegis_vault_auth_failures_total")
                 .with_description("Failed logins to Vault and tokens Vault stopped accepting")
+                .build(),
+            model_verify_failures: meter
+                .u64_counter("aegis_model_verify_failures_total")
+                .with_description("Models that failed `aegis model verify`, by key and reason")
                 .build(),
             keyset_refreshes: meter
                 .u64_counter("aegis_keyset_refreshes_total")
@@ -371,6 +377,17 @@ impl Metrics {
     pub fn auth_failure(&self, method: &'static str) {
         self.auth_failures
             .add(1, &[KeyValue::new("method", method)]);
+    }
+
+    /// A model that did not verify (`reason`: the error's class, see `model::ModelError`).
+    pub fn model_verify_failure(&self, key: &str, reason: &'static str) {
+        self.model_verify_failures.add(
+            1,
+            &[
+                KeyValue::new("key", key.to_string()),
+                KeyValue::new("reason", reason),
+            ],
+        );
     }
 
     pub fn keyset_refresh(&self, ok: bool) {

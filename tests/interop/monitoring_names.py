@@ -42,7 +42,7 @@ CONTRACT: Dict[str, Tuple[str, FrozenSet[str]]] = {
     "aegis_vault_requests_total": (COUNTER, frozenset({"endpoint", "status"})),
     "aegis_vault_auth_failures_total": (COUNTER, frozenset({"method"})),
     "aegis_keyset_refreshes_total": (COUNTER, frozenset({"outcome"})),
-    "aegis_model_verify_failures_total": (COUNTER, frozenset({"key"})),
+    "aegis_model_verify_failures_total": (COUNTER, frozenset({"key", "reason"})),
     "aegis_request_duration_seconds": (HISTOGRAM, frozenset({"operation"})),
     "aegis_vault_request_duration_seconds": (HISTOGRAM, frozenset({"endpoint"})),
     "aegis_sign_batch_size": (HISTOGRAM, frozenset()),

@@ -16,6 +16,7 @@ import base64
 import json
 import secrets
 import socket
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, Tuple
@@ -24,7 +25,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import KEYS, Bao, free_port, running_bao, running_sidecar
+from conftest import KEYS, Bao, aegis_path, clean_env, free_port, running_bao, running_sidecar
 from monitoring_names import CONTRACT, OPTIONAL_METRICS, base_names_of_samples, referenced_metric_names
 from otlp_receiver import OtlpReceiver
 
@@ -276,3 +277,27 @@ def test_a_silent_or_absent_receiver_never_fails_a_request(bao: Bao) -> None:
             assert sidecar.proc.terminate(timeout=8) == 0, sidecar.proc.describe()
     finally:
         silent.close()
+
+
+def test_a_model_that_fails_verification_is_counted_over_otlp(
+    sidecar, receiver: OtlpReceiver, tmp_path: Path
+) -> None:
+    """`aegis model verify` in an init container cannot be scraped: its failure is pushed
+    over OTLP at exit as aegis_model_verify_failures_total{key, reason}."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.bin").write_bytes(b"\x01" * 4096)
+    signature = tmp_path / "model.sig"
+    env = clean_env(VAULT_ADDR=sidecar.addr, AEGIS_LOG_FORMAT="text")
+    aegis = [aegis_path(), "model"]
+    signed = subprocess.run(
+        [*aegis, "sign", "--key", KEY, "--signature", str(signature), str(model)], env=env, capture_output=True, text=True
+    )
+    assert signed.returncode == 0, signed.stderr
+    (model / "weights.bin").write_bytes(b"\x02" * 4096)
+    env.update(OTEL_EXPORTER_OTLP_ENDPOINT=receiver.http_endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
+    refused = subprocess.run(
+        [*aegis, "verify", "--key", KEY, "--signature", str(signature), str(model)], env=env, capture_output=True, text=True
+    )
+    assert refused.returncode == 65, refused.stderr
+    assert "aegis_model_verify_failures_total" in receiver.metric_names(), receiver.metric_names()

@@ -1,0 +1,565 @@
+//! OpenSSF Model Signing (OMS) with Transit keys: `aegis model sign` / `aegis model verify`.
+//!
+//! Signing hashes the model locally ([`hash`]: every file, in parallel, streamed), builds
+//! the in-toto statement ([`manifest`]) and its DSSE pre-authentication encoding
+//! ([`bundle`]), has Transit sign the PAE's digest with an ECDSA key ([`transit`]), and
+//! writes the Sigstore bundle `model_signing` 1.1.1 writes for key-based signatures, so
+//! `model_signing verify key` accepts it with the key version's PEM.
+//!
+//! Verification reads the bundle, picks the key version by the bundle's public-key hint
+//! ([`keys`]), checks the signature over the PAE, asks Transit whether that version may
+//! still verify (through the sidecar: the retention rule), then hashes the model and
+//! compares it with the signed manifest. With a PEM public key it runs offline.
+//! Both return typed results: [`Verified`] on success, a [`ModelError`] whose
+//! [`reason`](ModelError::reason) labels the failure (for a failure metric).
+//!
+//! This module talks to Vault only through the Transit API (`crate::vault`).
+
+pub mod bundle;
+pub mod commands;
+pub mod hash;
+mod hex;
+pub mod keys;
+pub mod manifest;
+pub mod transit;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::lifecycle::LifecycleError;
+use crate::vault::VaultClient;
+use bundle::{Bundle, BundleError};
+use hash::{relative_components, HashError, HashOptions, Hashed};
+use keys::SignerKey;
+use manifest::{Manifest, Serialization, HASH_SHA256, METHOD_FILES};
+
+/// Paths the upstream tool ignores by default: git metadata.
+pub const GIT_PATHS: [&str; 4] = [".git", ".gitattributes", ".github", ".gitignore"];
+
+/// Why signing or verifying a model failed. Each maps to an exit code and a reason label.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The configuration cannot be used (exit 64).
+    #[error("{0}")]
+    Config(String),
+    /// The signature file is not a well-formed bundle.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// The signed statement is not one Aegis can check.
+    #[error("the signed statement cannot be used: {0}")]
+    Statement(String),
+    /// The key is unsuitable or does not match the bundle's public-key hint.
+    #[error("{0}")]
+    Key(String),
+    /// The signature does not verify (or is not DER).
+    #[error("{0}")]
+    Signature(String),
+    /// The signing version is retired past its window, revoked, or too old.
+    #[error("{0}")]
+    KeyVersionRefused(String),
+    /// The model on disk is not what was signed.
+    #[error("the model does not match its signature: {0}")]
+    Mismatch(String),
+    /// The model holds something the format refuses (a symlink without
+    /// `--allow-symlinks`, a device file).
+    #[error("{0}")]
+    Refused(String),
+    /// A file could not be read or written.
+    #[error("{0}")]
+    Io(String),
+    /// Vault unreachable, denied, or another Vault error.
+    #[error(transparent)]
+    Vault(#[from] LifecycleError),
+}
+
+impl ModelError {
+    /// The process exit code, consistent with the lifecycle commands (README).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ModelError::Config(_) => 64,
+            ModelError::Bundle(_)
+            | ModelError::Statement(_)
+            | ModelError::Key(_)
+            | ModelError::Signature(_)
+            | ModelError::KeyVersionRefused(_)
+            | ModelError::Mismatch(_)
+            | ModelError::Refused(_) => 65,
+            ModelError::Io(_) => 74,
+            ModelError::Vault(e) => e.exit_code(),
+        }
+    }
+
+    /// A short label for the failure, e.g. for `aegis_model_verify_failures_total{reason}`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ModelError::Config(_) => "config",
+            ModelError::Bundle(_) | ModelError::Statement(_) => "bad_bundle",
+            ModelError::Key(_) => "unknown_key",
+            ModelError::Signature(_) => "bad_signature",
+            ModelError::KeyVersionRefused(_) => "key_version_refused",
+            ModelError::Mismatch(_) => "model_mismatch",
+            ModelError::Refused(_) => "model_refused",
+            ModelError::Io(_) => "io",
+            ModelError::Vault(_) => "vault",
+        }
+    }
+}
+
+impl From<HashError> for ModelError {
+    fn from(e: HashError) -> Self {
+        match e {
+            HashError::Refused(m) => ModelError::Refused(m),
+            e @ HashError::Io { .. } => ModelError::Io(e.to_string()),
+        }
+    }
+}
+
+/// The upstream tool's options that mean something here.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    /// Paths not hashed (relative to the current directory, as upstream resolves them;
+    /// paths outside the model are dropped).
+    pub ignore_paths: Vec<PathBuf>,
+    /// Ignore `.git`, `.gitattributes`, `.github`, `.gitignore` (upstream's default).
+    pub ignore_git_paths: bool,
+    /// Follow symbolic links instead of refusing them.
+    pub allow_symlinks: bool,
+    /// Progress bar on stderr when it is a terminal.
+    pub progress: bool,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions {
+            ignore_paths: Vec::new(),
+            ignore_git_paths: true,
+            allow_symlinks: false,
+            progress: false,
+        }
+    }
+}
+
+/// Who signed, as far as verification established it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signer {
+    /// A Transit key version the endpoint still accepts.
+    Transit { key: String, version: u32 },
+    /// The `--public-key` given, by its hint.
+    PublicKey { hint: String },
+}
+
+impl std::fmt::Display for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Signer::Transit { key, version } => write!(f, "key {key:?} version {version}"),
+            Signer::PublicKey { hint } => write!(f, "the public key with hint {hint}"),
+        }
+    }
+}
+
+/// A signed model.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub model_name: String,
+    pub files: usize,
+    pub bytes: u64,
+    pub key_version: u32,
+    pub hint: String,
+    pub hashing: Duration,
+}
+
+/// A verified model.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub model_name: String,
+    pub files: usize,
+    pub bytes: u64,
+    pub signer: Signer,
+}
+
+/// Where verification gets the signer's key.
+pub enum VerifyKey<'a> {
+    /// A Transit key through `VAULT_ADDR`; the version is chosen by the bundle's hint.
+    Transit {
+        vault: &'a VaultClient,
+        mount: &'a str,
+        key: &'a str,
+    },
+    /// A PEM public key: offline, no Vault at all.
+    PublicKey(&'a SignerKey),
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> ModelError {
+    ModelError::Io(format!("cannot {what} {}: {e}", path.display()))
+}
+
+/// `path` made absolute against `cwd`, `.` and `..` resolved, and symbolic links resolved
+/// when it exists (like Python's `Path.resolve()`).
+fn resolve(cwd: &Path, path: &Path) -> PathBuf {
+    let abs = cwd.join(path);
+    if let Ok(real) = std::fs::canonicalize(&abs) {
+        return real;
+    }
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The paths not hashed, relative to the model, as upstream's CLI builds them: the given
+/// ignore paths and the signature file (each dropped when outside the model), plus git
+/// metadata unless disabled, plus `extra` (a signed manifest's own list).
+fn ignore_set(
+    model: &Path,
+    signature: &Path,
+    opts: &ModelOptions,
+    extra: &[String],
+) -> Result<Vec<Vec<String>>, ModelError> {
+    let root = std::fs::canonicalize(model).map_err(|e| io("read the model", model, e))?;
+    let cwd = std::env::current_dir().map_err(|e| io("read", Path::new("."), e))?;
+    let mut set: Vec<Vec<String>> = opts
+        .ignore_paths
+        .iter()
+        .chain(std::iter::once(&signature.to_path_buf()))
+        .filter_map(|p| {
+            let rel = resolve(&cwd, p).strip_prefix(&root).ok()?.to_path_buf();
+            relative_components(&rel)
+        })
+        .collect();
+    if opts.ignore_git_paths {
+        set.extend(GIT_PATHS.iter().map(|p| vec![p.to_string()]));
+    }
+    set.extend(
+        extra
+            .iter()
+            .filter_map(|p| relative_components(Path::new(p))),
+    );
+    set.sort();
+    set.dedup();
+    Ok(set)
+}
+
+/// The model's name in the statement: its directory's final component.
+fn model_name(model: &Path) -> String {
+    let name = match model.file_name() {
+        Some(n) => Some(n.to_os_string()),
+        None => std::fs::canonicalize(model)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_os_string())),
+    };
+    name.map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Hashes the model off the async runtime.
+async fn hash_blocking(model: &Path, opts: HashOptions) -> Result<Hashed, ModelError> {
+    let model = model.to_path_buf();
+    tokio::task::spawn_blocking(move || hash::hash_model(&model, &opts))
+        .await
+        .map_err(|e| ModelError::Io(format!("the hashing task failed: {e}")))?
+        .map_err(ModelError::from)
+}
+
+/// Writes `text` to `path` atomically (temporary file in the same directory, rename).
+fn write_atomic(path: &Path, text: &str) -> Result<(), ModelError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(
+        ".{file_name}.{}.tmp",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(&tmp, text).map_err(|e| io("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io("write", path, e)
+    })
+}
+
+/// Signs the model at `model` with the latest version of Transit key `key` and writes the
+/// bundle to `signature`.
+pub async fn sign(
+    vault: &VaultClient,
+    mount: &str,
+    key: &str,
+    model: &Path,
+    signature: &Path,
+    opts: &ModelOptions,
+) -> Result<Signed, ModelError> {
+    let ignore = ignore_set(model, signature, opts, &[])?;
+    // The key first: a wrong key fails before minutes of hashing.
+    let transit_key = transit::read_key(vault, mount, key).await?;
+    let version = transit_key.latest_version;
+    let signer = transit_key.signer(version)?;
+    let started = Instant::now();
+    let hashed = hash_blocking(
+        model,
+        HashOptions {
+            ignore: ignore.clone(),
+            allow_symlinks: opts.allow_symlinks,
+            threads: 0,
+            progress: opts.progress,
+        },
+    )
+    .await?;
+    let hashing = started.elapsed();
+    let serialization = Serialization {
+        method: METHOD_FILES.into(),
+        hash_type: HASH_SHA256.into(),
+        allow_symlinks: opts.allow_symlinks,
+        ignore_paths: ignore.iter().map(|c| c.join("/")).collect(),
+    };
+    let manifest = Manifest::new(model_name(model), serialization, &hashed.files);
+    let payload = manifest.to_payload();
+    let pae = bundle::pae(&payload);
+    let sig = transit::KeyVersion {
+        vault,
+        mount,
+        key,
+        version,
+        signer: &signer,
+    }
+    .sign(&pae)
+    .await?;
+    // Never write a bundle that would not verify.
+    if signer.verify(&pae, &sig) != Ok(true) {
+        return Err(ModelError::Signature(format!(
+            "Transit's signature does not verify with version {version}'s public key"
+        )));
+    }
+    let b = Bundle {
+        hint: Some(signer.hint()),
+        payload,
+        signature: sig,
+    };
+    write_atomic(signature, &b.to_json())?;
+    Ok(Signed {
+        model_name: manifest.model_name,
+        files: hashed.files.len(),
+        bytes: hashed.bytes,
+        key_version: version,
+        hint: signer.hint(),
+        hashing,
+    })
+}
+
+/// Checks the bundle's signature with `key`; returns who signed.
+async fn authenticate(key: VerifyKey<'_>, b: &Bundle) -> Result<Signer, ModelError> {
+    let pae = bundle::pae(&b.payload);
+    let not_der = |e| {
+        ModelError::Signature(format!(
+            "the bundle's signature is not an ASN.1 DER ECDSA signature ({e})"
+        ))
+    };
+    match key {
+        VerifyKey::PublicKey(k) => {
+            let hint = k.hint();
+            if let Some(h) = b.hint.as_deref().filter(|h| *h != hint) {
+                return Err(ModelError::Key(format!(
+                    "the bundle names the public key with hint {h}, not the given public key (hint {hint})"
+                )));
+            }
+            match k.verify(&pae, &b.signature) {
+                Ok(true) => Ok(Signer::PublicKey { hint }),
+                Ok(false) => Err(ModelError::Signature(
+                    "the signature does not verify with the given public key".into(),
+                )),
+                Err(e) => Err(not_der(e)),
+            }
+        }
+        VerifyKey::Transit { vault, mount, key } => {
+            let tk = transit::read_key(vault, mount, key).await?;
+            if !matches!(tk.key_type, Some(crate::crypto::KeyType::Ecdsa(_))) {
+                // The same refusal signing gives for a key that is not ECDSA.
+                tk.signer(tk.latest_version)?;
+            }
+            // The hinted version, or (an old bundle without a hint) every version, newest first.
+            let candidates: Vec<(u32, SignerKey)> = tk
+                .versions
+                .iter()
+                .rev()
+                .filter_map(|(v, der)| Some((*v, SignerKey::from_spki(der).ok()?)))
+                .filter(|(_, k)| b.hint.as_ref().is_none_or(|h| *h == k.hint()))
+                .collect();
+            if candidates.is_empty() {
+                return Err(ModelError::Key(match &b.hint {
+                    Some(h) => format!(
+                        "no version of key {key:?} has the public key the bundle names (hint {h}); versions listed: {:?}",
+                        tk.versions.keys().collect::<Vec<_>>()
+                    ),
+                    None => format!("key {key:?} has no ECDSA version to verify with"),
+                }));
+            }
+            let mut last = None;
+            for (version, signer) in candidates {
+                match signer.verify(&pae, &b.signature) {
+                    Ok(true) => {
+                        transit::KeyVersion {
+                            vault,
+                            mount,
+                            key,
+                            version,
+                            signer: &signer,
+                        }
+                        .check(&pae, &b.signature)
+                        .await?;
+                        return Ok(Signer::Transit {
+                            key: key.to_string(),
+                            version,
+                        });
+                    }
+                    Ok(false) => {
+                        last = Some(ModelError::Signature(format!(
+                            "the signature does not verify with version {version} of key {key:?}"
+                        )))
+                    }
+                    Err(e) => return Err(not_der(e)),
+                }
+            }
+            Err(last.expect("at least one candidate was tried"))
+        }
+    }
+}
+
+/// Verifies the model at `model` against the bundle at `signature`.
+pub async fn verify(
+    key: VerifyKey<'_>,
+    model: &Path,
+    signature: &Path,
+    opts: &ModelOptions,
+) -> Result<Verified, ModelError> {
+    let text = std::fs::read(signature).map_err(|e| io("read", signature, e))?;
+    let b = Bundle::parse(&text)?;
+    let signer = authenticate(key, &b).await?;
+    let expected =
+        Manifest::from_payload(&b.payload).map_err(|e| ModelError::Statement(e.to_string()))?;
+    let ignore = ignore_set(model, signature, opts, &expected.serialization.ignore_paths)?;
+    let hashed = hash_blocking(
+        model,
+        HashOptions {
+            ignore,
+            allow_symlinks: opts.allow_symlinks,
+            threads: 0,
+            progress: opts.progress,
+        },
+    )
+    .await?;
+    let actual = Manifest::new(
+        model_name(model),
+        expected.serialization.clone(),
+        &hashed.files,
+    );
+    if let Some(diff) = expected.diff(&actual) {
+        return Err(ModelError::Mismatch(diff));
+    }
+    Ok(Verified {
+        model_name: expected.model_name,
+        files: hashed.files.len(),
+        bytes: hashed.bytes,
+        signer,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::rand::SystemRandom;
+    use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair};
+
+    /// Signs `model` offline the way `sign` does, with a local key instead of Transit.
+    fn sign_locally(model: &Path, sig_path: &Path, kp: &EcdsaKeyPair) {
+        let ignore = ignore_set(model, sig_path, &ModelOptions::default(), &[]).unwrap();
+        let hashed = hash::hash_model(
+            model,
+            &HashOptions {
+                ignore: ignore.clone(),
+                ..HashOptions::default()
+            },
+        )
+        .unwrap();
+        let serialization = Serialization {
+            method: METHOD_FILES.into(),
+            hash_type: HASH_SHA256.into(),
+            allow_symlinks: false,
+            ignore_paths: ignore.iter().map(|c| c.join("/")).collect(),
+        };
+        let payload = Manifest::new("m".into(), serialization, &hashed.files).to_payload();
+        let sig = kp
+            .sign(&SystemRandom::new(), &bundle::pae(&payload))
+            .unwrap();
+        let der = kp.public_key().as_der().unwrap();
+        let b = Bundle {
+            hint: Some(keys::hint(der.as_ref())),
+            payload,
+            signature: sig.as_ref().to_vec(),
+        };
+        std::fs::write(sig_path, b.to_json()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn offline_round_trip_and_every_refusal() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m");
+        std::fs::create_dir_all(model.join("sub")).unwrap();
+        std::fs::write(model.join("w.bin"), vec![1u8; 5000]).unwrap();
+        std::fs::write(model.join("sub/cfg.json"), b"{}").unwrap();
+        let sig_path = model.join("model.sig");
+        let kp = EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_ASN1_SIGNING).unwrap();
+        sign_locally(&model, &sig_path, &kp);
+        let key = SignerKey::from_spki(kp.public_key().as_der().unwrap().as_ref()).unwrap();
+        let opts = ModelOptions::default();
+        let ok = verify(VerifyKey::PublicKey(&key), &model, &sig_path, &opts)
+            .await
+            .unwrap();
+        assert_eq!((ok.files, ok.bytes), (2, 5002));
+
+        // The git directory is ignored by default, not otherwise.
+        std::fs::create_dir(model.join(".git")).unwrap();
+        std::fs::write(model.join(".git/HEAD"), b"x").unwrap();
+        verify(VerifyKey::PublicKey(&key), &model, &sig_path, &opts)
+            .await
+            .unwrap();
+        let strict = ModelOptions {
+            ignore_git_paths: false,
+            ..ModelOptions::default()
+        };
+        // Still ignored: the signed manifest lists .git among its ignored paths.
+        verify(VerifyKey::PublicKey(&key), &model, &sig_path, &strict)
+            .await
+            .unwrap();
+
+        std::fs::write(model.join("new"), b"n").unwrap();
+        let e = verify(VerifyKey::PublicKey(&key), &model, &sig_path, &opts)
+            .await
+            .unwrap_err();
+        assert_eq!((e.reason(), e.exit_code()), ("model_mismatch", 65), "{e}");
+        std::fs::remove_file(model.join("new")).unwrap();
+
+        let other = EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_ASN1_SIGNING).unwrap();
+        let other = SignerKey::from_spki(other.public_key().as_der().unwrap().as_ref()).unwrap();
+        let e = verify(VerifyKey::PublicKey(&other), &model, &sig_path, &opts)
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "unknown_key", "{e}");
+
+        let e = verify(
+            VerifyKey::PublicKey(&key),
+            &model,
+            &dir.path().join("none"),
+            &opts,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!((e.reason(), e.exit_code()), ("io", 74), "{e}");
+    }
+}
