@@ -79,18 +79,31 @@ impl IntoResponse for Error {
     }
 }
 
-/// Vault's response envelope around `data`.
+/// Vault's response envelope around `data`, serialized in one pass (no intermediate
+/// JSON tree; the request id from a user-space RNG, not a syscall).
+#[derive(serde::Serialize)]
+struct Envelope {
+    request_id: uuid::Uuid,
+    lease_id: &'static str,
+    renewable: bool,
+    lease_duration: u32,
+    data: Value,
+    wrap_info: Option<()>,
+    warnings: Option<[String; 1]>,
+    auth: Option<()>,
+}
+
 fn envelope(data: Value, warnings: Option<String>) -> Response {
-    let body = json!({
-        "request_id": uuid::Uuid::new_v4().to_string(),
-        "lease_id": "",
-        "renewable": false,
-        "lease_duration": 0,
-        "data": data,
-        "wrap_info": null,
-        "warnings": warnings.map(|w| vec![w]),
-        "auth": null,
-    });
+    let body = Envelope {
+        request_id: uuid::Uuid::new_v4(),
+        lease_id: "",
+        renewable: false,
+        lease_duration: 0,
+        data,
+        wrap_info: None,
+        warnings: warnings.map(|w| [w]),
+        auth: None,
+    };
     (StatusCode::OK, axum::Json(body)).into_response()
 }
 
