@@ -9,7 +9,7 @@ step() {
     printf '\n==> %s\n' "$*"
 }
 
-step "Installing test tools into .venv (OpenBao, hvac, pytest, requests)"
+step "Installing test tools into .venv (OpenBao, Python clients and peers, promtool, wrk; scripts/install-tools.sh)"
 bash scripts/install-tools.sh
 
 # The Rust integration tests and the interop tests use this OpenBao binary.
