@@ -336,7 +336,7 @@ impl KeyCache {
     /// record read after the key never misses a version the key read shows retired).
     /// A record that cannot be read or decoded fails the read (fail closed: a revocation
     /// is never forgotten); a missing record is an empty one.
-    #[tracing::instrument(name = "keys.refresh", skip(self), fields(key = name))]
+    #[tracing::instrument(name = "keys.refresh", skip_all, fields(key = name))]
     async fn read(&self, name: &str) -> Result<(TransitKeyInfo, RetentionRecord), VaultError> {
         let result = self.read_uncounted(name).await;
         crate::telemetry::metrics::get().keyset_refresh(result.is_ok());
