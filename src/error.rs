@@ -2,7 +2,8 @@
 //!
 //! Every failure that reaches a caller becomes an [`Error`]; [`Error::status`] is the only
 //! mapping from failure to status code (the HTTP face renders it as Vault's
-//! `{"errors":[...]}`, with `Retry-After` from [`Error::retry_after_secs`]). Bad input is always a
+//! `{"errors":[...]}`, with `Retry-After` from [`Error::retry_after_secs`]; the gRPC face
+//! turns the same status into a gRPC code with [`Error::grpc_code`]). Bad input is always a
 //! 4xx (input Vault would answer with a 500 is refused before Vault is asked); Vault
 //! being unreachable is a 503; Vault failing on its own is a 502.
 
@@ -96,6 +97,49 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The gRPC code for this error, from the one HTTP status mapping above.
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self.status().as_u16() {
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 => Code::NotFound,
+            412 => Code::FailedPrecondition,
+            413 | 429 => Code::ResourceExhausted,
+            400..=499 => Code::InvalidArgument,
+            502..=504 => Code::Unavailable,
+            _ => Code::Internal,
+        }
+    }
+}
+
+/// The gRPC face's rendering: the code from [`Error::grpc_code`], Vault's messages, and
+/// `retry-after` (seconds) in the metadata when over a rate. A 5xx is logged once here.
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        if e.status().is_server_error() {
+            match &e {
+                Error::Internal(detail) => tracing::error!(detail, "internal error"),
+                other => {
+                    tracing::warn!(status = other.status().as_u16(), error = %other, "request failed")
+                }
+            }
+        }
+        let message = match &e {
+            Error::Internal(_) => "internal error".to_string(),
+            other => other.messages().join("; "),
+        };
+        let mut status = tonic::Status::new(e.grpc_code(), message);
+        if let Some(secs) = e.retry_after_secs() {
+            status
+                .metadata_mut()
+                .insert("retry-after", tonic::metadata::MetadataValue::from(secs));
+        }
+        status
+    }
+}
+
 /// Vault wraps some messages as `1 error occurred:\n\t* msg\n\n`; keep the message.
 fn clean_vault_message(msg: &str) -> String {
     let trimmed = msg.trim();
@@ -168,5 +212,20 @@ mod tests {
         assert_eq!(slow.status(), 429);
         assert_eq!(slow.retry_after_secs(), Some(2));
         assert_eq!(Error::PermissionDenied.retry_after_secs(), None);
+        assert_eq!(slow.grpc_code(), tonic::Code::ResourceExhausted);
+        let status = tonic::Status::from(slow);
+        assert_eq!(status.metadata().get("retry-after").unwrap(), "2");
+        assert_eq!(
+            Error::PreconditionFailed("x".into()).grpc_code(),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            Error::bad_request("x").grpc_code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            Error::Unavailable("x".into()).grpc_code(),
+            tonic::Code::Unavailable
+        );
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! [`run`] takes an already-bound listener and a shutdown future, so tests bind
 //! 127.0.0.1:0 and stop the server when they like (mini-redis style). HTTP/1.1 and h2c
-//! (HTTP/2 with prior knowledge) are served on the same port, and on the Unix socket of
+//! (HTTP/2 with prior knowledge), and gRPC (by its paths), are served on the same port, and on the Unix socket of
 //! `AEGIS_LISTEN_UNIX` (mode 0660) when set, where callers are known by their peer
 //! credentials.
 
@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, UnixListener};
 use tracing::{error, info, warn};
 
-use crate::api::{http, AppState, Readiness};
+use crate::api::{grpc, http, AppState, Readiness};
 use crate::audit::Auditor;
 use crate::config::{Config, ConfigErrors};
 use crate::keys::{snapshot, KeyCache};
@@ -122,19 +122,20 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    // The HTTP API and the gRPC services on one router, served on every listener.
+    let (grpc_routes, health) = grpc::routes(state.clone());
+    tasks.push(tokio::spawn(grpc::report_health(state.clone(), health)));
+    let app = http::router(state.clone()).merge(grpc_routes);
     let tcp = axum::serve(
         listener,
-        http::router(state.clone()).into_make_service_with_connect_info::<Peer>(),
+        app.clone().into_make_service_with_connect_info::<Peer>(),
     )
     .with_graceful_shutdown(stopped(stop_rx.clone()));
     let result = match unix_listener {
         None => tcp.await,
         Some(unix) => {
-            let unix = axum::serve(
-                unix,
-                http::router(state.clone()).into_make_service_with_connect_info::<Peer>(),
-            )
-            .with_graceful_shutdown(stopped(stop_rx));
+            let unix = axum::serve(unix, app.into_make_service_with_connect_info::<Peer>())
+                .with_graceful_shutdown(stopped(stop_rx));
             let result = tokio::try_join!(tcp.into_future(), unix.into_future()).map(|_| ());
             if let Some(path) = &state.config.listen_unix {
                 let _ = std::fs::remove_file(path);

@@ -1,4 +1,5 @@
-//! The faces callers talk to. `http` speaks Vault's own HTTP API (gRPC comes later).
+//! The faces callers talk to: `http` speaks Vault's own HTTP API, `grpc` the typed
+//! `aegis.v1.Signer` API, on the same listeners.
 //!
 //! This layer knows routes and wire formats; it renders [`crate::error::Error`] through
 //! the single status mapping in `error.rs`, and decides nothing about keys or Vault.
@@ -6,6 +7,7 @@
 //! identity, the allowlist, the caller policy) before anything else is done, and audits
 //! the refusals.
 
+pub mod grpc;
 pub mod http;
 
 use std::sync::atomic::{AtomicBool, Ordering};
