@@ -110,11 +110,13 @@ impl GrpcSigner {
         Box::pin(self.state.admit(&peer, &headers, action, key)).await
     }
 
-    /// Runs one call in a request span and counts it as the HTTP face does.
+    /// Runs one call in a request span (continuing the caller's `traceparent` metadata)
+    /// and counts it as the HTTP face does.
     async fn observed<T>(
         &self,
         operation: Operation,
         key: &str,
+        metadata: &tonic::metadata::MetadataMap,
         call: impl std::future::Future<Output = Result<T, Error>>,
     ) -> Result<Response<T>, Status> {
         let started = Instant::now();
@@ -125,13 +127,20 @@ impl GrpcSigner {
             operation = operation.as_str(),
             key,
             rpc.system = "grpc",
+            outcome = tracing::field::Empty,
         );
+        crate::telemetry::trace::continue_from(&span, metadata.as_ref());
         // Boxed: the signer's and verifier's futures are deep (as on the HTTP face).
-        let result = Box::pin(call.instrument(span)).await;
+        let result = Box::pin(call.instrument(span.clone())).await;
         let status = match &result {
             Ok(_) => 200,
             Err(e) => e.status().as_u16(),
         };
+        let outcome = crate::telemetry::metrics::Outcome::from_status(status);
+        span.record("outcome", outcome.as_str());
+        if status >= 500 {
+            crate::telemetry::trace::mark_error(&span, outcome.as_str());
+        }
         self.state
             .count_request(operation, key, status, started.elapsed());
         result.map(Response::new).map_err(Status::from)
@@ -305,7 +314,7 @@ impl Signer for GrpcSigner {
         request: Request<pb::SignRequest>,
     ) -> Result<Response<pb::SignResponse>, Status> {
         let key = request.get_ref().key.clone();
-        self.observed(Operation::Sign, &key, async {
+        self.observed(Operation::Sign, &key, request.metadata(), async {
             let caller = self.admit(&request, Action::Sign, &key).await?;
             let req = request.get_ref();
             let items = req
@@ -324,7 +333,7 @@ impl Signer for GrpcSigner {
         request: Request<pb::SignDigestRequest>,
     ) -> Result<Response<pb::SignResponse>, Status> {
         let key = request.get_ref().key.clone();
-        self.observed(Operation::Sign, &key, async {
+        self.observed(Operation::Sign, &key, request.metadata(), async {
             let caller = self.admit(&request, Action::Sign, &key).await?;
             let req = request.get_ref();
             if req.digest.is_empty() {
@@ -342,7 +351,7 @@ impl Signer for GrpcSigner {
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
         let key = request.get_ref().key.clone();
-        self.observed(Operation::Verify, &key, async {
+        self.observed(Operation::Verify, &key, request.metadata(), async {
             let caller = self.admit(&request, Action::Verify, &key).await?;
             let req = request.get_ref();
             let items = req
@@ -377,7 +386,7 @@ impl Signer for GrpcSigner {
         request: Request<pb::GetKeyRequest>,
     ) -> Result<Response<pb::Key>, Status> {
         let key = request.get_ref().key.clone();
-        self.observed(Operation::ReadKey, &key, async {
+        self.observed(Operation::ReadKey, &key, request.metadata(), async {
             self.admit(&request, Action::ReadKey, &key).await?;
             Box::pin(load_key(&self.state, &key)).await
         })
