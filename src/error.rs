@@ -2,7 +2,8 @@
 //!
 //! Every failure that reaches a caller becomes an [`Error`]; [`Error::status`] is the only
 //! mapping from failure to status code (the HTTP face renders it as Vault's
-//! `{"errors":[...]}`, the gRPC face will map the same statuses). Bad input is always a
+//! `{"errors":[...]}`, with `Retry-After` from [`Error::retry_after_secs`]; the gRPC face
+//! turns the same status into a gRPC code with [`Error::grpc_code`]). Bad input is always a
 //! 4xx (input Vault would answer with a 500 is refused before Vault is asked); Vault
 //! being unreachable is a 503; Vault failing on its own is a 502.
 
@@ -18,6 +19,19 @@ pub enum Error {
     /// The key is outside the allowlist, or the caller may not do this.
     #[error("permission denied")]
     PermissionDenied,
+    /// The caller policy refused the request; the reason is told to the caller.
+    #[error("permission denied: {0}")]
+    Refused(String),
+    /// The request-forgery guard: `X-Vault-Request: true` is missing (Vault Proxy's
+    /// `require_request_header` answers the same 412).
+    #[error("{0}")]
+    PreconditionFailed(String),
+    /// Over the caller's rate for this key; `retry_after` is when a token is back.
+    #[error("rate limit exceeded for key {key:?}: retry in {} ms", retry_after.as_millis())]
+    TooManyRequests {
+        key: String,
+        retry_after: std::time::Duration,
+    },
     /// No route: Aegis serves Transit sign, verify and keys only.
     #[error("{0}")]
     NotFound(String),
@@ -44,7 +58,9 @@ impl Error {
     pub fn status(&self) -> StatusCode {
         match self {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Error::PermissionDenied => StatusCode::FORBIDDEN,
+            Error::PermissionDenied | Error::Refused(_) => StatusCode::FORBIDDEN,
+            Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -60,12 +76,67 @@ impl Error {
         }
     }
 
+    /// Seconds for a `Retry-After` header (rounded up, at least 1), when the caller
+    /// should come back later.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Error::TooManyRequests { retry_after, .. } => {
+                Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
+                    .map(|s| s.max(1))
+            }
+            _ => None,
+        }
+    }
+
     /// The messages for Vault's `{"errors":[...]}` body.
     pub fn messages(&self) -> Vec<String> {
         match self {
             Error::Vault { errors, .. } => errors.iter().map(|e| clean_vault_message(e)).collect(),
             other => vec![other.to_string()],
         }
+    }
+}
+
+impl Error {
+    /// The gRPC code for this error, from the one HTTP status mapping above.
+    pub fn grpc_code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self.status().as_u16() {
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 => Code::NotFound,
+            412 => Code::FailedPrecondition,
+            413 | 429 => Code::ResourceExhausted,
+            400..=499 => Code::InvalidArgument,
+            502..=504 => Code::Unavailable,
+            _ => Code::Internal,
+        }
+    }
+}
+
+/// The gRPC face's rendering: the code from [`Error::grpc_code`], Vault's messages, and
+/// `retry-after` (seconds) in the metadata when over a rate. A 5xx is logged once here.
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        if e.status().is_server_error() {
+            match &e {
+                Error::Internal(detail) => tracing::error!(detail, "internal error"),
+                other => {
+                    tracing::warn!(status = other.status().as_u16(), error = %other, "request failed")
+                }
+            }
+        }
+        let message = match &e {
+            Error::Internal(_) => "internal error".to_string(),
+            other => other.messages().join("; "),
+        };
+        let mut status = tonic::Status::new(e.grpc_code(), message);
+        if let Some(secs) = e.retry_after_secs() {
+            status
+                .metadata_mut()
+                .insert("retry-after", tonic::metadata::MetadataValue::from(secs));
+        }
+        status
     }
 }
 
@@ -132,5 +203,29 @@ mod tests {
             502
         );
         assert_eq!(Error::PayloadTooLarge { limit: 1 }.status(), 413);
+        assert_eq!(Error::PreconditionFailed("x".into()).status(), 412);
+        assert_eq!(Error::Refused("x".into()).status(), 403);
+        let slow = Error::TooManyRequests {
+            key: "k".into(),
+            retry_after: std::time::Duration::from_millis(1200),
+        };
+        assert_eq!(slow.status(), 429);
+        assert_eq!(slow.retry_after_secs(), Some(2));
+        assert_eq!(Error::PermissionDenied.retry_after_secs(), None);
+        assert_eq!(slow.grpc_code(), tonic::Code::ResourceExhausted);
+        let status = tonic::Status::from(slow);
+        assert_eq!(status.metadata().get("retry-after").unwrap(), "2");
+        assert_eq!(
+            Error::PreconditionFailed("x".into()).grpc_code(),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            Error::bad_request("x").grpc_code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            Error::Unavailable("x".into()).grpc_code(),
+            tonic::Code::Unavailable
+        );
     }
 }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod keys;
 pub mod lifecycle;
 pub mod model;
+pub mod policy;
 pub mod server;
 pub mod sign;
 pub mod telemetry;

@@ -2,19 +2,23 @@
 //!
 //! [`run`] takes an already-bound listener and a shutdown future, so tests bind
 //! 127.0.0.1:0 and stop the server when they like (mini-redis style). HTTP/1.1 and h2c
-//! (HTTP/2 with prior knowledge) are served on the same port.
+//! (HTTP/2 with prior knowledge), and gRPC (by its paths), are served on the same port, and on the Unix socket of
+//! `AEGIS_LISTEN_UNIX` (mode 0660) when set, where callers are known by their peer
+//! credentials.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture as _};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tracing::{error, info, warn};
 
-use crate::api::{http, AppState, Readiness};
+use crate::api::{grpc, http, AppState, Readiness};
 use crate::audit::Auditor;
 use crate::config::{Config, ConfigErrors};
 use crate::keys::{snapshot, KeyCache};
+use crate::policy::{Peer, Policy};
 use crate::sign::Signer;
 use crate::telemetry::metrics::{self, GaugeSources, KeyLabels};
 use crate::vault::VaultClient;
@@ -35,7 +39,9 @@ pub fn build_state(config: Config) -> Result<Arc<AppState>, ConfigErrors> {
     let auditor = Auditor::start(&config.audit)
         .map_err(|e| ConfigErrors(vec![format!("cannot start the audit trail: {e}")]))?;
     let key_labels = Arc::new(KeyLabels::new(config.keys.clone()));
+    let policy = Policy::new(config.require_request_header, config.policy.as_ref());
     Ok(Arc::new(AppState {
+        policy,
         auditor,
         signer: Signer::new(
             keys.clone(),
@@ -61,6 +67,12 @@ pub async fn run(
     let metrics_listener = match state.config.telemetry.metrics_listen {
         Some(at) => Some(TcpListener::bind(at).await.inspect_err(
             |e| error!(addr = %at, error = %e, "cannot listen for metrics (AEGIS_METRICS_LISTEN)"),
+        )?),
+        None => None,
+    };
+    let unix_listener = match &state.config.listen_unix {
+        Some(path) => Some(bind_unix(path).inspect_err(
+            |e| error!(path = %path.display(), error = %e, "cannot listen on the Unix socket (AEGIS_LISTEN_UNIX)"),
         )?),
         None => None,
     };
@@ -97,13 +109,40 @@ pub async fn run(
     }
     let auditor = state.auditor.clone();
     let state_flush = state.config.audit.flush_timeout;
-    info!(%addr, vault = ?state.config.vault.addrs, auth = state.config.vault.auth.method(), mount = %state.config.transit_mount, "aegis listening");
-    let result = axum::serve(
+    info!(%addr, unix = ?state.config.listen_unix, vault = ?state.config.vault.addrs, auth = state.config.vault.auth.method(), mount = %state.config.transit_mount, "aegis listening");
+    if state.config.policy.is_none() && !addr.ip().is_loopback() {
+        warn!(%addr, "listening beyond loopback without a caller policy (AEGIS_POLICY_FILE): anyone who reaches this address may sign with the allowlisted keys");
+    }
+    // One shutdown signal for every listener.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tasks.push(tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    }));
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    // The HTTP API and the gRPC services on one router, served on every listener.
+    let (grpc_routes, health) = grpc::routes(state.clone());
+    tasks.push(tokio::spawn(grpc::report_health(state.clone(), health)));
+    let app = http::router(state.clone()).merge(grpc_routes);
+    let tcp = axum::serve(
         listener,
-        http::router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        app.clone().into_make_service_with_connect_info::<Peer>(),
     )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
+    let result = match unix_listener {
+        None => tcp.await,
+        Some(unix) => {
+            let unix = axum::serve(unix, app.into_make_service_with_connect_info::<Peer>())
+                .with_graceful_shutdown(stopped(stop_rx));
+            let result = tokio::try_join!(tcp.into_future(), unix.into_future()).map(|_| ());
+            if let Some(path) = &state.config.listen_unix {
+                let _ = std::fs::remove_file(path);
+            }
+            result
+        }
+    };
     for t in tasks {
         t.abort();
     }
@@ -115,6 +154,26 @@ pub async fn run(
         );
     }
     result
+}
+
+/// Binds the Unix socket with mode 0660 (owner and group may connect). A socket left by
+/// an earlier process is replaced; any other file at the path is an error.
+fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(listener)
 }
 
 /// Starts the alerting series at 0, and lets the state gauges (readiness, credential,

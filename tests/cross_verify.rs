@@ -293,8 +293,8 @@ async fn http1_and_h2c_on_one_port() {
     bao.create_key("proto", "ed25519").await;
     let side = Sidecar::start(&bao, &[]).await;
     let input = b64(b"over h2c");
-    let http1 = reqwest::Client::builder().http1_only().build().unwrap();
-    let h2c = reqwest::Client::builder()
+    let http1 = common::client_builder().http1_only().build().unwrap();
+    let h2c = common::client_builder()
         .http2_prior_knowledge()
         .build()
         .unwrap();

@@ -72,7 +72,7 @@ impl Load {
     fn start(sidecar: &str, presigned: Arc<Vec<(String, String)>>) -> Load {
         // Well above the sidecar's total timeout: a hang shows up as a slow record, or a
         // status-0 record at worst, never as a stuck test.
-        let client = reqwest::Client::builder()
+        let client = common::client_builder()
             .timeout(HANG + Duration::from_secs(4))
             .build()
             .unwrap();

@@ -1,28 +1,33 @@
 //! Vault's HTTP API on the sidecar: `/v1/{mount}/sign|verify|keys/...`, health, readiness.
 //!
 //! Requests and answers use Transit's JSON and Vault's envelope, so Vault clients work
-//! unchanged. A caller's `X-Vault-Token` is ignored: the sidecar signs with its own
-//! credential. Bodies are capped before they are read; every error is rendered as
-//! `{"errors":[...]}` with the status from [`Error::status`].
+//! unchanged. The sidecar signs with its own credential: a caller's `X-Vault-Token` (or
+//! `Authorization: Bearer`) only identifies the caller to the caller policy. Transit
+//! requests pass [`AppState::admit`] first (the request-forgery guard, identity, allowlist,
+//! policy); the probes (`/healthz`, `/readyz`, `/metrics`) do not. Bodies are capped before
+//! they are read; every error is rendered as `{"errors":[...]}` with the status from
+//! [`Error::status`] (and `Retry-After` when over a rate).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
+use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use axum::serve::IncomingStream;
 use axum::Router;
 use serde_json::{json, Value};
 use tracing::{error, warn, Instrument as _};
 
 use super::AppState;
 use crate::error::Error;
+use crate::policy::{Action, Headers, Peer};
 use crate::telemetry::{
     self,
-    metrics::{self, KeyLabels, Operation, Outcome},
+    metrics::{Operation, Outcome},
 };
 use crate::transit::TransitRequest;
 
@@ -75,7 +80,26 @@ impl IntoResponse for Error {
                 other => warn!(status = status.as_u16(), error = %other, "request failed"),
             }
         }
-        (status, axum::Json(json!({ "errors": self.messages() }))).into_response()
+        let mut response =
+            (status, axum::Json(json!({ "errors": self.messages() }))).into_response();
+        if let Some(secs) = self.retry_after_secs() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        Peer::Tcp(*stream.remote_addr())
+    }
+}
+
+impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        Peer::unix(stream.io())
     }
 }
 
@@ -163,6 +187,13 @@ impl<'a> Op<'a> {
             Op::Sign { key, .. } | Op::Verify { key, .. } | Op::ReadKey { key } => key,
         }
     }
+    fn action(&self) -> Action {
+        match self {
+            Op::Sign { .. } => Action::Sign,
+            Op::Verify { .. } => Action::Verify,
+            Op::ReadKey { .. } => Action::ReadKey,
+        }
+    }
     fn operation(&self) -> Operation {
         match self {
             Op::Sign { .. } => Operation::Sign,
@@ -176,7 +207,7 @@ impl<'a> Op<'a> {
 /// count and duration in the metrics.
 async fn vault_api(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
     req: Request,
 ) -> Response {
     let started = Instant::now();
@@ -219,25 +250,16 @@ async fn vault_api(
     if status >= 500 {
         telemetry::trace::mark_error(&span, outcome.as_str());
     }
-    let label = if key.is_empty() {
-        KeyLabels::OTHER.to_string()
-    } else {
-        state.key_labels.label(key, state.keys.contains(key))
-    };
-    metrics::get().request(operation, &label, outcome, started.elapsed());
+    state.count_request(operation, key, status, started.elapsed());
     response
 }
 
-async fn handle(
-    state: &AppState,
-    peer: SocketAddr,
-    op: Op<'_>,
-    req: Request,
-) -> Result<Response, Error> {
+async fn handle(state: &AppState, peer: Peer, op: Op<'_>, req: Request) -> Result<Response, Error> {
     let key = op.key();
-    if !state.config.key_allowed(key) {
-        return Err(Error::PermissionDenied);
-    }
+    let caller = state
+        .admit(&peer, &Headers::from_map(req.headers()), op.action(), key)
+        .await?;
+    let caller = caller.actor;
     let method = req.method().clone();
     let writes = matches!(op, Op::Sign { .. } | Op::Verify { .. });
     let method_ok = if writes {
@@ -265,7 +287,6 @@ async fn handle(
     let body = read_body(req, state.config.max_body_bytes).await?;
     let request = TransitRequest::parse(&body, state.config.max_batch_items)?;
     let warning = request.unknown_fields_warning();
-    let caller = format!("tcp:{}", peer.ip());
     let data = match op {
         Op::Sign { key, hash } => {
             let data = state.signer.sign(key, hash, &request).await?;

@@ -1,8 +1,13 @@
-//! The faces callers talk to. `http` speaks Vault's own HTTP API (gRPC comes later).
+//! The faces callers talk to: `http` speaks Vault's own HTTP API, `grpc` the typed
+//! `aegis.v1.Signer` API, on the same listeners.
 //!
 //! This layer knows routes and wire formats; it renders [`crate::error::Error`] through
 //! the single status mapping in `error.rs`, and decides nothing about keys or Vault.
+//! Every face admits a request through [`AppState::admit`] (the guard, the caller's
+//! identity, the allowlist, the caller policy) before anything else is done, and audits
+//! the refusals.
 
+pub mod grpc;
 pub mod http;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +19,7 @@ use crate::audit::{Actor, AuditEvent, Auditor, EventKind, Outcome};
 use crate::config::Config;
 use crate::error::Error;
 use crate::keys::KeyCache;
+use crate::policy::{Action, Caller, Headers, Peer, Policy};
 use crate::sign::Signer;
 use crate::telemetry::metrics::KeyLabels;
 use crate::transit::TransitRequest;
@@ -121,6 +127,70 @@ impl AppState {
         }
     }
 
+    /// Admits a Transit request or refuses it before Vault is asked: the request-forgery
+    /// guard, the caller's identity, the key allowlist, then the caller policy (its keys
+    /// and rate). A refusal is audited under the caller's identity (or its peer when it
+    /// could not be identified).
+    pub async fn admit(
+        &self,
+        peer: &Peer,
+        headers: &Headers<'_>,
+        action: Action,
+        key: &str,
+    ) -> Result<Caller, Error> {
+        let caller = match self.policy.guard(headers).map_err(|e| (peer.describe(), e)) {
+            Ok(()) => self.policy.identify(peer, headers.token),
+            Err(refused) => Err(refused),
+        };
+        let caller = match caller {
+            Ok(c) => c,
+            Err((actor, e)) => {
+                self.audit_refusal(&actor, key, &e).await;
+                return Err(e);
+            }
+        };
+        let allowed = if self.config.key_allowed(key) {
+            self.policy.authorize(&caller, action, key)
+        } else {
+            Err(Error::PermissionDenied)
+        };
+        if let Err(e) = allowed {
+            self.audit_refusal(&caller.actor, key, &e).await;
+            return Err(e);
+        }
+        Ok(caller)
+    }
+
+    /// Counts one finished request in the metrics (`aegis_requests_total` and its
+    /// duration), with the key label bounded by [`KeyLabels`].
+    pub fn count_request(
+        &self,
+        operation: crate::telemetry::metrics::Operation,
+        key: &str,
+        status: u16,
+        took: std::time::Duration,
+    ) {
+        use crate::telemetry::metrics;
+        let label = if key.is_empty() {
+            KeyLabels::OTHER.to_string()
+        } else {
+            self.key_labels.label(key, self.keys.contains(key))
+        };
+        metrics::get().request(
+            operation,
+            &label,
+            metrics::Outcome::from_status(status),
+            took,
+        );
+    }
+
+    async fn audit_refusal(&self, actor: &str, key: &str, e: &Error) {
+        if self.auditor.is_enabled() {
+            let event = self.event(EventKind::Refused, actor, key, Outcome::error(e));
+            self.auditor.record(event).await;
+        }
+    }
+
     fn event(&self, kind: EventKind, caller: &str, key: &str, result: Outcome) -> AuditEvent {
         AuditEvent::new(
             kind,
@@ -167,4 +237,6 @@ pub struct AppState {
     pub auditor: Auditor,
     /// Bounds the `key` label of the metrics.
     pub key_labels: Arc<KeyLabels>,
+    /// The request-forgery guard and the caller policy.
+    pub policy: Policy,
 }

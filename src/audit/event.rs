@@ -27,6 +27,9 @@ pub enum EventKind {
     Sign,
     /// A verification the sidecar refused (bad signature, retired or unknown version).
     VerifyRefused,
+    /// A request the guard or the caller policy refused before Vault was asked (no
+    /// `X-Vault-Request`, a browser, an unknown caller, a key it may not use, its rate).
+    Refused,
 }
 
 impl EventKind {
@@ -37,11 +40,12 @@ impl EventKind {
             EventKind::Retire => "retire",
             EventKind::Sign => "sign",
             EventKind::VerifyRefused => "verify_refused",
+            EventKind::Refused => "refused",
         }
     }
 
     /// Lifecycle events (rotate, retire) are rare and must never be dropped; the
-    /// request-path kinds (sign, verify_refused) may be, under overload, and are counted.
+    /// request-path kinds (sign, verify_refused, refused) may be, under overload, and are counted.
     pub fn is_lifecycle(self) -> bool {
         matches!(self, EventKind::Rotate | EventKind::Retire)
     }

@@ -167,6 +167,15 @@ pub enum LogFormat {
 pub struct Config {
     /// `AEGIS_LISTEN_ADDR`, default `127.0.0.1:8201`.
     pub listen_addr: SocketAddr,
+    /// `AEGIS_LISTEN_UNIX`: a Unix socket (mode 0660) serving the same API; callers are
+    /// identified by their peer credentials. Unset: none.
+    pub listen_unix: Option<PathBuf>,
+    /// `AEGIS_REQUIRE_REQUEST_HEADER`, default true: Transit requests without
+    /// `X-Vault-Request: true` get 412 (the request-forgery guard).
+    pub require_request_header: bool,
+    /// `AEGIS_POLICY_FILE`: the caller policy (see [`crate::policy::file`]), read and
+    /// checked at start. Unset: every local caller may use every allowlisted key.
+    pub policy: Option<crate::policy::PolicyFile>,
     /// `AEGIS_TRANSIT_MOUNT`, default `transit`.
     pub transit_mount: String,
     /// `AEGIS_KEYS`: when set, the only keys served; others get 403 before Vault is asked.
@@ -225,6 +234,9 @@ impl fmt::Display for ConfigErrors {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen_addr: Option<String>,
+    listen_unix: Option<String>,
+    require_request_header: Option<bool>,
+    policy_file: Option<String>,
     transit_mount: Option<String>,
     keys: Option<Vec<String>>,
     max_body_bytes: Option<usize>,
@@ -723,6 +735,21 @@ impl Config {
         };
         let skip_verify = flag("VAULT_SKIP_VERIFY", fc.vault.tls.skip_verify);
         let secret_id_wrapped = flag("AEGIS_SECRET_ID_WRAPPED", fc.vault.auth.secret_id_wrapped);
+        let require_request_header = match env.var("AEGIS_REQUIRE_REQUEST_HEADER") {
+            None => fc.require_request_header.unwrap_or(true),
+            Some(v) => parse_bool(&v).unwrap_or_else(|| {
+                errors.push(format!(
+                    "AEGIS_REQUIRE_REQUEST_HEADER: expected true or false, got {v:?}"
+                ));
+                true
+            }),
+        };
+        let policy = pick("AEGIS_POLICY_FILE", fc.policy_file).and_then(|path| {
+            crate::policy::PolicyFile::load(Path::new(&path))
+                .map_err(|problems| errors.extend(problems))
+                .ok()
+        });
+        let listen_unix = pick("AEGIS_LISTEN_UNIX", fc.listen_unix).map(PathBuf::from);
         let path = |name: &str, file: Option<String>| pick(name, file).map(PathBuf::from);
         let tls = TlsConfig {
             ca_cert: path("VAULT_CACERT", fc.vault.tls.ca_cert),
@@ -751,6 +778,9 @@ impl Config {
         }
         Ok(Config {
             listen_addr,
+            listen_unix,
+            require_request_header,
+            policy,
             transit_mount,
             keys,
             max_body_bytes,
@@ -824,6 +854,8 @@ mod tests {
         assert_eq!(c.vault.tls, TlsConfig::default());
         assert_eq!(c.cache_dir, None);
         assert!(c.key_allowed("anything"));
+        assert!(c.require_request_header);
+        assert_eq!((c.listen_unix, c.policy), (None, None));
     }
 
     #[test]
@@ -1016,6 +1048,49 @@ mod tests {
             .unwrap_err();
             assert!(err.to_string().contains(needle), "{method}: {err}");
         }
+    }
+
+    #[test]
+    fn caller_security_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("t");
+        std::fs::write(&token, "tok").unwrap();
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(
+            &policy,
+            format!(
+                "[[caller]]\nname = \"a\"\ntoken_file = \"{}\"\nsign = [\"k\"]\n",
+                token.display()
+            ),
+        )
+        .unwrap();
+        let c = Config::load(
+            None,
+            &[
+                ("VAULT_ADDR", "http://v"),
+                ("VAULT_TOKEN", "t"),
+                ("AEGIS_REQUIRE_REQUEST_HEADER", "false"),
+                ("AEGIS_LISTEN_UNIX", "/run/aegis.sock"),
+                ("AEGIS_POLICY_FILE", policy.to_str().unwrap()),
+            ],
+        )
+        .unwrap();
+        assert!(!c.require_request_header);
+        assert_eq!(c.listen_unix, Some(PathBuf::from("/run/aegis.sock")));
+        assert_eq!(c.policy.unwrap().callers[0].name, "a");
+        let err = Config::load(
+            None,
+            &[
+                ("VAULT_ADDR", "http://v"),
+                ("VAULT_TOKEN", "t"),
+                ("AEGIS_REQUIRE_REQUEST_HEADER", "perhaps"),
+                ("AEGIS_POLICY_FILE", "/nonexistent/policy.toml"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("AEGIS_REQUIRE_REQUEST_HEADER"), "{err}");
+        assert!(err.contains("/nonexistent/policy.toml"), "{err}");
     }
 
     #[test]

@@ -281,6 +281,8 @@ pub struct KeyCache {
     known_missing: moka::sync::Cache<(String, u32), ()>,
     /// Signalled whenever a keyset changes, for the snapshot writer.
     changed: Notify,
+    /// Bumped whenever a keyset changes, for any number of watchers (gRPC WatchKeys).
+    updates: tokio::sync::watch::Sender<u64>,
     /// Where retention records live; `None`: the retention rule is off (Vault's rule only).
     retention: Option<RetentionLocation>,
 }
@@ -316,7 +318,19 @@ impl KeyCache {
                 .time_to_live(Duration::from_secs(1))
                 .build(),
             changed: Notify::new(),
+            updates: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// A receiver that sees a change whenever a keyset changes.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.updates.subscribe()
+    }
+
+    /// Tells the snapshot writer and the watchers that a keyset changed.
+    fn mark_changed(&self) {
+        self.changed.notify_one();
+        self.updates.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     pub fn mount(&self) -> &str {
@@ -382,7 +396,7 @@ impl KeyCache {
             .await
             .map_err(|e: Arc<VaultError>| (*e).clone())?;
         if loaded.into_inner() {
-            self.changed.notify_one(); // after the insert, so the snapshot includes it
+            self.mark_changed(); // after the insert, so the snapshot includes it
         }
         Ok(set)
     }
@@ -480,7 +494,7 @@ impl KeyCache {
                 });
                 self.sets.insert(name.to_string(), set.clone()).await;
                 if changed {
-                    self.changed.notify_one();
+                    self.mark_changed();
                 }
                 Ok(set)
             }
@@ -490,7 +504,7 @@ impl KeyCache {
                     "key no longer exists in Vault; dropped from the cache"
                 );
                 self.sets.invalidate(name).await;
-                self.changed.notify_one();
+                self.mark_changed();
                 Err(e)
             }
             Err(e) => Err(e),

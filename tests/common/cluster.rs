@@ -53,7 +53,7 @@ impl Reply {
 /// A client that never follows redirects, with a short timeout (a paused or dead node
 /// must not stall a poll loop).
 pub fn http_no_redirect() -> reqwest::Client {
-    reqwest::Client::builder()
+    super::client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(5))
         .build()

@@ -37,8 +37,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A client builder that sends `X-Vault-Request: true` with every request, as Vault's own
+/// clients do (the sidecar's request-forgery guard answers 412 without it).
+pub fn client_builder() -> reqwest::ClientBuilder {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        "X-Vault-Request",
+        reqwest::header::HeaderValue::from_static("true"),
+    );
+    reqwest::Client::builder().default_headers(headers)
+}
+
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder()
+    client_builder()
         .timeout(Duration::from_secs(30))
         .build()
         .unwrap()
@@ -88,10 +99,31 @@ pub struct Bao {
 impl Bao {
     /// `bao server -dev` on a free port, with Transit enabled.
     pub async fn dev() -> Bao {
+        Self::dev_with_args(&[]).await
+    }
+
+    /// A dev server whose file audit device writes every request to `log` (OpenBao only
+    /// accepts audit devices from its configuration file).
+    pub async fn dev_audited(log: &std::path::Path) -> Bao {
+        let config = log.with_extension("hcl");
+        std::fs::write(
+            &config,
+            format!(
+                "audit \"file\" \"test\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        Self::dev_with_args(&[format!("-config={}", config.display())]).await
+    }
+
+    /// `bao server -dev` with extra arguments.
+    pub async fn dev_with_args(extra: &[String]) -> Bao {
         let port = free_port();
         let token = format!("root-{}", uuid_like());
         let child = Command::new(bao_bin())
             .args(["server", "-dev", "-dev-no-store-token"])
+            .args(extra)
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
             .arg(format!("-dev-root-token-id={token}"))
             .stdout(Stdio::null())

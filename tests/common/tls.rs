@@ -156,7 +156,7 @@ fn issue(
 /// An HTTPS client trusting only `ca_pem` (no system roots), presenting `identity` if given.
 pub fn https_client(ca_pem: &str, identity: Option<&PemPair>) -> reqwest::Client {
     let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA PEM");
-    let mut builder = reqwest::Client::builder()
+    let mut builder = super::client_builder()
         .tls_certs_only([ca])
         .timeout(Duration::from_secs(30));
     if let Some(id) = identity {

@@ -239,12 +239,15 @@ def test_key_outside_allowlist_is_forbidden(bao, sidecar, method, path, body):
         method,
         f"{sidecar.addr}/v1/transit/{path.format(key=name)}",
         json=body,
-        headers={"X-Vault-Token": BOGUS_TOKEN},
+        headers={"X-Vault-Token": BOGUS_TOKEN, "X-Vault-Request": "true"},
         timeout=30,
     )
     assert r.status_code == 403, f"{r.status_code} {r.text}"
     assert r.json() == {"errors": ["permission denied"]}, r.text
 
+
+# Every Vault client sends this; the sidecar's request-forgery guard requires it.
+VAULT_HEADERS = {"X-Vault-Request": "true"}
 
 _BANNER_BAO = re.compile(r"^  OpenBao dev server : (http://127\.0\.0\.1:(\d+))", re.MULTILINE)
 
@@ -291,7 +294,7 @@ def test_aegis_dev_smoke(tmp_path):
         assert _accepts_connections(bao_port), "the banner's OpenBao address is not listening"
 
         data = b"hello from the aegis dev smoke test"
-        r = requests.post(f"{addr}/v1/transit/sign/model-sign", json={"input": b64(data)}, timeout=30)
+        r = requests.post(f"{addr}/v1/transit/sign/model-sign", json={"input": b64(data)}, headers=VAULT_HEADERS, timeout=30)
         assert r.status_code == 200, r.text
         sig = r.json()["data"]["signature"]
         assert sig.startswith("vault:v1:"), r.text
@@ -299,12 +302,13 @@ def test_aegis_dev_smoke(tmp_path):
             r = requests.post(
                 f"{addr}/v1/transit/verify/model-sign",
                 json={"input": b64(message), "signature": sig},
+                headers=VAULT_HEADERS,
                 timeout=30,
             )
             assert r.status_code == 200, r.text
             assert r.json()["data"]["valid"] is expected, r.text
 
-        r = requests.get(f"{addr}/v1/transit/keys/model-sign-p256", timeout=30)
+        r = requests.get(f"{addr}/v1/transit/keys/model-sign-p256", headers=VAULT_HEADERS, timeout=30)
         assert r.status_code == 200, r.text
         assert r.json()["data"]["type"] == "ecdsa-p256", r.text
 
