@@ -222,18 +222,8 @@ async fn vault_api(
         Ok(op) => (op.operation(), op.key()),
         Err(_) => (Operation::Other, ""),
     };
-    let span = tracing::info_span!(
-        "aegis.request",
-        otel.name = %format_args!("aegis {}", operation.as_str()),
-        otel.kind = "server",
-        operation = operation.as_str(),
-        key,
-        key_version = tracing::field::Empty,
-        outcome = tracing::field::Empty,
-        http.request.method = %req.method(),
-        http.response.status_code = tracing::field::Empty,
-    );
-    telemetry::trace::continue_from(&span, req.headers());
+    let span = super::request_span(operation, key, req.headers());
+    span.record("http.request.method", req.method().as_str());
     let answer = match op {
         Ok(op) => {
             Box::pin(handle(&state, peer, op, req))

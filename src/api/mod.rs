@@ -226,6 +226,30 @@ fn input_bytes(input: &str) -> Vec<u8> {
         .unwrap_or_else(|_| input.as_bytes().to_vec())
 }
 
+/// The span of one Transit request on either face (`aegis sign|verify|...`), continuing
+/// the trace context the caller sent in `headers` (HTTP headers or gRPC metadata). The
+/// faces record `key_version`, `outcome` and their own protocol fields on it.
+pub fn request_span(
+    operation: crate::telemetry::metrics::Operation,
+    key: &str,
+    headers: &::http::HeaderMap,
+) -> tracing::Span {
+    let span = tracing::info_span!(
+        "aegis.request",
+        otel.name = %format_args!("aegis {}", operation.as_str()),
+        otel.kind = "server",
+        operation = operation.as_str(),
+        key,
+        key_version = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+        rpc.system = tracing::field::Empty,
+        http.request.method = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::trace::continue_from(&span, headers);
+    span
+}
+
 /// What every handler shares.
 pub struct AppState {
     pub config: Arc<Config>,

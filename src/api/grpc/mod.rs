@@ -120,16 +120,8 @@ impl GrpcSigner {
         call: impl std::future::Future<Output = Result<T, Error>>,
     ) -> Result<Response<T>, Status> {
         let started = Instant::now();
-        let span = tracing::info_span!(
-            "aegis.request",
-            otel.name = %format_args!("aegis {}", operation.as_str()),
-            otel.kind = "server",
-            operation = operation.as_str(),
-            key,
-            rpc.system = "grpc",
-            outcome = tracing::field::Empty,
-        );
-        crate::telemetry::trace::continue_from(&span, metadata.as_ref());
+        let span = super::request_span(operation, key, metadata.as_ref());
+        span.record("rpc.system", "grpc");
         // Boxed: the signer's and verifier's futures are deep (as on the HTTP face).
         let result = Box::pin(call.instrument(span.clone())).await;
         let status = match &result {
