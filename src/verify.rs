@@ -408,7 +408,7 @@ impl Verifier {
         if results.is_empty() {
             return;
         }
-        let label = self.labels.label(key, self.keys.contains(key));
+        let label = self.keys.metric_label(&self.labels, key);
         let mut tally: Vec<(VerifyResult, u64)> = Vec::new();
         for r in results {
             match tally.iter_mut().find(|(seen, _)| seen == r) {

@@ -171,11 +171,8 @@ impl AppState {
         took: std::time::Duration,
     ) {
         use crate::telemetry::metrics;
-        let label = if key.is_empty() {
-            KeyLabels::OTHER.to_string()
-        } else {
-            self.key_labels.label(key, self.keys.contains(key))
-        };
+        // An empty key (no route) is never held by the cache: it counts as `_other`.
+        let label = self.keys.metric_label(&self.key_labels, key);
         metrics::get().request(
             operation,
             &label,
