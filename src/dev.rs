@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 
 use crate::config::{
-    AuthConfig, Config, Layered, ProcessEnv, Secret, SecretSource, TlsConfig, VaultConfig,
+    AuthConfig, Config, Fallback, Layered, ProcessEnv, Secret, SecretSource, TlsConfig, VaultConfig,
 };
 use crate::vault::VaultClient;
 
@@ -192,13 +192,18 @@ fn free_port() -> Result<u16, String> {
 
 async fn serve_against(server: &DevBao, listen: SocketAddr) -> Result<(), String> {
     server.provision().await?;
+    // A dev sidecar serves every key unless AEGIS_KEYS says otherwise, so keys made with
+    // `bao write -f transit/keys/...` are usable at once.
     let env = Layered {
         over: vec![
             ("VAULT_ADDR".into(), server.addr.clone()),
             ("VAULT_TOKEN".into(), server.root_token.expose().to_string()),
             ("AEGIS_LISTEN_ADDR".into(), listen.to_string()),
         ],
-        under: &ProcessEnv,
+        under: &Fallback {
+            first: &ProcessEnv,
+            then: &[("AEGIS_KEYS", "*")],
+        },
     };
     let config = Config::load(None, &env).map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(listen)

@@ -38,6 +38,9 @@ pub enum Error {
     /// The body is over the configured limit.
     #[error("request body too large: the limit is {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// The caller did not finish sending its body within `AEGIS_HTTP_READ_TIMEOUT`.
+    #[error("timed out reading the request body: the limit is {} s", after.as_secs_f64())]
+    RequestTimeout { after: std::time::Duration },
     /// Vault could not be reached in time; sign waits for it, cached verify does not.
     #[error("Vault is unavailable: {0}")]
     Unavailable(String),
@@ -63,6 +66,7 @@ impl Error {
             Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Vault { status, .. } => match StatusCode::from_u16(*status) {
                 Ok(s) if s.is_client_error() => s,
@@ -105,6 +109,7 @@ impl Error {
             401 => Code::Unauthenticated,
             403 => Code::PermissionDenied,
             404 => Code::NotFound,
+            408 => Code::DeadlineExceeded,
             412 => Code::FailedPrecondition,
             413 | 429 => Code::ResourceExhausted,
             400..=499 => Code::InvalidArgument,
@@ -203,6 +208,15 @@ mod tests {
             502
         );
         assert_eq!(Error::PayloadTooLarge { limit: 1 }.status(), 413);
+        let slow = Error::RequestTimeout {
+            after: std::time::Duration::from_millis(1500),
+        };
+        assert_eq!(slow.status(), 408);
+        assert_eq!(slow.grpc_code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(
+            slow.to_string(),
+            "timed out reading the request body: the limit is 1.5 s"
+        );
         assert_eq!(Error::PreconditionFailed("x".into()).status(), 412);
         assert_eq!(Error::Refused("x".into()).status(), 403);
         let slow = Error::TooManyRequests {

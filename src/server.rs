@@ -27,8 +27,14 @@ use crate::verify::Verifier;
 /// Builds the state shared by all requests. Fails on configuration that can only be
 /// checked by reading files (TLS material): the caller exits with the config exit code.
 pub fn build_state(config: Config) -> Result<Arc<AppState>, ConfigErrors> {
+    let vault = match (config.keys.require_set(), VaultClient::new(&config.vault)) {
+        (Ok(()), Ok(vault)) => Arc::new(vault),
+        (keys, vault) => {
+            let errors = [keys.err(), vault.err()].into_iter().flatten();
+            return Err(ConfigErrors(errors.flat_map(|e| e.0).collect()));
+        }
+    };
     let config = Arc::new(config);
-    let vault = Arc::new(VaultClient::new(&config.vault)?);
     let keys = Arc::new(KeyCache::new(
         vault.clone(),
         config.transit_mount.clone(),
@@ -38,7 +44,7 @@ pub fn build_state(config: Config) -> Result<Arc<AppState>, ConfigErrors> {
     readiness.set_not_ready("starting: the allowlisted keys are not loaded yet");
     let auditor = Auditor::start(&config.audit)
         .map_err(|e| ConfigErrors(vec![format!("cannot start the audit trail: {e}")]))?;
-    let key_labels = Arc::new(KeyLabels::new(config.keys.clone()));
+    let key_labels = Arc::new(KeyLabels::new(config.keys.names().cloned()));
     let policy = Policy::new(config.require_request_header, config.policy.as_ref());
     Ok(Arc::new(AppState {
         policy,
@@ -181,7 +187,13 @@ fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
 fn register_gauges(state: &Arc<AppState>) {
     metrics::get().start_series(
         state.config.vault.auth.method(),
-        state.config.keys.iter().flatten().map(String::as_str),
+        state
+            .config
+            .keys
+            .names()
+            .into_iter()
+            .flatten()
+            .map(String::as_str),
     );
     let weak = Arc::downgrade(state);
     let (w1, w2) = (weak.clone(), weak.clone());
@@ -247,7 +259,7 @@ async fn become_ready(state: Arc<AppState>) {
 }
 
 async fn load_allowlisted(state: &AppState) -> Result<(), String> {
-    if let Some(keys) = &state.config.keys {
+    if let Some(keys) = state.config.keys.names() {
         for key in keys {
             state
                 .keys

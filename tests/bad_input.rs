@@ -5,6 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{b64, Bao, Sidecar};
+use futures::StreamExt as _;
 use serde_json::{json, Value};
 
 /// Sends a raw body and checks the answer is a 4xx `{"errors":[non-empty...]}` in time.
@@ -259,5 +260,46 @@ async fn huge_batches_and_keys_outside_the_allowlist_never_reach_vault() {
     let (s, _) = side.api("GET", "transit/keys/outside", None).await;
     bao.resume();
     assert_eq!(s, 403);
+    side.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_stalls_mid_body_gets_408() {
+    let bao = Bao::dev().await;
+    bao.create_key("slow", "ed25519").await;
+    let side = Sidecar::start(
+        &bao,
+        &[("AEGIS_KEYS", "slow"), ("AEGIS_HTTP_READ_TIMEOUT", "500ms")],
+    )
+    .await;
+    // Half a JSON body, then nothing: the stream never ends.
+    let first: Result<Vec<u8>, std::io::Error> = Ok(br#"{"input": "aGk"#.to_vec());
+    let stalled = futures::stream::iter([first]).chain(futures::stream::pending());
+    let t = Instant::now();
+    let resp = side
+        .client
+        .post(format!("{}/v1/transit/sign/slow", side.addr))
+        .body(reqwest::Body::wrap_stream(stalled))
+        .send()
+        .await
+        .unwrap();
+    let elapsed = t.elapsed();
+    assert_eq!(resp.status().as_u16(), 408);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.contains("timed out reading the request body")),
+        "{v}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(500) && elapsed < Duration::from_secs(5),
+        "answered after {elapsed:?}"
+    );
+    // The sidecar still serves the next caller.
+    let (s, body) = side
+        .api("POST", "transit/sign/slow", Some(json!({"input": "aGk="})))
+        .await;
+    assert_eq!(s, 200, "{body}");
     side.stop().await;
 }

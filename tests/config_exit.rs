@@ -56,3 +56,16 @@ fn unusable_tls_files_exit_64() {
     assert!(!text.contains("do-not-print"), "{text}");
     assert!(!text.contains("token-looking-content"), "{text}");
 }
+
+#[test]
+fn serving_needs_the_keys_named() {
+    // A fresh install serves no key by accident: AEGIS_KEYS (or `*`) must be set.
+    let (code, text) = serve(&[
+        ("VAULT_ADDR", "http://127.0.0.1:1"),
+        ("VAULT_TOKEN", "hvs.do-not-print"),
+        ("AEGIS_LISTEN_ADDR", "127.0.0.1:0"),
+    ]);
+    assert_eq!(code, Some(64), "{text}");
+    assert!(text.contains("AEGIS_KEYS is not set"), "{text}");
+    assert!(!text.contains("do-not-print"), "{text}");
+}

@@ -34,6 +34,7 @@ async fn trace_logs_hold_no_token_secret_id_or_input() {
         .env("VAULT_ROLE_ID", &role_id)
         .env("VAULT_SECRET_ID", &secret_id)
         .env("AEGIS_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("AEGIS_KEYS", "quiet")
         .env("AEGIS_LOG_FORMAT", "json")
         .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())

@@ -274,7 +274,12 @@ async fn handle(state: &AppState, peer: Peer, op: Op<'_>, req: Request) -> Resul
         })?;
         return Ok(envelope(set.to_vault_json(), None));
     }
-    let body = read_body(req, state.config.max_body_bytes).await?;
+    let read_timeout = state.config.http_read_timeout;
+    let body = tokio::time::timeout(read_timeout, read_body(req, state.config.max_body_bytes))
+        .await
+        .map_err(|_| Error::RequestTimeout {
+            after: read_timeout,
+        })??;
     let request = TransitRequest::parse(&body, state.config.max_batch_items)?;
     let warning = request.unknown_fields_warning();
     let data = match op {

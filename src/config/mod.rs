@@ -178,10 +178,13 @@ pub struct Config {
     pub policy: Option<crate::policy::PolicyFile>,
     /// `AEGIS_TRANSIT_MOUNT`, default `transit`.
     pub transit_mount: String,
-    /// `AEGIS_KEYS`: when set, the only keys served; others get 403 before Vault is asked.
-    pub keys: Option<BTreeSet<String>>,
+    /// `AEGIS_KEYS`: the keys served; others get 403 before Vault is asked.
+    pub keys: KeyScope,
     /// `AEGIS_MAX_BODY_BYTES`, default 32 MiB (Vault's own default).
     pub max_body_bytes: usize,
+    /// `AEGIS_HTTP_READ_TIMEOUT`, default 30 s (Vault's listener `http_read_timeout`):
+    /// a caller that has not sent its whole body by then gets 408.
+    pub http_read_timeout: Duration,
     /// `AEGIS_MAX_BATCH_ITEMS`, default 10 000.
     pub max_batch_items: usize,
     /// `AEGIS_SIGN_MAX_BATCH`, default 200: items per Transit sign call (coalesced
@@ -240,6 +243,7 @@ struct FileConfig {
     transit_mount: Option<String>,
     keys: Option<Vec<String>>,
     max_body_bytes: Option<usize>,
+    http_read_timeout: Option<String>,
     max_batch_items: Option<usize>,
     sign_max_batch: Option<usize>,
     sign_max_in_flight: Option<usize>,
@@ -341,6 +345,19 @@ impl Env for Layered<'_> {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
             .or_else(|| self.under.var(name))
+    }
+}
+
+/// `first`, falling back to `then` for the variables `first` lacks: defaults under the
+/// environment.
+pub struct Fallback<'a> {
+    pub first: &'a dyn Env,
+    pub then: &'a dyn Env,
+}
+
+impl Env for Fallback<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.first.var(name).or_else(|| self.then.var(name))
     }
 }
 
@@ -614,16 +631,12 @@ impl Config {
         }
 
         let keys = match env.var("AEGIS_KEYS") {
-            Some(list) => Some(
-                list.split(',')
-                    .map(str::trim)
-                    .filter(|k| !k.is_empty())
-                    .map(String::from)
-                    .collect::<BTreeSet<_>>(),
-            ),
-            None => fc.keys.map(|v| v.into_iter().collect()),
+            Some(list) => KeyScope::parse(list.split(',')),
+            None => fc.keys.map_or(KeyScope::Unset, |v| {
+                KeyScope::parse(v.iter().map(String::as_str))
+            }),
         };
-        if keys.as_ref().is_some_and(BTreeSet::is_empty) {
+        if matches!(&keys, KeyScope::Only(k) if k.is_empty()) {
             errors.push("AEGIS_KEYS / keys: the allowlist is set but names no key".into());
         }
 
@@ -691,6 +704,11 @@ impl Config {
             "AEGIS_VAULT_TOTAL_TIMEOUT",
             fc.vault.total_timeout,
             Duration::from_secs(10),
+        );
+        let http_read_timeout = duration(
+            "AEGIS_HTTP_READ_TIMEOUT",
+            fc.http_read_timeout,
+            Duration::from_secs(30),
         );
 
         let log_format = match env.var("AEGIS_LOG_FORMAT").as_deref() {
@@ -784,6 +802,7 @@ impl Config {
             transit_mount,
             keys,
             max_body_bytes,
+            http_read_timeout,
             max_batch_items,
             sign_max_batch,
             sign_max_in_flight,
@@ -818,9 +837,69 @@ impl Config {
         })
     }
 
-    /// Whether `key` may be served (the allowlist, when one is set).
+    /// Whether `key` may be served.
     pub fn key_allowed(&self, key: &str) -> bool {
-        self.keys.as_ref().is_none_or(|k| k.contains(key))
+        self.keys.allows(key)
+    }
+}
+
+/// Which Transit keys the sidecar serves (`AEGIS_KEYS`, or `keys` in the config file).
+///
+/// A fresh install serves no key until told which: `aegis serve` refuses to start with
+/// the setting absent ([`KeyScope::require_set`]), so a sidecar never signs with every
+/// key its Vault token happens to reach unless `*` says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyScope {
+    /// Not configured: no key is served (the lifecycle commands do not need it).
+    Unset,
+    /// `*`: every key the sidecar's Vault token may use.
+    Every,
+    /// The allowlist.
+    Only(BTreeSet<String>),
+}
+
+impl KeyScope {
+    /// From the comma-separated (or file list) entries; a lone `*` means every key.
+    fn parse<'a>(entries: impl Iterator<Item = &'a str>) -> Self {
+        let names: BTreeSet<String> = entries
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(String::from)
+            .collect();
+        if names.len() == 1 && names.contains("*") {
+            KeyScope::Every
+        } else {
+            KeyScope::Only(names)
+        }
+    }
+
+    /// Whether `key` may be used.
+    pub fn allows(&self, key: &str) -> bool {
+        match self {
+            KeyScope::Unset => false,
+            KeyScope::Every => true,
+            KeyScope::Only(names) => names.contains(key),
+        }
+    }
+
+    /// The allowlisted names, when there is an allowlist.
+    pub fn names(&self) -> Option<&BTreeSet<String>> {
+        match self {
+            KeyScope::Only(names) => Some(names),
+            KeyScope::Unset | KeyScope::Every => None,
+        }
+    }
+
+    /// What `aegis serve` checks before it starts.
+    pub fn require_set(&self) -> Result<(), ConfigErrors> {
+        match self {
+            KeyScope::Unset => Err(ConfigErrors(vec![
+                "AEGIS_KEYS is not set: name the Transit keys this sidecar may use \
+                 (comma-separated), or set it to * to serve every key its Vault token can use"
+                    .into(),
+            ])),
+            KeyScope::Every | KeyScope::Only(_) => Ok(()),
+        }
     }
 }
 
@@ -840,8 +919,9 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen_addr.to_string(), "127.0.0.1:8201");
         assert_eq!(c.transit_mount, "transit");
-        assert_eq!(c.keys, None);
+        assert_eq!(c.keys, KeyScope::Unset);
         assert_eq!(c.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.http_read_timeout, Duration::from_secs(30));
         assert_eq!(c.refresh_interval, Duration::from_secs(30));
         assert_eq!(c.vault.addrs, ["http://127.0.0.1:8200"]);
         assert_eq!(
@@ -853,7 +933,10 @@ mod tests {
         assert_eq!(c.vault.total_timeout, Duration::from_secs(10));
         assert_eq!(c.vault.tls, TlsConfig::default());
         assert_eq!(c.cache_dir, None);
-        assert!(c.key_allowed("anything"));
+        assert!(
+            !c.key_allowed("anything"),
+            "no key until AEGIS_KEYS names some"
+        );
         assert!(c.require_request_header);
         assert_eq!((c.listen_unix, c.policy), (None, None));
     }
@@ -898,7 +981,7 @@ mod tests {
         assert_eq!(c.listen_addr.port(), 9100);
         assert_eq!(c.transit_mount, "ml-transit");
         assert_eq!(
-            c.keys.as_ref().unwrap().iter().collect::<Vec<_>>(),
+            c.keys.names().unwrap().iter().collect::<Vec<_>>(),
             ["k1", "k2"]
         );
         assert!(!c.key_allowed("a"));
@@ -910,6 +993,27 @@ mod tests {
             }
         );
         assert_eq!(c.vault.timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn key_scope_unset_star_and_list() {
+        let base = [("VAULT_ADDR", "http://v:8200"), ("VAULT_TOKEN", "t")];
+        let unset = Config::load(None, &base).unwrap();
+        assert_eq!(unset.keys, KeyScope::Unset);
+        assert!(!unset.key_allowed("any"));
+        assert!(unset.keys.require_set().is_err());
+        let with = |keys: &str| {
+            let env = [base[0], base[1], ("AEGIS_KEYS", keys)];
+            Config::load(None, &env).map(|c| c.keys)
+        };
+        let every = with(" * ").unwrap();
+        assert_eq!(every, KeyScope::Every);
+        assert!(every.allows("any") && every.require_set().is_ok() && every.names().is_none());
+        // `*` beside names is a key named `*`, not a wildcard (Vault key names may not
+        // hold it, so it matches nothing).
+        let mixed = with("a,*").unwrap();
+        assert!(mixed.allows("a") && !mixed.allows("b"));
+        assert!(with(" , ").is_err());
     }
 
     #[test]

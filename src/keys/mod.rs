@@ -105,6 +105,16 @@ impl KeySet {
         self.version_status_at(version, SystemTime::now())
     }
 
+    /// When the validity of a version next changes by time alone: the earliest
+    /// `retire_after` still ahead of `now` (a retention window closing).
+    pub fn next_validity_change(&self, now: SystemTime) -> Option<SystemTime> {
+        self.retention
+            .values()
+            .filter(|r| r.valid_at(now))
+            .map(|r| r.retire_after)
+            .min()
+    }
+
     fn version_status_at(&self, version: u32, now: SystemTime) -> VersionStatus<'_> {
         if version > self.latest_version {
             return VersionStatus::TooNew;

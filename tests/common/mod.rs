@@ -397,6 +397,8 @@ impl Sidecar {
         let mut env = vec![
             ("VAULT_ADDR".to_string(), bao.addr.clone()),
             ("VAULT_TOKEN".to_string(), bao.token.clone()),
+            // Every key, unless the test allowlists some (a real sidecar must say which).
+            ("AEGIS_KEYS".to_string(), "*".to_string()),
         ];
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let config = Config::load(None, &TestEnv(env)).expect("test config");

@@ -1,7 +1,7 @@
 """The gRPC face with a real Python gRPC client generated from proto/ by grpcio-tools.
 
 Against a real OpenBao and ``aegis serve``: sign (single, batch, digest), verify, read a
-key, a WatchKeys update after a Transit rotation, the standard health check answering
+key, a WatchKeys update after a Transit rotation and when a retention window closes, the standard health check answering
 SERVING, server reflection listing the services, and the guard's and the allowlist's
 refusals as gRPC statuses.
 """
@@ -9,6 +9,7 @@ refusals as gRPC statuses.
 from __future__ import annotations
 
 import hashlib
+import secrets
 import importlib
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from conftest import FORBIDDEN_KEY, REPO, running_bao, running_sidecar
+from conftest import FORBIDDEN_KEY, REPO, aegis_path, clean_env, running_bao, running_sidecar
 
 METADATA = (("x-vault-request", "true"),)
 TIMEOUT = 30
@@ -175,6 +176,35 @@ def test_watch_keys_sees_a_rotation(pb, channel, grpc_sidecar):
     stream.cancel()
 
 
+def test_watch_keys_sees_a_retention_window_close(pb):
+    """A retained version's window closing is an update by itself: no Vault change, and
+    the sidecar's refresh (default 30 s) does not run in between."""
+    m = pb.messages
+    grace = 6.0
+    with running_bao() as bao:
+        rotated = subprocess.run(
+            [aegis_path(), "rotate", "--key", "k-ed25519", "--grace", f"{grace:g}s", "--force", "--json"],
+            env=clean_env(VAULT_ADDR=bao.addr, VAULT_TOKEN=bao.root_token, AEGIS_LOG_FORMAT="text"),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert rotated.returncode == 0, rotated.stderr
+        closes_at = time.monotonic() + grace
+        with running_sidecar(bao) as sidecar, grpc.insecure_channel(sidecar.addr.removeprefix("http://")) as ch:
+            stream = pb.services.SignerStub(ch).WatchKeys(
+                m.WatchKeysRequest(keys=["k-ed25519"]), metadata=METADATA, timeout=TIMEOUT
+            )
+            (key,) = next(stream).keys
+            assert [(v.version, v.validity) for v in key.versions] == [(1, m.VALID), (2, m.VALID)], key
+            assert key.versions[0].retire_after, key
+            (key,) = next(stream).keys
+            assert time.monotonic() >= closes_at - 0.5, "an update before the window closed"
+            assert [(v.version, v.validity) for v in key.versions] == [(1, m.EXPIRED), (2, m.VALID)], key
+            assert "retire" in key.versions[0].reason, key
+            stream.cancel()
+
+
 def test_refusals_are_grpc_statuses(pb, channel, grpc_sidecar):
     m = pb.messages
     stub = pb.services.SignerStub(channel)
@@ -214,3 +244,39 @@ def test_the_unix_socket_serves_grpc_too(pb, grpc_sidecar):
     with grpc.insecure_channel(f"unix:{sidecar.socket}", options=options) as ch:
         key = pb.services.SignerStub(ch).GetKey(m.GetKeyRequest(key="k-ed25519"), metadata=METADATA, timeout=TIMEOUT)
     assert key.name == "k-ed25519" and key.versions[0].validity == m.VALID
+
+
+def test_grpc_traceparent_metadata_continues_the_callers_trace(pb):
+    """A gRPC caller's ``traceparent`` metadata becomes the parent of the request span, as
+    the HTTP header does, and the Vault call is its child."""
+    from otlp_receiver import OtlpReceiver
+
+    m = pb.messages
+    receiver = OtlpReceiver().start()
+    try:
+        with running_bao() as bao, running_sidecar(
+            bao,
+            OTEL_EXPORTER_OTLP_ENDPOINT=receiver.grpc_endpoint,
+            OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+            OTEL_BSP_SCHEDULE_DELAY="100",
+        ) as sidecar, grpc.insecure_channel(sidecar.addr.removeprefix("http://")) as ch:
+            trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+            metadata = METADATA + (("traceparent", f"00-{trace_id}-{caller_span}-01"),)
+            r = pb.services.SignerStub(ch).Sign(
+                m.SignRequest(key="k-ed25519", items=[m.SignItem(input=b"traced")]),
+                metadata=metadata,
+                timeout=TIMEOUT,
+            )
+            assert r.results[0].signature.startswith("vault:v1:"), r
+
+            def of_trace():
+                return [s for s in receiver.spans() if s.trace_id == trace_id]
+
+            receiver.wait("the gRPC sign span and its Vault call", lambda: {"aegis sign", "vault sign"} <= {s.name for s in of_trace()})
+            sign = next(s for s in of_trace() if s.name == "aegis sign")
+            assert sign.parent_span_id == caller_span
+            assert sign.attributes["outcome"] == "ok" and sign.attributes["key"] == "k-ed25519"
+            vault_call = next(s for s in of_trace() if s.name == "vault sign")
+            assert vault_call.parent_span_id == sign.span_id
+    finally:
+        receiver.stop()

@@ -13,7 +13,7 @@
 //! difference.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -280,20 +280,28 @@ fn key_message(set: &KeySet) -> pb::Key {
     }
 }
 
-/// The cached keyset of `key`, loading it when absent; an unknown key is NOT_FOUND.
+/// The cached keyset of `key` as a message, loading it when absent; an unknown key is
+/// NOT_FOUND.
 async fn load_key(state: &AppState, key: &str) -> Result<pb::Key, Error> {
-    state
-        .keys
-        .get(key)
-        .await
-        .map(|set| key_message(&set))
-        .map_err(|e| {
-            if e.is_not_found() {
-                Error::NotFound(format!("no key {key:?} in Transit"))
-            } else {
-                e.into()
-            }
-        })
+    load_set(state, key).await.map(|set| key_message(&set))
+}
+
+async fn load_set(state: &AppState, key: &str) -> Result<Arc<KeySet>, Error> {
+    state.keys.get(key).await.map_err(|e| {
+        if e.is_not_found() {
+            Error::NotFound(format!("no key {key:?} in Transit"))
+        } else {
+            e.into()
+        }
+    })
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// At most this many keys in one WatchKeys call.
@@ -393,7 +401,7 @@ impl Signer for GrpcSigner {
     ) -> Result<Response<Self::WatchKeysStream>, Status> {
         let mut keys = request.get_ref().keys.clone();
         if keys.is_empty() {
-            keys = match &self.state.config.keys {
+            keys = match self.state.config.keys.names() {
                 Some(allowlist) => allowlist.iter().cloned().collect(),
                 None => {
                     return Err(Error::bad_request(
@@ -422,15 +430,27 @@ impl Signer for GrpcSigner {
             loop {
                 updates.mark_unchanged();
                 let mut set = pb::KeySet::default();
+                // A retention window closing changes a version's validity with no
+                // change in Vault: wake then too.
+                let mut next_change: Option<SystemTime> = None;
                 for key in &keys {
-                    match Box::pin(load_key(&state, key)).await {
-                        Ok(k) => set.keys.push(k),
+                    match Box::pin(load_set(&state, key)).await {
+                        Ok(k) => {
+                            let change = k.next_validity_change(SystemTime::now());
+                            next_change = next_change.into_iter().chain(change).min();
+                            set.keys.push(key_message(&k));
+                        }
                         Err(e) => {
                             let _ = tx.send(Err(e.into())).await;
                             return;
                         }
                     }
                 }
+                let wake = next_change.map(|at| {
+                    let wait = at.duration_since(SystemTime::now()).unwrap_or_default();
+                    // Just past the instant, so the version reads as expired.
+                    tokio::time::Instant::now() + wait + Duration::from_millis(1)
+                });
                 if last.as_ref() != Some(&set) {
                     if tx.send(Ok(set.clone())).await.is_err() {
                         return;
@@ -444,6 +464,7 @@ impl Signer for GrpcSigner {
                         }
                     }
                     () = tx.closed() => return,
+                    () = sleep_until_some(wake) => {}
                 }
             }
         });
