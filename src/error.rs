@@ -95,7 +95,10 @@ impl Error {
     /// The messages for Vault's `{"errors":[...]}` body.
     pub fn messages(&self) -> Vec<String> {
         match self {
-            Error::Vault { errors, .. } => errors.iter().map(|e| clean_vault_message(e)).collect(),
+            Error::Vault { errors, .. } => errors
+                .iter()
+                .map(|e| crate::vault::clean_message(e))
+                .collect(),
             other => vec![other.to_string()],
         }
     }
@@ -142,15 +145,6 @@ impl From<Error> for tonic::Status {
                 .insert("retry-after", tonic::metadata::MetadataValue::from(secs));
         }
         status
-    }
-}
-
-/// Vault wraps some messages as `1 error occurred:\n\t* msg\n\n`; keep the message.
-fn clean_vault_message(msg: &str) -> String {
-    let trimmed = msg.trim();
-    match trimmed.strip_prefix("1 error occurred:") {
-        Some(rest) => rest.trim().trim_start_matches('*').trim().to_string(),
-        None => trimmed.to_string(),
     }
 }
 

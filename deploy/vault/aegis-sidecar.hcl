@@ -9,8 +9,9 @@
 #   - keys:    GET  transit/keys/model-sign (public keys of the versions Vault holds)
 #   - record:  GET  secret/data/aegis/keys/transit/model-sign (the retention record,
 #              so versions retired by `aegis rotate` keep verifying until retire_after;
-#              without it the sidecar logs "no permission to read the retention record"
-#              and refuses every retired version)
+#              it is required: an unreadable record fails closed, the key is not
+#              loaded, /readyz and requests for the key say "reading the retention
+#              record secret/data/aegis/keys/transit/model-sign: permission denied")
 # It never rotates, never changes key configuration, never exports, never writes KV.
 #
 # Token housekeeping (auth/token/lookup-self, auth/token/renew-self) comes from the

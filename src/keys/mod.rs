@@ -386,6 +386,21 @@ impl KeyCache {
                         "the retention record of key {name:?} is not in Aegis's format: {e}"
                     ))
                 }),
+                // Say which read failed: a policy missing `read` on the record path
+                // otherwise reads as a refusal of the key itself.
+                Err(VaultError::Status { status, errors }) => Err(VaultError::Status {
+                    status,
+                    errors: vec![format!(
+                        "reading the retention record {}/data/{}: {}",
+                        loc.kv_mount,
+                        loc.path(&self.mount, name),
+                        errors
+                            .iter()
+                            .map(|e| crate::vault::clean_message(e))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    )],
+                }),
                 Err(e) => Err(e),
             }
         };

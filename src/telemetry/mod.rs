@@ -35,9 +35,24 @@ use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
 
 use crate::config::{LogFormat, OtlpExport, OtlpProtocol, Sampler, TelemetryConfig};
 
-/// Without `RUST_LOG`: info, minus the HTTP-client crates' own error reports of failed
-/// Vault calls (Aegis logs each failure once, with its meaning).
-const DEFAULT_FILTER: &str = "info,rustify=off,vaultrs=warn";
+/// Without `RUST_LOG`: info.
+const DEFAULT_FILTER: &str = "info";
+
+/// Added to every filter that does not name these crates: the Vault client crates'
+/// own reports of failed calls ("Server returned error", a multi-line dump of Vault's
+/// answer), which Aegis logs once with their meaning.
+const QUIET_CRATES: &str = "rustify=off,vaultrs=off";
+
+/// The log filter: `RUST_LOG` (or the default), with the Vault client crates quiet unless
+/// it names them.
+fn log_filter(filter: Option<&str>) -> String {
+    let filter = filter.unwrap_or(DEFAULT_FILTER);
+    if filter.contains("rustify") || filter.contains("vaultrs") {
+        filter.to_string()
+    } else {
+        format!("{filter},{QUIET_CRATES}")
+    }
+}
 
 /// What was installed, kept for `/metrics` and for the flush at exit.
 struct Installed {
@@ -140,8 +155,8 @@ pub fn shutdown() {
 }
 
 fn log_layer(format: LogFormat, filter: Option<&str>) -> BoxedLayer {
-    let filter = EnvFilter::try_new(filter.unwrap_or(DEFAULT_FILTER))
-        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_new(log_filter(filter)).unwrap_or_else(|_| EnvFilter::new(log_filter(None)));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
@@ -290,4 +305,19 @@ fn grpc_metadata(
         headers.insert(name, value);
     }
     Ok(opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(headers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vault_client_crates_stay_quiet_unless_named() {
+        assert_eq!(log_filter(None), "info,rustify=off,vaultrs=off");
+        assert_eq!(log_filter(Some("warn")), "warn,rustify=off,vaultrs=off");
+        assert_eq!(
+            log_filter(Some("debug,vaultrs=debug")),
+            "debug,vaultrs=debug"
+        );
+    }
 }

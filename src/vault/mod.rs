@@ -45,7 +45,7 @@ pub use transit::TransitKeyInfo;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum VaultError {
     /// Vault answered with an error status and its `errors` list.
-    #[error("Vault answered {status}: {}", .errors.join("; "))]
+    #[error("Vault answered {status}: {}", status_text(*.status, .errors))]
     Status { status: u16, errors: Vec<String> },
     /// No answer in time, connection refused or reset: Vault may be down. `sent` is false
     /// when the request provably never left (the connection was never established).
@@ -60,6 +60,26 @@ pub enum VaultError {
     /// Vault answered something that is not the JSON we expect.
     #[error("cannot decode Vault's answer: {0}")]
     Decode(String),
+}
+
+/// Vault wraps some messages as `1 error occurred:\n\t* msg\n\n`; keep the message.
+pub fn clean_message(msg: &str) -> String {
+    let trimmed = msg.trim();
+    match trimmed.strip_prefix("1 error occurred:") {
+        Some(rest) => rest.trim().trim_start_matches('*').trim().to_string(),
+        None => trimmed.to_string(),
+    }
+}
+
+/// Vault's messages for a log line or a readiness reason, on one line; a 404 without a
+/// message (Transit's answer for a missing key) says so.
+fn status_text(status: u16, errors: &[String]) -> String {
+    let text: Vec<String> = errors.iter().map(|e| clean_message(e)).collect();
+    match (status, text.is_empty()) {
+        (404, true) => "not found".into(),
+        (_, true) => "no message".into(),
+        _ => text.join("; ").replace(['\n', '\t'], " "),
+    }
 }
 
 impl VaultError {
@@ -576,6 +596,24 @@ fn from_vaultrs(e: vaultrs::error::ClientError) -> VaultError {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn status_errors_read_on_one_line() {
+        let e = |status, errors: &[&str]| {
+            VaultError::Status {
+                status,
+                errors: errors.iter().map(|s| s.to_string()).collect(),
+            }
+            .to_string()
+        };
+        assert_eq!(e(404, &[]), "Vault answered 404: not found");
+        assert_eq!(
+            e(403, &["1 error occurred:\n\t* permission denied\n\n"]),
+            "Vault answered 403: permission denied"
+        );
+        assert_eq!(e(400, &["a\nb", "c"]), "Vault answered 400: a b; c");
+    }
+
     use super::*;
     use crate::config::{AuthConfig, SecretSource, TlsConfig};
     use std::sync::atomic::{AtomicUsize, Ordering};
