@@ -340,3 +340,39 @@ async fn unix_socket_peer_credentials() {
     side.stop().await;
     assert!(!socket.exists(), "the socket is removed at shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_refused_after_admission_are_audited() {
+    let bao = Bao::dev().await;
+    bao.create_key("lim", "ed25519").await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let side = Sidecar::start(
+        &bao,
+        &[
+            ("AEGIS_AUDIT_FILE", audit.to_str().unwrap()),
+            ("AEGIS_MAX_BODY_BYTES", "1024"),
+            ("AEGIS_MAX_BATCH_ITEMS", "2"),
+        ],
+    )
+    .await;
+    let too_big = json!({"input": b64(&[7u8; 2048])});
+    let (s, body) = side.api("POST", "transit/sign/lim", Some(too_big)).await;
+    assert_eq!(s, 413, "{body}");
+    let three = json!({"batch_input": [{"input": "aGk="}, {"input": "aGk="}, {"input": "aGk="}]});
+    let (s, body) = side.api("POST", "transit/sign/lim", Some(three)).await;
+    assert_eq!(s, 400, "{body}");
+    let (s, body) = side
+        .api("POST", "transit/sign/lim", Some(json!({"input": "aGk="})))
+        .await;
+    assert_eq!(s, 200, "{body}");
+    side.stop().await;
+    let events = audit_events(&audit);
+    let refused: Vec<&Value> = events.iter().filter(|e| e["event"] == "refused").collect();
+    assert_eq!(refused.len(), 2, "{events:?}");
+    assert!(refused.iter().all(|e| e["key"] == "lim"), "{refused:?}");
+    let text = serde_json::to_string(&refused).unwrap();
+    assert!(text.contains("request body too large"), "{text}");
+    assert!(text.contains("more than the limit"), "{text}");
+    assert_eq!(events.iter().filter(|e| e["event"] == "sign").count(), 1);
+}

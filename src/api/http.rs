@@ -274,13 +274,9 @@ async fn handle(state: &AppState, peer: Peer, op: Op<'_>, req: Request) -> Resul
         })?;
         return Ok(envelope(set.to_vault_json(), None));
     }
-    let read_timeout = state.config.http_read_timeout;
-    let body = tokio::time::timeout(read_timeout, read_body(req, state.config.max_body_bytes))
-        .await
-        .map_err(|_| Error::RequestTimeout {
-            after: read_timeout,
-        })??;
-    let request = TransitRequest::parse(&body, state.config.max_batch_items)?;
+    let request = state
+        .refused_if_err(&caller, key, read_request(state, req).await)
+        .await?;
     let warning = request.unknown_fields_warning();
     let data = match op {
         Op::Sign { key, hash } => {
@@ -311,6 +307,17 @@ async fn handle(state: &AppState, peer: Peer, op: Op<'_>, req: Request) -> Resul
         Op::ReadKey { .. } => unreachable!("answered above"),
     };
     Ok(envelope(data, warning))
+}
+
+/// The body, read within `AEGIS_HTTP_READ_TIMEOUT` and `AEGIS_MAX_BODY_BYTES`, decoded.
+async fn read_request(state: &AppState, req: Request) -> Result<TransitRequest, Error> {
+    let read_timeout = state.config.http_read_timeout;
+    let body = tokio::time::timeout(read_timeout, read_body(req, state.config.max_body_bytes))
+        .await
+        .map_err(|_| Error::RequestTimeout {
+            after: read_timeout,
+        })??;
+    TransitRequest::parse(&body, state.config.max_batch_items)
 }
 
 /// Past the limit, up to this much more is read and discarded before answering 413, so a

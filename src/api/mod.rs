@@ -181,6 +181,21 @@ impl AppState {
         );
     }
 
+    /// Passes `result` on, auditing a failure as a refusal: for what is refused after the
+    /// caller was admitted (a body over the limit or too slow, a batch too large,
+    /// malformed JSON), so every refusal is in the audit trail.
+    async fn refused_if_err<T>(
+        &self,
+        actor: &str,
+        key: &str,
+        result: Result<T, Error>,
+    ) -> Result<T, Error> {
+        if let Err(e) = &result {
+            self.audit_refusal(actor, key, e).await;
+        }
+        result
+    }
+
     async fn audit_refusal(&self, actor: &str, key: &str, e: &Error) {
         if self.auditor.is_enabled() {
             let event = self.event(EventKind::Refused, actor, key, Outcome::error(e));

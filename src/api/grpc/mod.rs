@@ -146,7 +146,11 @@ impl GrpcSigner {
         prehashed: bool,
         items: Vec<Map<String, Value>>,
     ) -> Result<pb::SignResponse, Error> {
-        let request = transit_request(&self.state, options, prehashed, items)?;
+        let request = transit_request(&self.state, options, prehashed, items);
+        let request = self
+            .state
+            .refused_if_err(&caller.actor, key, request)
+            .await?;
         let data = Box::pin(self.state.signer.sign(key, None, &request)).await?;
         self.state
             .audit_sign(&caller.actor, key, &request, &data)
@@ -363,7 +367,11 @@ impl Signer for GrpcSigner {
                     m
                 })
                 .collect();
-            let request = transit_request(&self.state, req.options.as_ref(), false, items)?;
+            let request = transit_request(&self.state, req.options.as_ref(), false, items);
+            let request = self
+                .state
+                .refused_if_err(&caller.actor, &key, request)
+                .await?;
             let outcome = Box::pin(self.state.verifier.verify(&key, None, &request)).await;
             self.state
                 .audit_verify(&caller.actor, &key, &request, &outcome)
