@@ -45,7 +45,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import REPO, aegis_path, bao_path, clean_env, running_sidecar
+from conftest import REPO, aegis_path, bao_path, clean_env, running_bao, running_sidecar
 
 K8S = REPO / "deploy/kubernetes"
 OVERLAYS = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml"))
@@ -709,9 +709,16 @@ def shared_tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def test_production_policy_with_the_real_sidecar(bao, shared_tmp):
+@pytest.fixture(scope="module")
+def own_bao():
+    """An OpenBao of this module's own: the key it adds stays out of the session's server."""
+    with running_bao() as server:
+        yield server
+
+
+def test_production_policy_with_the_real_sidecar(own_bao, shared_tmp):
     assert os.geteuid() == 0, "this test runs clients as other uids (setpriv): run it as root, as CI does"
-    tmp_path = shared_tmp
+    tmp_path, bao = shared_tmp, own_bao
     r = bao.api("POST", f"transit/keys/{KEY}", json={"type": "ecdsa-p256"})
     assert r.status_code in (200, 204), r.text
     policy, text, pod = production_policy()
