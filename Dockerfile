@@ -2,16 +2,29 @@
 #
 # Aegis container image: build with the Rust toolchain, run on distroless.
 #
-#   docker build -t aegis:dev .
+#   docker build -t aegis:dev \
+#       --build-arg REVISION="$(git rev-parse HEAD)" \
+#       --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" .
 #   docker run --rm --read-only -e VAULT_ADDR=... -e VAULT_TOKEN=... \
 #       -e AEGIS_LISTEN_ADDR=0.0.0.0:8201 -p 127.0.0.1:8201:8201 aegis:dev
 #
-# The binary writes nothing to disk, so the image runs with a read-only root
-# filesystem and no writable volumes. The listener defaults to 127.0.0.1:8201,
-# which is right for a pod sidecar reached over loopback; see
-# deploy/kubernetes/sidecar-example.yaml for why the example binds 0.0.0.0.
+# Read-only root filesystem: the sidecar writes only where it is told to, and each
+# of those paths is meant to be a volume: AEGIS_CACHE_DIR (keyset snapshot),
+# AEGIS_LISTEN_UNIX (the socket's directory), AEGIS_AUDIT_FILE / AEGIS_AUDIT_SPOOL_DIR
+# (audit trail). With none of them set it writes nothing at all. Outside Kubernetes:
+# `--read-only --tmpfs /var/cache/aegis -e AEGIS_CACHE_DIR=/var/cache/aegis`, and so on.
+# deploy/kubernetes/base/deployment.yaml mounts an emptyDir for each.
+#
+# The listener defaults to 127.0.0.1:8201, right for a pod sidecar reached over
+# loopback (the container above binds 0.0.0.0 only because `docker run -p` forwards
+# to the container's own interface).
+#
+# Reproducible inputs: the toolchain is the one CI tests with (Rust 1.95), the
+# dependencies are Cargo.lock's (--locked). Pin the base images by digest for
+# releases: --build-arg RUST_IMAGE=rust:1.95-slim-bookworm@sha256:... and
+# --build-arg RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot@sha256:...
 
-ARG RUST_IMAGE=rust:1-slim-bookworm
+ARG RUST_IMAGE=rust:1.95-slim-bookworm
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 # ---------------------------------------------------------------------------
@@ -19,21 +32,16 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 # ---------------------------------------------------------------------------
 FROM ${RUST_IMAGE} AS builder
 
-# aws-lc-sys (rustls' crypto provider) compiles C with the cc crate and needs a
-# C toolchain; build-essential provides gcc, g++, make and libc headers.
-# DL3008 (pin apt versions) is ignored on purpose: the builder is a throwaway
-# stage whose packages never reach the runtime image, and pinning Debian package
-# versions would break on every point release of the base image. The runtime
-# stage installs no packages.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential \
-    && rm -rf /var/lib/apt/lists/*
+# No packages to install: rust:*-slim ships gcc and libc6-dev, which is all that
+# aws-lc-sys (rustls' crypto provider, the only C code) needs: its cc builder needs
+# no cmake, and its bindings are pre-generated (no clang). The gRPC code is
+# generated and committed (no protoc).
 
 WORKDIR /build
 
-# Only what `cargo build --bin aegis` reads: no tests/, scripts/ or docs, so
-# edits there do not invalidate the build layer.
+# Only what `cargo build --bin aegis` reads: no tests/, scripts/, deploy/ or docs, so
+# edits there do not invalidate the build layer. A file the code includes from
+# outside src/ (include_str!/include_bytes!) must be copied here too.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 
@@ -53,8 +61,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 # shell, no package manager; the :nonroot tag's default user is 65532.
 FROM ${RUNTIME_IMAGE}
 
+ARG RUNTIME_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
+ARG CREATED=unknown
 ARG SOURCE=unknown
 
 LABEL org.opencontainers.image.title="aegis" \
@@ -62,19 +72,24 @@ LABEL org.opencontainers.image.title="aegis" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
       org.opencontainers.image.source="${SOURCE}" \
-      org.opencontainers.image.base.name="gcr.io/distroless/cc-debian12:nonroot"
+      org.opencontainers.image.base.name="${RUNTIME_IMAGE}"
 
+# Owned by root, not writable by the user it runs as.
 COPY --from=builder --chown=0:0 --chmod=0755 /out/aegis /usr/local/bin/aegis
 
 # Structured logs for log collectors; override with AEGIS_LOG_FORMAT=text.
 ENV AEGIS_LOG_FORMAT=json
 
+# Numeric, so Kubernetes' runAsNonRoot can check it without an /etc/passwd lookup.
 USER 65532:65532
 
-EXPOSE 8201
+# 8201: the Transit API (HTTP and gRPC; loopback unless AEGIS_LISTEN_ADDR says
+# otherwise). 9464: /metrics, /healthz, /readyz when AEGIS_METRICS_LISTEN is set.
+EXPOSE 8201 9464
 
-# No HEALTHCHECK: distroless has no shell or curl to run one, and orchestrators
-# probe GET /healthz (liveness) and GET /readyz (readiness) directly.
+# No HEALTHCHECK: distroless has no shell or curl to run one, Kubernetes ignores it,
+# and orchestrators probe GET /healthz (liveness) and GET /readyz (readiness) directly.
 ENTRYPOINT ["/usr/local/bin/aegis"]
 CMD ["serve"]

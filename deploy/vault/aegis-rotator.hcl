@@ -27,7 +27,7 @@
 # reads every key it finds AND its retention record; a key this policy cannot read
 # makes the command fail with "permission denied" (exit 77). Either keep the signing
 # keys in a mount of their own and list them all here, run `keys status --key K` per
-# key (as deploy/kubernetes/rotation-cronjob.yaml does), or grant a read-only
+# key (as deploy/kubernetes/rotation/rotation-cronjob.yaml does), or grant a read-only
 # inventory over the mount with:
 #   path "transit/keys/*"                     { capabilities = ["read"] }
 #   path "secret/data/aegis/keys/transit/*"   { capabilities = ["read"] }

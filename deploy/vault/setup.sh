@@ -5,9 +5,9 @@
 #      (aegis-sidecar.hcl -> policy "aegis-sidecar", aegis-rotator.hcl -> "aegis-rotator");
 #   2. Kubernetes auth (mount "kubernetes"), with two roles, each bound to ONE service
 #      account in ONE namespace and to the projected-token audience "vault":
-#        - "model-server":  the sidecar (deploy/kubernetes/sidecar-example.yaml),
+#        - "model-server":  the sidecar (deploy/kubernetes/base),
 #                           policy aegis-sidecar, token TTL 1h (renewed, max 4h);
-#        - "aegis-rotator": the rotation CronJob (deploy/kubernetes/rotation-cronjob.yaml),
+#        - "aegis-rotator": the rotation CronJob (deploy/kubernetes/rotation),
 #                           policy aegis-rotator, token TTL 10m (max 15m);
 #   3. JWT auth for GitHub Actions OIDC on a mount of its own ("jwt-github": a JWT mount
 #      trusts exactly one issuer, so sharing one would mean reconfiguring someone else's),
