@@ -5,7 +5,7 @@
 #   docker build -t aegis:dev \
 #       --build-arg REVISION="$(git rev-parse HEAD)" \
 #       --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" .
-#   docker run --rm --read-only -e VAULT_ADDR=... -e VAULT_TOKEN=... \
+#   docker run --rm --read-only -e VAULT_ADDR=... -e VAULT_TOKEN=... -e AEGIS_KEYS=model-sign \
 #       -e AEGIS_LISTEN_ADDR=0.0.0.0:8201 -p 127.0.0.1:8201:8201 aegis:dev
 #
 # Read-only root filesystem: the sidecar writes only where it is told to, and each
