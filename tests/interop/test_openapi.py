@@ -3,8 +3,8 @@
 - The document served at /v1/aegis/openapi.json is the repository's file, byte for byte, and
   valid OpenAPI 3.1 (openapi-spec-validator).
 - schemathesis (examples, coverage and fuzzing phases) runs against ``aegis serve`` in front of
-  a real OpenBao dev server with ed25519, ecdsa-p256 and rsa-2048 keys: no 5xx, every status
-  and content type documented, every body conforming to the document. The key names and the
+  a real OpenBao dev server with ed25519, ecdsa-p256 and rsa-2048 keys: no 5xx, every status,
+  content type and header (Retry-After) documented, every body conforming to the document. The key names and the
   mount come from a schemathesis dictionary most of the time, so the happy paths are exercised
   (checked afterwards in the sidecar's own request counts), not only 404s.
 - The bugs schemathesis found stay fixed (explicit cases, compared with what OpenBao answers).
@@ -41,6 +41,7 @@ CHECKS = ",".join(
         "response_schema_conformance",
         "status_code_conformance",
         "content_type_conformance",
+        "response_headers_conformance",
     ]
 )
 SEED = os.environ.get("AEGIS_OPENAPI_SEED", "20261126")
