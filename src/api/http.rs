@@ -40,7 +40,7 @@ pub const OPENAPI_PATH: &str = "/v1/aegis/openapi.json";
 /// at [`OPENAPI_PATH`].
 pub const OPENAPI_DOCUMENT: &[u8] = include_bytes!("../../openapi/aegis.openapi.json");
 
-/// The HTTP router for one sidecar. Its routes are [`probes`], the OpenAPI document and
+/// The HTTP router for one sidecar. Its routes are the probes, the OpenAPI document and
 /// the Transit routes of [`TRANSIT_ROUTES`] (under the `/v1/{*path}` catch-all); a test
 /// checks that the OpenAPI document describes exactly these.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -173,7 +173,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 /// The Transit routes served under the mount (`/v1/{mount}/...`): the path template as the
 /// OpenAPI document writes it, and what it does (which also decides its methods, see
-/// [`methods`]). [`route`] matches request paths against this table only.
+/// [`methods`]). `route` matches request paths against this table only.
 pub const TRANSIT_ROUTES: &[(&str, Action)] = &[
     ("sign/{name}", Action::Sign),
     ("sign/{name}/{hash_algorithm}", Action::Sign),
