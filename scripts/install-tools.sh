@@ -29,6 +29,12 @@ PACKAGES=(
     "prometheus-client==0.26.0"
     "model-signing==1.1.1"
     "pyopenssl==26.4.0"
+    # The HTTP API's OpenAPI document (openapi/aegis.openapi.json): validated as OpenAPI 3.1
+    # and fuzzed against the live sidecar by tests/interop/test_openapi.py.
+    "schemathesis==4.32.5"
+    "openapi-spec-validator==0.9.0"
+    "jsonschema==4.26.0"
+    "referencing==0.37.0"
 )
 
 die() {
@@ -62,6 +68,9 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc' \
     || die "$venv/bin/model_signing does not run"
 "$venv/bin/hadolint" --version >/dev/null 2>&1 \
     || die "$venv/bin/hadolint does not run"
+
+"$venv/bin/python" -c 'import schemathesis, openapi_spec_validator, jsonschema, referencing' \
+    || die "$venv/bin/python cannot import schemathesis, openapi_spec_validator, jsonschema and referencing"
 
 # promtool (Debian's prometheus package, unpacked into .venv/bin) checks the alert rules.
 bash "$repo_root/scripts/install-promtool.sh" || die "scripts/install-promtool.sh failed"

@@ -4,9 +4,11 @@
 //! unchanged. The sidecar signs with its own credential: a caller's `X-Vault-Token` (or
 //! `Authorization: Bearer`) only identifies the caller to the caller policy. Transit
 //! requests pass [`AppState::admit`] first (the request-forgery guard, identity, allowlist,
-//! policy); the probes (`/healthz`, `/readyz`, `/metrics`) do not. Bodies are capped before
-//! they are read; every error is rendered as `{"errors":[...]}` with the status from
-//! [`Error::status`] (and `Retry-After` when over a rate).
+//! policy); the probes (`/healthz`, `/readyz`, `/metrics`) and the OpenAPI document
+//! (`/v1/aegis/openapi.json`, the repository's `openapi/aegis.openapi.json` embedded) do not.
+//! Bodies are capped before they are read; every error is rendered as `{"errors":[...]}`
+//! with the status from [`Error::status`] (and `Retry-After` when over a rate). The
+//! document describes exactly the routes served here (checked by a unit test below).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,9 +33,19 @@ use crate::telemetry::{
 };
 use crate::transit::TransitRequest;
 
-/// The HTTP router for one sidecar.
+/// Where this API's OpenAPI 3.1 document is served.
+pub const OPENAPI_PATH: &str = "/v1/aegis/openapi.json";
+
+/// The OpenAPI 3.1 document of this API (`openapi/aegis.openapi.json`), served as it is
+/// at [`OPENAPI_PATH`].
+pub const OPENAPI_DOCUMENT: &[u8] = include_bytes!("../../openapi/aegis.openapi.json");
+
+/// The HTTP router for one sidecar. Its routes are the probes, the OpenAPI document and
+/// the Transit routes of [`TRANSIT_ROUTES`] (under the `/v1/{*path}` catch-all); a test
+/// checks that the OpenAPI document describes exactly these.
 pub fn router(state: Arc<AppState>) -> Router {
     probes()
+        .route(OPENAPI_PATH, get(openapi))
         .route("/v1/{*path}", any(vault_api))
         .fallback(|| async {
             Error::NotFound(
@@ -48,15 +60,29 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
     probes().with_state(state)
 }
 
+/// The paths of [`probes`], all `GET`.
+const PROBE_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
 /// `/healthz`, `/readyz` and `/metrics`: on the main listener and the metrics listener.
 fn probes() -> Router<Arc<AppState>> {
+    let [healthz, ready, metrics_path] = PROBE_PATHS;
     Router::new()
         .route(
-            "/healthz",
+            healthz,
             get(|| async { (StatusCode::OK, axum::Json(json!({"status": "ok"}))) }),
         )
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route(ready, get(readyz))
+        .route(metrics_path, get(metrics))
+}
+
+/// The OpenAPI document. Like the probes it passes no caller checks: it is the static
+/// file from the repository, names no key or setting of this sidecar, and does nothing.
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Bytes::from_static(OPENAPI_DOCUMENT),
+    )
+        .into_response()
 }
 
 /// Prometheus text exposition (format 0.0.4).
@@ -80,8 +106,11 @@ impl IntoResponse for Error {
                 other => warn!(status = status.as_u16(), error = %other, "request failed"),
             }
         }
-        let mut response =
-            (status, axum::Json(json!({ "errors": self.messages() }))).into_response();
+        // An empty message is no message: Vault answers `{"errors":[]}` (e.g. a key read
+        // of a key that does not exist), never `[""]`.
+        let mut messages = self.messages();
+        messages.retain(|m| !m.is_empty());
+        let mut response = (status, axum::Json(json!({ "errors": messages }))).into_response();
         if let Some(secs) = self.retry_after_secs() {
             response
                 .headers_mut()
@@ -142,15 +171,37 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// A Transit operation the sidecar serves.
-#[derive(Debug, PartialEq, Eq)]
-enum Op<'a> {
-    Sign { key: &'a str, hash: Option<&'a str> },
-    Verify { key: &'a str, hash: Option<&'a str> },
-    ReadKey { key: &'a str },
+/// The Transit routes served under the mount (`/v1/{mount}/...`): the path template as the
+/// OpenAPI document writes it, and what it does (which also decides its methods, see
+/// [`methods`]). `route` matches request paths against this table only.
+pub const TRANSIT_ROUTES: &[(&str, Action)] = &[
+    ("sign/{name}", Action::Sign),
+    ("sign/{name}/{hash_algorithm}", Action::Sign),
+    ("verify/{name}", Action::Verify),
+    ("verify/{name}/{hash_algorithm}", Action::Verify),
+    ("keys/{name}", Action::ReadKey),
+];
+
+/// The methods a Transit route takes: `POST` or `PUT` (Vault's update) for sign and
+/// verify, `GET` for a key read; others are answered 405.
+pub fn methods(action: Action) -> &'static [Method] {
+    const WRITE: &[Method] = &[Method::POST, Method::PUT];
+    const READ: &[Method] = &[Method::GET];
+    match action {
+        Action::Sign | Action::Verify => WRITE,
+        Action::ReadKey => READ,
+    }
 }
 
-/// Splits `{mount}/{op}/{key}[/{hash}]` for the configured mount.
+/// A Transit request the sidecar serves: what, with which key, with the hash in the path.
+#[derive(Debug, PartialEq, Eq)]
+struct Op<'a> {
+    action: Action,
+    key: &'a str,
+    hash: Option<&'a str>,
+}
+
+/// Matches `{mount}/{rest}` against [`TRANSIT_ROUTES`] for the configured mount.
 fn route<'a>(mount: &str, path: &'a str) -> Result<Op<'a>, Error> {
     let not_served = || {
         Error::NotFound(format!(
@@ -165,40 +216,37 @@ fn route<'a>(mount: &str, path: &'a str) -> Result<Op<'a>, Error> {
     if parts.iter().skip(1).any(|p| p.is_empty()) {
         return Err(Error::bad_request("cannot write to a path ending in '/'"));
     }
-    match parts.as_slice() {
-        ["sign", key] => Ok(Op::Sign { key, hash: None }),
-        ["sign", key, hash] => Ok(Op::Sign {
-            key,
-            hash: Some(hash),
-        }),
-        ["verify", key] => Ok(Op::Verify { key, hash: None }),
-        ["verify", key, hash] => Ok(Op::Verify {
-            key,
-            hash: Some(hash),
-        }),
-        ["keys", key] => Ok(Op::ReadKey { key }),
-        _ => Err(not_served()),
-    }
+    TRANSIT_ROUTES
+        .iter()
+        .find_map(|(template, action)| {
+            let segments: Vec<&str> = template.split('/').collect();
+            if segments.len() != parts.len() {
+                return None;
+            }
+            let mut op = Op {
+                action: *action,
+                key: "",
+                hash: None,
+            };
+            for (segment, part) in segments.iter().zip(&parts) {
+                match *segment {
+                    "{name}" => op.key = part,
+                    "{hash_algorithm}" => op.hash = Some(part),
+                    literal if literal == *part => {}
+                    _ => return None,
+                }
+            }
+            Some(op)
+        })
+        .ok_or_else(not_served)
 }
 
-impl<'a> Op<'a> {
-    fn key(&self) -> &'a str {
-        match self {
-            Op::Sign { key, .. } | Op::Verify { key, .. } | Op::ReadKey { key } => key,
-        }
-    }
-    fn action(&self) -> Action {
-        match self {
-            Op::Sign { .. } => Action::Sign,
-            Op::Verify { .. } => Action::Verify,
-            Op::ReadKey { .. } => Action::ReadKey,
-        }
-    }
+impl Op<'_> {
     fn operation(&self) -> Operation {
-        match self {
-            Op::Sign { .. } => Operation::Sign,
-            Op::Verify { .. } => Operation::Verify,
-            Op::ReadKey { .. } => Operation::ReadKey,
+        match self.action {
+            Action::Sign => Operation::Sign,
+            Action::Verify => Operation::Verify,
+            Action::ReadKey => Operation::ReadKey,
         }
     }
 }
@@ -219,7 +267,7 @@ async fn vault_api(
         .to_string();
     let op = route(&state.config.transit_mount, &path);
     let (operation, key) = match &op {
-        Ok(op) => (op.operation(), op.key()),
+        Ok(op) => (op.operation(), op.key),
         Err(_) => (Operation::Other, ""),
     };
     let span = super::request_span(operation, key, req.headers());
@@ -245,26 +293,19 @@ async fn vault_api(
 }
 
 async fn handle(state: &AppState, peer: Peer, op: Op<'_>, req: Request) -> Result<Response, Error> {
-    let key = op.key();
+    let Op { action, key, hash } = op;
     let caller = state
-        .admit(&peer, &Headers::from_map(req.headers()), op.action(), key)
+        .admit(&peer, &Headers::from_map(req.headers()), action, key)
         .await?;
     let caller = caller.actor;
-    let method = req.method().clone();
-    let writes = matches!(op, Op::Sign { .. } | Op::Verify { .. });
-    let method_ok = if writes {
-        method == Method::POST || method == Method::PUT
-    } else {
-        method == Method::GET
-    };
-    if !method_ok {
+    if !methods(action).contains(req.method()) {
         return Ok((
             StatusCode::METHOD_NOT_ALLOWED,
             axum::Json(json!({"errors": ["unsupported operation"]})),
         )
             .into_response());
     }
-    if let Op::ReadKey { key } = op {
+    if action == Action::ReadKey {
         let set = state.keys.get(key).await.map_err(|e| {
             if e.is_not_found() {
                 Error::NotFound(String::new())
@@ -278,33 +319,29 @@ async fn handle(state: &AppState, peer: Peer, op: Op<'_>, req: Request) -> Resul
         .refused_if_err(&caller, key, read_request(state, req).await)
         .await?;
     let warning = request.unknown_fields_warning();
-    let data = match op {
-        Op::Sign { key, hash } => {
-            let data = state.signer.sign(key, hash, &request).await?;
-            let first = if request.batch {
-                &data["batch_results"][0]
-            } else {
-                &data
-            };
-            if let Some(v) = first["key_version"].as_i64() {
-                tracing::Span::current().record("key_version", v);
-            }
-            state.audit_sign(&caller, key, &request, &data).await;
-            data
+    let data = if action == Action::Sign {
+        let data = state.signer.sign(key, hash, &request).await?;
+        let first = if request.batch {
+            &data["batch_results"][0]
+        } else {
+            &data
+        };
+        if let Some(v) = first["key_version"].as_i64() {
+            tracing::Span::current().record("key_version", v);
         }
-        Op::Verify { key, hash } => {
-            if let Some(v) = request.items[0]
-                .signature
-                .as_deref()
-                .and_then(|s| crate::verify::parse_signature(s).ok())
-            {
-                tracing::Span::current().record("key_version", v.version);
-            }
-            let outcome = state.verifier.verify(key, hash, &request).await;
-            state.audit_verify(&caller, key, &request, &outcome).await;
-            outcome?
+        state.audit_sign(&caller, key, &request, &data).await;
+        data
+    } else {
+        if let Some(v) = request.items[0]
+            .signature
+            .as_deref()
+            .and_then(|s| crate::verify::parse_signature(s).ok())
+        {
+            tracing::Span::current().record("key_version", v.version);
         }
-        Op::ReadKey { .. } => unreachable!("answered above"),
+        let outcome = state.verifier.verify(key, hash, &request).await;
+        state.audit_verify(&caller, key, &request, &outcome).await;
+        outcome?
     };
     Ok(envelope(data, warning))
 }
@@ -361,44 +398,118 @@ async fn read_body(req: Request, limit: usize) -> Result<Bytes, Error> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+
+    fn op(action: Action, key: &'static str, hash: Option<&'static str>) -> Op<'static> {
+        Op { action, key, hash }
+    }
 
     #[test]
     fn routes() {
         assert_eq!(
             route("transit", "transit/sign/k").unwrap(),
-            Op::Sign {
-                key: "k",
-                hash: None
-            }
+            op(Action::Sign, "k", None)
+        );
+        assert_eq!(
+            route("transit", "transit/sign/k/sha2-256").unwrap(),
+            op(Action::Sign, "k", Some("sha2-256"))
+        );
+        assert_eq!(
+            route("transit", "transit/verify/k").unwrap(),
+            op(Action::Verify, "k", None)
         );
         assert_eq!(
             route("transit", "transit/verify/k/sha2-512").unwrap(),
-            Op::Verify {
-                key: "k",
-                hash: Some("sha2-512")
-            }
+            op(Action::Verify, "k", Some("sha2-512"))
         );
         assert_eq!(
             route("ml/transit", "ml/transit/keys/k").unwrap(),
-            Op::ReadKey { key: "k" }
+            op(Action::ReadKey, "k", None)
         );
-        assert_eq!(route("transit", "other/sign/k").unwrap_err().status(), 404);
+        for (path, status) in [
+            ("other/sign/k", 404),
+            ("transitx/sign/k", 404),
+            ("transit/encrypt/k", 404),
+            ("transit/keys", 404),
+            ("transit/keys/k/sha2-256", 404),
+            ("transit/sign", 404),
+            ("transit/verify/k/", 400),
+            ("transit/sign/k/a/b", 404),
+        ] {
+            assert_eq!(
+                route("transit", path).unwrap_err().status(),
+                status,
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_error_message_is_an_empty_list_as_vault_answers() {
+        let body = |e: Error| {
+            let response = e.into_response();
+            let status = response.status();
+            let bytes =
+                futures::executor::block_on(axum::body::to_bytes(response.into_body(), usize::MAX))
+                    .unwrap();
+            (status, String::from_utf8(bytes.to_vec()).unwrap())
+        };
         assert_eq!(
-            route("transit", "transitx/sign/k").unwrap_err().status(),
-            404
+            body(Error::NotFound(String::new())),
+            (StatusCode::NOT_FOUND, r#"{"errors":[]}"#.to_string())
         );
         assert_eq!(
-            route("transit", "transit/encrypt/k").unwrap_err().status(),
-            404
+            body(Error::bad_request("bad")),
+            (StatusCode::BAD_REQUEST, r#"{"errors":["bad"]}"#.to_string())
         );
-        assert_eq!(
-            route("transit", "transit/verify/k/").unwrap_err().status(),
-            400
-        );
-        assert_eq!(
-            route("transit", "transit/sign/k/a/b").unwrap_err().status(),
-            404
-        );
+    }
+
+    /// The OpenAPI document describes exactly the routes the router serves, with their
+    /// methods: the probes, the document itself and [`TRANSIT_ROUTES`] (which is all that
+    /// [`route`] matches). A route added to any of them and not to the document (or the
+    /// reverse) fails here.
+    #[test]
+    fn the_openapi_document_describes_every_route() {
+        let doc: Value = serde_json::from_slice(OPENAPI_DOCUMENT).expect("the document is JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+        let documented: BTreeMap<String, Vec<String>> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .iter()
+            .map(|(path, item)| {
+                let mut verbs: Vec<String> = item
+                    .as_object()
+                    .expect("a path item")
+                    .keys()
+                    .filter(|k| {
+                        [
+                            "get", "put", "post", "delete", "options", "head", "patch", "trace",
+                        ]
+                        .contains(&k.as_str())
+                    })
+                    .cloned()
+                    .collect();
+                verbs.sort();
+                (path.clone(), verbs)
+            })
+            .collect();
+        let get = || vec!["get".to_string()];
+        let mut served: BTreeMap<String, Vec<String>> = PROBE_PATHS
+            .iter()
+            .chain([&OPENAPI_PATH])
+            .map(|p| (p.to_string(), get()))
+            .collect();
+        for (template, action) in TRANSIT_ROUTES {
+            let mut verbs: Vec<String> = methods(*action)
+                .iter()
+                .map(|m| m.as_str().to_ascii_lowercase())
+                .collect();
+            verbs.sort();
+            served.insert(format!("/v1/{{mount}}/{template}"), verbs);
+        }
+        assert_eq!(documented, served);
     }
 }

@@ -219,7 +219,8 @@ def bao() -> Bao:
 @contextlib.contextmanager
 def running_sidecar(bao: Bao, token: Optional[str] = None, **env: str) -> Iterator[Sidecar]:
     """``aegis serve`` against ``bao`` (with ``token``, default the root token), allowlisting
-    the names in KEYS, ready before it is yielded; ``env`` adds or overrides settings."""
+    the names in KEYS, ready before it is yielded; ``env`` adds or overrides settings (a
+    setting given as None is left unset, e.g. ``AEGIS_KEYS=None`` for no allowlist)."""
     binary = aegis_path()
     port = free_port()
     settings = dict(
@@ -231,6 +232,7 @@ def running_sidecar(bao: Bao, token: Optional[str] = None, **env: str) -> Iterat
         NO_COLOR="1",
     )
     settings.update(env)
+    settings = {k: v for k, v in settings.items() if v is not None}
     proc = Proc("aegis serve", [binary, "serve"], env=clean_env(**settings))
     sidecar = Sidecar(addr=f"http://127.0.0.1:{port}", proc=proc)
     try:
