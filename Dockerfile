@@ -44,6 +44,7 @@ WORKDIR /build
 # outside src/ (include_str!/include_bytes!) must be copied here too.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY openapi ./openapi
 
 # Cache mounts keep the crates.io index/downloads and incremental artefacts
 # between builds; the binary is copied out of the cached target dir because
