@@ -130,12 +130,14 @@ def config_env_names() -> set:
 
 
 def probe_routes() -> set:
-    """The paths the metrics listener serves: the routes of ``fn probes()`` in src/api/http.rs."""
+    """The paths the metrics listener serves: ``PROBE_PATHS`` in src/api/http.rs, which
+    ``fn probes()`` routes."""
     src = (REPO / "src/api/http.rs").read_text()
-    body = re.search(r"\nfn probes\(\)[^{]*\{(.*?)\n\}\n", src, re.S)
-    assert body, "fn probes() not found in src/api/http.rs"
-    routes = set(re.findall(r'\.route\(\s*"([^"]+)"', body.group(1)))
+    paths = re.search(r"\nconst PROBE_PATHS: \[&str; \d+\] = \[([^\]]*)\];", src)
+    assert paths, "const PROBE_PATHS not found in src/api/http.rs"
+    routes = set(re.findall(r'"([^"]+)"', paths.group(1)))
     assert {"/healthz", "/readyz"} <= routes, routes
+    assert re.search(r"\nfn probes\(\)[^{]*\{\s*let \[[^\]]*\] = PROBE_PATHS;", src), "fn probes() no longer routes PROBE_PATHS"
     assert "fn admin_router" in src and "probes().with_state" in src, "the metrics listener no longer serves probes()"
     return routes
 
