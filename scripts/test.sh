@@ -24,6 +24,9 @@ cargo fmt --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
+step "cargo doc --no-deps --locked (RUSTDOCFLAGS=-D warnings: broken or private intra-doc links fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
+
 step "cargo build --locked"
 cargo build --locked
 

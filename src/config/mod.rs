@@ -210,7 +210,7 @@ pub struct Config {
     /// `AEGIS_AUDIT_TOKEN_FILE` (see [`crate::audit`]).
     pub audit: AuditConfig,
     /// Traces and metrics export: the standard `OTEL_*` variables (see
-    /// [`telemetry`](self::telemetry)), and `AEGIS_METRICS_LISTEN`.
+    /// `config::telemetry`), and `AEGIS_METRICS_LISTEN`.
     pub telemetry: TelemetryConfig,
     pub vault: VaultConfig,
 }
