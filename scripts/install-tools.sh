@@ -67,5 +67,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc' \
 bash "$repo_root/scripts/install-promtool.sh" || die "scripts/install-promtool.sh failed"
 # wrk (Debian's package, unpacked into .venv) drives scripts/bench.py.
 bash "$repo_root/scripts/install-wrk.sh" || die "scripts/install-wrk.sh failed"
+# cargo-deny (built from crates.io, pinned) checks licenses, bans and sources (deny.toml).
+bash "$repo_root/scripts/install-cargo-deny.sh" || die "scripts/install-cargo-deny.sh failed"
 
 echo "install-tools: ok ($bao_version; $("$venv/bin/python" --version 2>&1))"
