@@ -19,10 +19,13 @@ import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+import grpc
 import pytest
 import requests
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import Bao, Sidecar, free_port, running_bao, running_sidecar, wait_for
+from test_grpc import METADATA, pb  # noqa: F401  (pb: the stubs fixture)
 
 KEY = "k-ed25519"
 # Vault calls held by a paused OpenBao must not time out on a slow machine.
@@ -236,3 +239,26 @@ def test_shutdown_delay_keeps_serving_while_not_ready() -> None:
         assert r.status_code == 200, r.text
         assert sidecar.proc.popen.wait(timeout=30) == 0, sidecar.proc.output()
         assert refused(port_of(sidecar.addr)) and refused(metrics_port)
+
+
+def test_grpc_streams_end_with_unavailable_and_do_not_hold_the_exit(pb) -> None:  # noqa: F811
+    with running_bao() as bao, running_sidecar(bao, AEGIS_SHUTDOWN_GRACE="60s") as sidecar:
+        with grpc.insecure_channel(sidecar.addr.removeprefix("http://")) as channel:
+            keys = pb.services.SignerStub(channel).WatchKeys(
+                pb.messages.WatchKeysRequest(keys=[KEY]), metadata=METADATA, timeout=60
+            )
+            assert [k.name for k in next(keys).keys] == [KEY]
+            health = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=60)
+            # Health follows readiness within a quarter of a second: wait for SERVING.
+            while next(health).status != health_pb2.HealthCheckResponse.SERVING:
+                pass
+            started = sigterm(sidecar)
+            for stream in (keys, health):
+                with pytest.raises(grpc.RpcError) as ended:
+                    for _ in stream:
+                        pass
+                assert ended.value.code() == grpc.StatusCode.UNAVAILABLE, ended.value
+        assert sidecar.proc.popen.wait(timeout=30) == 0, sidecar.proc.output()
+        took = time.monotonic() - started
+        # Far below the 60 s grace: open streams do not hold the shutdown up.
+        assert took < 20, f"exit took {took:.1f} s\n{sidecar.proc.output()}"
