@@ -61,6 +61,19 @@ def call_waiting_at(bao_port: int) -> bool:
     return any(local == bao_port and state == ESTABLISHED and rx > 0 for local, _, state, rx in tcp_sockets())
 
 
+def stopped(pid: int) -> bool:
+    """Whether every thread of the process is stopped (SIGSTOP is delivered to each thread
+    on its own; a running one could still answer a request)."""
+    tasks = Path(f"/proc/{pid}/task")
+    states = []
+    for t in tasks.iterdir():
+        try:
+            states.append((t / "stat").read_text().rsplit(")", 1)[1].split()[0])
+        except FileNotFoundError:  # a thread that just exited
+            pass
+    return bool(states) and all(s in ("T", "t") for s in states)
+
+
 def refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -117,6 +130,7 @@ def hold_in_flight(bao: Bao, sidecar: Sidecar, n: int) -> List[socket.socket]:
     """Pauses OpenBao, sends n signs, and returns once aegis has read them all and one of
     its Vault calls waits at OpenBao."""
     os.kill(bao.pid, signal.SIGSTOP)
+    wait_for("OpenBao to be stopped", lambda: stopped(bao.pid), sidecar.proc)
     socks = [send_sign(sidecar.addr, payload(i)) for i in range(n)]
     clients = [s.getsockname()[1] for s in socks]
     wait_for(
