@@ -157,10 +157,10 @@ pub async fn run(
             "audit events not yet delivered; they stay spooled for the next start"
         );
     }
-    if outcome.cut > 0 || outcome.dropped > 0 {
+    if outcome.cut > 0 || outcome.unfinished_listeners > 0 {
         warn!(
             cut_requests = outcome.cut,
-            dropped_connections = outcome.dropped,
+            unfinished_listeners = outcome.unfinished_listeners,
             audit_pending = pending,
             "stopped; requests were cut by the end of the shutdown grace period"
         );

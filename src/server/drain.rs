@@ -15,7 +15,8 @@
 //!    their own: they end now with `UNAVAILABLE`, and the client reconnects elsewhere.
 //! 4. **Cut**, only if the grace runs out. Requests still running are answered at once,
 //!    503 in Vault's error shape (gRPC `UNAVAILABLE`), their connections close, and their
-//!    number is logged. Whatever connection is still open a second later is dropped.
+//!    number is logged. A connection still open a second later (a client that does not
+//!    read its answer) is left to end with the process.
 //!
 //! The caller ([`super::run`]) then flushes the audit trail and returns; `cli` exports the
 //! last telemetry and exits 0 in both cases: the shutdown was asked for and done, and
@@ -42,7 +43,7 @@ use tracing::{info, warn};
 use crate::api::Readiness;
 use crate::error::Error;
 
-/// How long connections get to take their cut answer before they are dropped.
+/// How long connections get to take their cut answer before the exit goes on without them.
 const AFTER_CUT: Duration = Duration::from_secs(1);
 
 const CUT_MESSAGE: &str =
@@ -81,8 +82,9 @@ pub(super) struct Control {
 pub(super) struct Outcome {
     /// Requests answered with the cut (503 / `UNAVAILABLE`) because the grace ran out.
     pub cut: usize,
-    /// Connections dropped because they were still open after the cut.
-    pub dropped: usize,
+    /// Listeners whose connections were still not all closed a second after the cut;
+    /// those connections end with the process.
+    pub unfinished_listeners: usize,
 }
 
 impl Control {
@@ -136,7 +138,10 @@ impl Control {
             "draining: listeners closed, waiting for in-flight requests"
         );
         if join_all(servers, grace).await {
-            return Outcome { cut: 0, dropped: 0 };
+            return Outcome {
+                cut: 0,
+                unfinished_listeners: 0,
+            };
         }
         warn!(
             in_flight = self.in_flight(),
@@ -144,7 +149,7 @@ impl Control {
             "shutdown grace period over: answering the requests still running with 503 (gRPC UNAVAILABLE)"
         );
         self.phase.send_replace(Phase::Cut);
-        let dropped = if join_all(servers, AFTER_CUT).await {
+        let unfinished_listeners = if join_all(servers, AFTER_CUT).await {
             0
         } else {
             servers.len()
@@ -152,7 +157,7 @@ impl Control {
         servers.abort_all();
         Outcome {
             cut: self.drain.counts.cut.load(Ordering::Acquire),
-            dropped,
+            unfinished_listeners,
         }
     }
 
