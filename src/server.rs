@@ -6,7 +6,7 @@
 //! `AEGIS_LISTEN_UNIX` (mode 0660) when set, where callers are known by their peer
 //! credentials.
 
-use std::future::{Future, IntoFuture as _};
+use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +23,8 @@ use crate::sign::Signer;
 use crate::telemetry::metrics::{self, GaugeSources, KeyLabels};
 use crate::vault::VaultClient;
 use crate::verify::Verifier;
+
+mod drain;
 
 /// Builds the state shared by all requests. Fails on configuration that can only be
 /// checked by reading files (TLS material): the caller exits with the config exit code.
@@ -63,7 +65,9 @@ pub fn build_state(config: Config) -> Result<Arc<AppState>, ConfigErrors> {
     }))
 }
 
-/// Serves until `shutdown` completes. Background tasks stop with it.
+/// Serves until `shutdown` completes, then shuts down gracefully (see `drain`): not
+/// ready, listeners closed, in-flight requests finished within `AEGIS_SHUTDOWN_GRACE`,
+/// audit flushed. Background tasks stop with it.
 pub async fn run(
     listener: TcpListener,
     state: Arc<AppState>,
@@ -103,52 +107,52 @@ pub async fn run(
                 .run_snapshotter(dir.clone(), state.config.vault.addrs.clone()),
         ));
     }
-    if let Some(listener) = metrics_listener {
-        let at = listener.local_addr()?;
-        info!(addr = %at, "serving /metrics, /healthz and /readyz");
-        let router = http::admin_router(state.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                error!(error = %e, "metrics listener failed");
-            }
-        }));
-    }
     let auditor = state.auditor.clone();
     let state_flush = state.config.audit.flush_timeout;
     info!(%addr, unix = ?state.config.listen_unix, vault = ?state.config.vault.addrs, auth = state.config.vault.auth.method(), mount = %state.config.transit_mount, "aegis listening");
     if state.config.policy.is_none() && !addr.ip().is_loopback() {
         warn!(%addr, "listening beyond loopback without a caller policy (AEGIS_POLICY_FILE): anyone who reaches this address may sign with the allowlisted keys");
     }
-    // One shutdown signal for every listener.
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tasks.push(tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    }));
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    // One shutdown sequence for every listener (see `drain`).
+    let control = drain::Control::new();
+    let mut servers = tokio::task::JoinSet::new();
     // The HTTP API and the gRPC services on one router, served on every listener.
     let (grpc_routes, health) = grpc::routes(state.clone());
     tasks.push(tokio::spawn(grpc::report_health(state.clone(), health)));
-    let app = http::router(state.clone()).merge(grpc_routes);
-    let tcp = axum::serve(
-        listener,
-        app.clone().into_make_service_with_connect_info::<Peer>(),
-    )
-    .with_graceful_shutdown(stopped(stop_rx.clone()));
-    let result = match unix_listener {
-        None => tcp.await,
-        Some(unix) => {
-            let unix = axum::serve(unix, app.into_make_service_with_connect_info::<Peer>())
-                .with_graceful_shutdown(stopped(stop_rx));
-            let result = tokio::try_join!(tcp.into_future(), unix.into_future()).map(|_| ());
-            if let Some(path) = &state.config.listen_unix {
-                let _ = std::fs::remove_file(path);
-            }
-            result
-        }
-    };
+    let app = control.track(http::router(state.clone()).merge(grpc_routes));
+    servers.spawn(serve(
+        axum::serve(
+            listener,
+            app.clone().into_make_service_with_connect_info::<Peer>(),
+        )
+        .with_graceful_shutdown(control.draining()),
+    ));
+    if let Some(unix) = unix_listener {
+        servers.spawn(serve(
+            axum::serve(unix, app.into_make_service_with_connect_info::<Peer>())
+                .with_graceful_shutdown(control.draining()),
+        ));
+    }
+    if let Some(listener) = metrics_listener {
+        let at = listener.local_addr()?;
+        info!(addr = %at, "serving /metrics, /healthz and /readyz");
+        let router = control.track(http::admin_router(state.clone()));
+        servers.spawn(serve(
+            axum::serve(listener, router).with_graceful_shutdown(control.draining()),
+        ));
+    }
+    shutdown.await;
+    let outcome = control
+        .run(
+            &state.readiness,
+            &mut servers,
+            state.config.shutdown_delay,
+            state.config.shutdown_grace,
+        )
+        .await;
+    if let Some(path) = &state.config.listen_unix {
+        let _ = std::fs::remove_file(path);
+    }
     for t in tasks {
         t.abort();
     }
@@ -159,7 +163,31 @@ pub async fn run(
             "audit events not yet delivered; they stay spooled for the next start"
         );
     }
-    result
+    if outcome.cut > 0 || outcome.unfinished_listeners > 0 {
+        warn!(
+            cut_requests = outcome.cut,
+            unfinished_listeners = outcome.unfinished_listeners,
+            audit_pending = pending,
+            "stopped; requests were cut by the end of the shutdown grace period"
+        );
+    } else {
+        info!(
+            audit_pending = pending,
+            "stopped; every in-flight request finished"
+        );
+    }
+    Ok(())
+}
+
+/// Serves one listener until its graceful shutdown completes (axum's serve only ends
+/// that way: accept errors are retried).
+async fn serve<F>(server: F)
+where
+    F: std::future::IntoFuture<Output = std::io::Result<()>>,
+{
+    if let Err(e) = server.await {
+        error!(error = %e, "listener failed");
+    }
 }
 
 /// Binds the Unix socket with mode 0660 (owner and group may connect). A socket left by

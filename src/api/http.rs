@@ -148,7 +148,7 @@ struct Envelope {
 
 fn envelope(data: Value, warnings: Option<String>) -> Response {
     let body = Envelope {
-        request_id: uuid::Uuid::new_v4(),
+        request_id: crate::ids::uuid_v4(),
         lease_id: "",
         renewable: false,
         lease_duration: 0,

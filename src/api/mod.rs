@@ -26,26 +26,40 @@ use crate::transit::TransitRequest;
 use crate::verify::Verifier;
 
 /// Startup latch: true once the allowlisted keys are loaded. Readiness as a whole also
-/// needs a live Vault credential: see [`AppState::ready`].
+/// needs a live Vault credential: see [`AppState::ready`]. Once
+/// [`begin_shutdown`](Self::begin_shutdown) is called it stays not ready for good.
 #[derive(Default)]
 pub struct Readiness {
     ready: AtomicBool,
-    reason: Mutex<String>,
+    /// The reason, and whether shutdown has begun; changes are made under this lock.
+    reason: Mutex<(String, bool)>,
 }
 
 impl Readiness {
     pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Release);
+        let latch = self.reason.lock().expect("readiness lock");
+        if !latch.1 {
+            self.ready.store(true, Ordering::Release);
+        }
     }
     pub fn set_not_ready(&self, reason: impl Into<String>) {
+        let mut latch = self.reason.lock().expect("readiness lock");
+        if !latch.1 {
+            self.ready.store(false, Ordering::Release);
+            latch.0 = reason.into();
+        }
+    }
+    /// Not ready from now on, whatever the startup tasks still do.
+    pub fn begin_shutdown(&self) {
+        let mut latch = self.reason.lock().expect("readiness lock");
         self.ready.store(false, Ordering::Release);
-        *self.reason.lock().expect("readiness lock") = reason.into();
+        *latch = ("shutting down".into(), true);
     }
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
     pub fn reason(&self) -> String {
-        self.reason.lock().expect("readiness lock").clone()
+        self.reason.lock().expect("readiness lock").0.clone()
     }
 }
 

@@ -169,7 +169,7 @@ impl AuditEvent {
     /// A new event with a fresh id and the current time; `versions` starts empty.
     pub fn new(kind: EventKind, actor: Actor, mount: &str, key: &str, result: Outcome) -> Self {
         AuditEvent {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: crate::ids::uuid_v4().to_string(),
             time: rfc3339(SystemTime::now()),
             event: kind,
             actor,

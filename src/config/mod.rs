@@ -213,9 +213,18 @@ pub struct Config {
     /// `AEGIS_AUDIT_TOKEN_FILE` (see [`crate::audit`]).
     pub audit: AuditConfig,
     /// Traces and metrics export: the standard `OTEL_*` variables (see
-    /// [`telemetry`](self::telemetry)), and `AEGIS_METRICS_LISTEN`.
+    /// `config::telemetry`), and `AEGIS_METRICS_LISTEN`.
     pub telemetry: TelemetryConfig,
     pub vault: VaultConfig,
+    /// `AEGIS_SHUTDOWN_GRACE`, default 25 s: after SIGTERM/SIGINT (and the delay below),
+    /// how long in-flight requests get to finish once the listeners stop accepting;
+    /// requests still running then are answered 503 (gRPC `UNAVAILABLE`). See
+    /// `server::drain`.
+    pub shutdown_grace: Duration,
+    /// `AEGIS_SHUTDOWN_DELAY`, default 0: after SIGTERM/SIGINT, how long the sidecar keeps
+    /// serving while reporting not ready, before it stops accepting (time for Kubernetes
+    /// to take the pod out of Service endpoints).
+    pub shutdown_delay: Duration,
 }
 
 /// Every problem found in the configuration.
@@ -251,6 +260,8 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     cache_dir: Option<String>,
     rotation_period: Option<String>,
+    shutdown_grace: Option<String>,
+    shutdown_delay: Option<String>,
     #[serde(default)]
     retention: FileRetention,
     #[serde(default)]
@@ -710,6 +721,19 @@ impl Config {
             fc.http_read_timeout,
             Duration::from_secs(30),
         );
+        let shutdown_grace = duration(
+            "AEGIS_SHUTDOWN_GRACE",
+            fc.shutdown_grace,
+            Duration::from_secs(25),
+        );
+        // Zero (the default) is allowed: stop accepting at once.
+        let shutdown_delay = match pick("AEGIS_SHUTDOWN_DELAY", fc.shutdown_delay) {
+            None => Duration::ZERO,
+            Some(v) => parse_duration(&v).unwrap_or_else(|e| {
+                errors.push(format!("AEGIS_SHUTDOWN_DELAY: {e} (got {v:?})"));
+                Duration::ZERO
+            }),
+        };
 
         let log_format = match env.var("AEGIS_LOG_FORMAT").as_deref() {
             None => fc.log_format.unwrap_or(LogFormat::Auto),
@@ -834,6 +858,8 @@ impl Config {
                 connect_timeout,
                 total_timeout,
             },
+            shutdown_grace,
+            shutdown_delay,
         })
     }
 
@@ -1208,5 +1234,47 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("1m 30s").unwrap(), Duration::from_secs(90));
         assert!(parse_duration("x").is_err());
+    }
+
+    #[test]
+    fn shutdown_settings_default_set_and_refused() {
+        const VAULT: [(&str, &str); 2] = [
+            ("VAULT_ADDR", "http://127.0.0.1:8200"),
+            ("VAULT_TOKEN", "s.abc"),
+        ];
+        let c = Config::load(None, &VAULT).unwrap();
+        assert_eq!(c.shutdown_grace, Duration::from_secs(25));
+        assert_eq!(c.shutdown_delay, Duration::ZERO);
+        let [addr, token] = VAULT;
+        let c = Config::load(
+            None,
+            &[
+                addr,
+                token,
+                ("AEGIS_SHUTDOWN_GRACE", "1500ms"),
+                ("AEGIS_SHUTDOWN_DELAY", "5s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.shutdown_grace, Duration::from_millis(1500));
+        assert_eq!(c.shutdown_delay, Duration::from_secs(5));
+        let c = Config::load(None, &[addr, token, ("AEGIS_SHUTDOWN_DELAY", "0")]).unwrap();
+        assert_eq!(c.shutdown_delay, Duration::ZERO);
+        let err = Config::load(
+            None,
+            &[
+                addr,
+                token,
+                ("AEGIS_SHUTDOWN_GRACE", "0s"),
+                ("AEGIS_SHUTDOWN_DELAY", "soon"),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("AEGIS_SHUTDOWN_GRACE: must be greater than zero"),
+            "{err}"
+        );
+        assert!(err.contains("AEGIS_SHUTDOWN_DELAY"), "{err}");
     }
 }

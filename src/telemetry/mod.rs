@@ -127,7 +127,7 @@ pub fn render_metrics() -> String {
 const EXIT_FLUSH: Duration = Duration::from_secs(3);
 
 /// Exports what is still buffered (spans, a last metrics push), waiting at most
-/// [`EXIT_FLUSH`]: a dead receiver never holds up the exit. Called once at exit.
+/// `EXIT_FLUSH` (3 s): a dead receiver never holds up the exit. Called once at exit.
 pub fn shutdown() {
     let Some(installed) = INSTALLED.get() else {
         return;

@@ -1,7 +1,7 @@
 //! The only code that talks to Vault.
 //!
 //! One pooled `reqwest` client (rustls, HTTP/2 when Vault offers it) carries all Vault
-//! traffic. Every call goes through [`VaultClient::execute`], which owns the rules that
+//! traffic. Every call goes through `VaultClient::execute`, which owns the rules that
 //! keep the sidecar working against a real cluster:
 //! - **HA:** calls go to the node believed active; a standby's redirect moves there, a
 //!   connection failure, a sealed node (503) or a node that lost its leader moves to the
@@ -13,9 +13,9 @@
 //!   Vault that acted on it (connect failed, redirect, sealed or non-active node).
 //! - **Timeouts:** connect and per-attempt bounds from the HTTP client, and a total bound
 //!   over all attempts of one call.
-//! - **Credential:** the token comes from [`auth`], which logs in, renews and logs in
+//! - **Credential:** the token comes from `vault::auth`, which logs in, renews and logs in
 //!   again; a 403 on a request leads to one check of the token, one re-login if it was
-//!   revoked, and one retry ([`VaultClient::with_relogin`]).
+//!   revoked, and one retry (`VaultClient::with_relogin`).
 //!
 //! vaultrs models the auth endpoints; Transit calls on the request path are sent as raw
 //! JSON so that every Transit parameter passes through unchanged. This module never sees
@@ -51,7 +51,7 @@ pub enum VaultError {
     /// when the request provably never left (the connection was never established).
     #[error("{message}")]
     Unreachable { message: String, sent: bool },
-    /// A standby pointed at the active node (handled inside [`VaultClient::execute`]).
+    /// A standby pointed at the active node (handled inside `VaultClient::execute`).
     #[error("redirected to {0}")]
     Redirect(String),
     /// The sidecar holds no accepted credential right now (login failing or pending).

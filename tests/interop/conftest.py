@@ -155,6 +155,7 @@ class Bao:
     addr: str
     root_token: str
     path: str
+    pid: int = 0  # the server process, for tests that pause it (SIGSTOP) to hold calls in flight
 
     def api(self, method: str, path: str, **kwargs) -> requests.Response:
         return requests.request(
@@ -192,7 +193,7 @@ def running_bao(*extra_args: str) -> Iterator[Bao]:
         ],
         env=clean_env(),
     )
-    server = Bao(addr=f"http://127.0.0.1:{port}", root_token=token, path=path)
+    server = Bao(addr=f"http://127.0.0.1:{port}", root_token=token, path=path, pid=proc.popen.pid)
     try:
         wait_for(
             "OpenBao /v1/sys/health",
