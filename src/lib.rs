@@ -13,6 +13,8 @@ pub mod config;
 pub mod crypto;
 pub mod dev;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod lifecycle;
 pub mod model;
