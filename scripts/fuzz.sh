@@ -55,10 +55,13 @@ for target in "${targets[@]}"; do
     mkdir -p "$work/$target" "fuzz/artifacts/$target"
     echo "fuzz: $target for ${seconds}s"
     log="$work/$target.log"
+    # A dictionary of the format's tokens, when the target has one.
+    dict=()
+    [[ -f "fuzz/dicts/$target.dict" ]] && dict=(-dict="dicts/$target.dict")
     # First corpus directory: where new inputs go (temporary); then the seeds (read only).
     if ! (cd fuzz && cargo fuzz run "${flags[@]}" "$target" "$work/$target" "corpus/$target" -- \
         -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=8192 \
-        -print_final_stats=1) >"$log" 2>&1; then
+        -print_final_stats=1 "${dict[@]}") >"$log" 2>&1; then
         tail -n 60 "$log" >&2
         die "$target failed; the input is in fuzz/artifacts/$target/ (reproduce: cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run ${flags[*]} $target <file>)"
     fi
