@@ -13,6 +13,8 @@ pub mod config;
 pub mod crypto;
 pub mod dev;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod ids;
 pub mod keys;
 pub mod lifecycle;

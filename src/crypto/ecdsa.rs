@@ -131,12 +131,12 @@ impl EcdsaPublicKey {
 }
 
 /// An ASN.1 INTEGER as Go decodes it into a `*big.Int`.
-#[derive(Debug, Clone, Copy)]
-struct GoInt<'a> {
-    negative: bool,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GoInt<'a> {
+    pub negative: bool,
     /// Big-endian magnitude without leading zeros (empty for zero). Only meaningful when
     /// non-negative: negative values are refused before use.
-    magnitude: &'a [u8],
+    pub magnitude: &'a [u8],
 }
 
 impl<'a> GoInt<'a> {
@@ -217,7 +217,7 @@ fn read_go_int(b: &[u8]) -> Result<(GoInt<'_>, &[u8]), CryptoError> {
 
 /// `asn1.Unmarshal(sig, &struct{R, S *big.Int})` followed by Vault's check on trailing
 /// data; `Err` carries Vault's 400 message.
-fn parse_go_asn1_signature(sig: &[u8]) -> Result<(GoInt<'_>, GoInt<'_>), CryptoError> {
+pub fn parse_go_asn1_signature(sig: &[u8]) -> Result<(GoInt<'_>, GoInt<'_>), CryptoError> {
     let (tag, inner, rest) = read_tlv(sig)?;
     if tag != 0x30 {
         return Err(INVALID);
@@ -233,15 +233,17 @@ fn parse_go_asn1_signature(sig: &[u8]) -> Result<(GoInt<'_>, GoInt<'_>), CryptoE
 }
 
 /// Canonical DER `SEQUENCE { INTEGER r, INTEGER s }` from positive magnitudes.
-fn der_signature(r: &[u8], s: &[u8]) -> Vec<u8> {
+pub fn der_signature(r: &[u8], s: &[u8]) -> Vec<u8> {
+    // Minimal DER length of any size: the parser accepts integers past 64 KiB.
     fn push_len(out: &mut Vec<u8>, len: usize) {
         if len < 0x80 {
             out.push(len as u8);
-        } else if len < 0x100 {
-            out.extend_from_slice(&[0x81, len as u8]);
-        } else {
-            out.extend_from_slice(&[0x82, (len >> 8) as u8, len as u8]);
+            return;
         }
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
     }
     fn push_int(out: &mut Vec<u8>, m: &[u8]) {
         let pad = m[0] & 0x80 != 0;
@@ -366,6 +368,28 @@ mod tests {
                 Ok(false),
                 "{ok_shape:02x?}"
             );
+        }
+    }
+
+    #[test]
+    fn canonical_der_reads_back_for_integers_of_any_length() {
+        // Found while writing the signature_der fuzz target: a length of 64 KiB or more
+        // was written in two bytes, truncated, so the DER given to aws-lc was malformed.
+        for len in [1usize, 0x7f, 0x80, 0xff, 0x100, 0xffff, 0x1_0000, 0x1_0203] {
+            let big = vec![0x01u8; len];
+            let der = der_signature(&big, &[0x7f]);
+            let (r, s) = parse_go_asn1_signature(&der).unwrap();
+            assert_eq!(
+                (r.magnitude.len(), s.magnitude),
+                (len, &[0x7f][..]),
+                "{len}"
+            );
+            assert!(!r.negative && !s.negative);
+            // A high first byte gets its 0x00 pad and stays positive.
+            let der = der_signature(&[0x80; 3], &big);
+            let (r, s) = parse_go_asn1_signature(&der).unwrap();
+            assert_eq!((r.magnitude, s.magnitude.len()), (&[0x80; 3][..], len));
+            assert!(!r.negative);
         }
     }
 

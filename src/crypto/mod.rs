@@ -5,7 +5,7 @@
 //! what OpenBao's `keysutil` answers: `Ok(true)`, `Ok(false)`, or a user error with
 //! Vault's message for signatures that are not even well formed.
 
-mod ecdsa;
+pub(crate) mod ecdsa;
 pub mod hash;
 pub mod rsa;
 

@@ -138,7 +138,11 @@ impl KeySet {
 
     /// Builds the new keyset from Vault's answer and the key's retention record, keeping
     /// what Vault no longer returns.
-    fn merge(info: TransitKeyInfo, record: RetentionRecord, previous: Option<&KeySet>) -> KeySet {
+    pub(crate) fn merge(
+        info: TransitKeyInfo,
+        record: RetentionRecord,
+        previous: Option<&KeySet>,
+    ) -> KeySet {
         let local_type = KeyType::from_transit(&info.key_type);
         let mut versions = BTreeMap::new();
         // Keep retired versions of the same key (same type, not above the new latest:

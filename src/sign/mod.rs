@@ -95,7 +95,7 @@ impl Signer {
 
 /// Single-mode input that Vault's sign step answers with a 500: refused here with a 400
 /// and Vault's own message, before Vault is asked.
-fn refuse_what_vault_fails_on(
+pub(crate) fn refuse_what_vault_fails_on(
     set: &KeySet,
     res: &Resolved,
     req: &TransitRequest,
