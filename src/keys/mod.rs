@@ -379,11 +379,8 @@ impl KeyCache {
             let Some(loc) = &self.retention else {
                 return Ok(RetentionRecord::default());
             };
-            match self
-                .vault
-                .kv2_read(&loc.kv_mount, &loc.path(&self.mount, name))
-                .await
-            {
+            let path = loc.path(&self.mount, name);
+            match self.vault.kv2_read(&loc.kv_mount, &path).await {
                 Ok(entry) if entry.data.is_null() => Ok(RetentionRecord::default()),
                 Ok(entry) => serde_json::from_value(entry.data).map_err(|e| {
                     VaultError::Decode(format!(
@@ -392,20 +389,10 @@ impl KeyCache {
                 }),
                 // Say which read failed: a policy missing `read` on the record path
                 // otherwise reads as a refusal of the key itself.
-                Err(VaultError::Status { status, errors }) => Err(VaultError::Status {
-                    status,
-                    errors: vec![format!(
-                        "reading the retention record {}/data/{}: {}",
-                        loc.kv_mount,
-                        loc.path(&self.mount, name),
-                        errors
-                            .iter()
-                            .map(|e| crate::vault::clean_message(e))
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    )],
-                }),
-                Err(e) => Err(e),
+                Err(e) => Err(e.in_context(format_args!(
+                    "reading the retention record {}/data/{path}",
+                    loc.kv_mount
+                ))),
             }
         };
         let info = self.vault.transit_read_key(&self.mount, name).await?;

@@ -83,6 +83,18 @@ fn status_text(status: u16, errors: &[String]) -> String {
 }
 
 impl VaultError {
+    /// Says which call failed: Vault's answer becomes one message, `what: <Vault's
+    /// messages on one line>`, with the same status. Other failures are returned as they are.
+    pub fn in_context(self, what: impl std::fmt::Display) -> Self {
+        match self {
+            VaultError::Status { status, errors } => VaultError::Status {
+                status,
+                errors: vec![format!("{what}: {}", status_text(status, &errors))],
+            },
+            other => other,
+        }
+    }
+
     /// A write OpenBao refused because a concurrent write to the same entry won (its storage
     /// transaction, or Transit's key archive, changed underneath). Whether any part of the
     /// write was applied is unknown, so only callers that re-read and converge retry it.
@@ -612,6 +624,17 @@ mod tests {
             "Vault answered 403: permission denied"
         );
         assert_eq!(e(400, &["a\nb", "c"]), "Vault answered 400: a b; c");
+        let wrapped = VaultError::Status {
+            status: 403,
+            errors: vec!["1 error occurred:\n\t* permission denied\n\n".into()],
+        }
+        .in_context("reading the retention record secret/data/k");
+        assert_eq!(
+            wrapped.to_string(),
+            "Vault answered 403: reading the retention record secret/data/k: permission denied"
+        );
+        let other = VaultError::Decode("x".into()).in_context("reading");
+        assert_eq!(other.to_string(), "cannot decode Vault's answer: x");
     }
 
     use super::*;
