@@ -46,7 +46,6 @@
 //! [`Auditor::flush`] are lost (`record_durable` has no such window); events spooled but
 //! not delivered are sent by the next process started on the same spool directory.
 
-mod config;
 mod deliver;
 mod event;
 mod file;
@@ -63,7 +62,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
-pub use config::AuditConfig;
+pub use crate::config::AuditConfig;
 pub use event::{Actor, AuditEvent, EventKind, InputDigest, Outcome};
 pub use stats::AuditStats;
 

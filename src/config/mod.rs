@@ -13,11 +13,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::audit::AuditConfig;
 use crate::keys::RetentionLocation;
 
+pub mod audit;
+pub mod policy_file;
 mod telemetry;
 
+pub use audit::AuditConfig;
+pub use policy_file::PolicyFile;
 pub use telemetry::{OtlpExport, OtlpProtocol, Sampler, TelemetryConfig};
 
 /// A secret string (a Vault token): never printed by `Debug` or `Display`.
@@ -173,9 +176,9 @@ pub struct Config {
     /// `AEGIS_REQUIRE_REQUEST_HEADER`, default true: Transit requests without
     /// `X-Vault-Request: true` get 412 (the request-forgery guard).
     pub require_request_header: bool,
-    /// `AEGIS_POLICY_FILE`: the caller policy (see [`crate::policy::file`]), read and
+    /// `AEGIS_POLICY_FILE`: the caller policy (see [`policy_file`]), read and
     /// checked at start. Unset: every local caller may use every allowlisted key.
-    pub policy: Option<crate::policy::PolicyFile>,
+    pub policy: Option<PolicyFile>,
     /// `AEGIS_TRANSIT_MOUNT`, default `transit`.
     pub transit_mount: String,
     /// `AEGIS_KEYS`: the keys served; others get 403 before Vault is asked.
@@ -787,7 +790,7 @@ impl Config {
             }),
         };
         let policy = pick("AEGIS_POLICY_FILE", fc.policy_file).and_then(|path| {
-            crate::policy::PolicyFile::load(Path::new(&path))
+            PolicyFile::load(Path::new(&path))
                 .map_err(|problems| errors.extend(problems))
                 .ok()
         });

@@ -14,7 +14,6 @@
 //! by its address or peer credentials, and may use every allowlisted key. With one, only
 //! the callers it lists are. This module does no I/O beyond reading its own files.
 
-pub mod file;
 pub mod ratelimit;
 
 use std::net::SocketAddr;
@@ -25,8 +24,8 @@ use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq as _;
 use tracing::warn;
 
+pub use crate::config::policy_file::{self as file, CallerRule, PolicyFile};
 use crate::error::Error;
-pub use file::{CallerRule, PolicyFile};
 use ratelimit::KeyLimiter;
 
 /// Where a connection comes from: the connection info of both listeners.

@@ -34,7 +34,7 @@ pub struct AuditConfig {
     pub retry_max: Duration,
     /// Events queued for the background writer. Default 8192.
     pub queue_capacity: usize,
-    /// How long [`Auditor::record`](super::Auditor::record) waits for room in a full queue
+    /// How long [`Auditor::record`](crate::audit::Auditor::record) waits for room in a full queue
     /// before it drops a sign or verify_refused event (counted, logged). Lifecycle events
     /// always wait. Default 50 ms.
     pub enqueue_wait: Duration,
