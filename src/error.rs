@@ -153,9 +153,10 @@ impl From<VaultError> for Error {
         match e {
             VaultError::Status { status, errors } => Error::Vault { status, errors },
             VaultError::Unreachable { message, .. } => Error::Unavailable(message),
-            VaultError::Redirect(to) => Error::Unavailable(format!(
-                "no active Vault node answered (last redirect to {to})"
-            )),
+            // Where the redirect pointed is for the log (`vault::execute`), not for callers.
+            VaultError::Redirect(_) => Error::Unavailable(
+                "no active Vault node answered (the nodes tried redirected elsewhere)".into(),
+            ),
             e @ VaultError::Unauthenticated(_) => Error::Unavailable(e.to_string()),
             VaultError::Decode(msg) => {
                 Error::Internal(format!("unexpected answer from Vault: {msg}"))

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod audit;
 pub mod b64;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -147,3 +147,89 @@ async fn callers_cannot_reach_the_sidecars_token() {
     }
     side.stop().await;
 }
+
+/// A loopback stand-in for a rogue or misconfigured Vault node (or a proxy in front of
+/// one): every request is answered `307` to `location`'s host. Not a Vault: it only
+/// redirects.
+async fn redirecting_node(location: String) -> String {
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let to = format!("{location}{}", uri.path());
+        async move {
+            (
+                axum::http::StatusCode::TEMPORARY_REDIRECT,
+                [("location", to)],
+            )
+        }
+    });
+    serve(app).await
+}
+
+/// The attacker's host: counts requests and those that carried `X-Vault-Token`.
+async fn token_catcher() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let seen = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        if headers.contains_key("x-vault-token") {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        async { axum::Json(json!({"data": {}})) }
+    });
+    (serve(app).await, seen)
+}
+
+async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// Attacker: controls one of the configured Vault addresses (a compromised node, or a
+/// proxy in front of it) and answers every call with a redirect to a host of theirs.
+/// The sidecar never follows it there: the token is never sent to the attacker's host,
+/// the configured real node serves instead, and with no other node the caller gets a
+/// 503 that does not name either host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_to_hosts_not_configured_are_not_followed() {
+    use std::sync::atomic::Ordering;
+    let bao = Bao::dev().await;
+    bao.create_key("redirected", "ed25519").await;
+    let (catcher, tokens_caught) = token_catcher().await;
+    let rogue = redirecting_node(catcher.clone()).await;
+
+    let addrs = format!("{rogue},{}", bao.addr);
+    let side = Sidecar::start(&bao, &[("VAULT_ADDR", ""), ("AEGIS_VAULT_ADDRS", &addrs)]).await;
+    sign_and_verify(&side, "redirected", b"through the real node")
+        .await
+        .unwrap();
+    side.stop().await;
+
+    let side = Sidecar::start_unready(
+        &bao,
+        &[
+            ("VAULT_ADDR", ""),
+            ("AEGIS_VAULT_ADDRS", &rogue),
+            ("AEGIS_VAULT_TIMEOUT", "1s"),
+            ("AEGIS_VAULT_TOTAL_TIMEOUT", "1s"),
+        ],
+    )
+    .await;
+    let input = common::b64(b"only the rogue node");
+    let (status, body) = side
+        .api(
+            "POST",
+            "transit/sign/redirected",
+            Some(json!({"input": input})),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let text = body.to_string();
+    assert!(!text.contains(&catcher) && !text.contains(&rogue), "{text}");
+    side.stop().await;
+    assert_eq!(
+        tokens_caught.load(Ordering::SeqCst),
+        0,
+        "the token reached the attacker's host"
+    );
+}

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use super::spool;
 use super::stats::Counters;
 use super::{AuditConfig, AuditError, Shared};
+use crate::backoff::Backoff;
 
 /// How often an idle deliverer looks at the spool anyway (events another process left).
 const RESCAN: Duration = Duration::from_secs(30);
@@ -132,7 +133,7 @@ impl Deliverer {
                 Err(e) => {
                     failures += 1;
                     Counters::bump(&self.shared.stats.delivery_failures);
-                    let retry_in = self.backoff.next();
+                    let retry_in = self.backoff.next_pause();
                     tracing::warn!(
                         error = %e,
                         endpoint = %redacted(&self.endpoint),
@@ -238,7 +239,7 @@ impl Deliverer {
     }
 
     async fn pause(&mut self) -> bool {
-        let wait = self.backoff.next();
+        let wait = self.backoff.next_pause();
         self.sleep(wait).await
     }
 
@@ -288,56 +289,9 @@ fn redacted(url: &Url) -> String {
     url.to_string()
 }
 
-/// Exponential backoff with jitter: each wait is drawn from [base/2, base], base doubling
-/// from `initial` to `max`.
-#[derive(Debug)]
-struct Backoff {
-    initial: Duration,
-    max: Duration,
-    base: Duration,
-}
-
-impl Backoff {
-    fn new(initial: Duration, max: Duration) -> Self {
-        Backoff {
-            initial,
-            max,
-            base: initial,
-        }
-    }
-
-    fn next(&mut self) -> Duration {
-        use rand::Rng;
-        let base = self.base;
-        self.base = (base * 2).min(self.max);
-        let half = base / 2;
-        half + half.mul_f64(rand::rng().random_range(0.0..=1.0))
-    }
-
-    fn reset(&mut self) {
-        self.base = self.initial;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
-        let ms = Duration::from_millis;
-        let mut b = Backoff::new(ms(200), ms(1000));
-        let bounds = [(100, 200), (200, 400), (400, 800), (500, 1000), (500, 1000)];
-        for (low, high) in bounds {
-            let wait = b.next();
-            assert!(
-                wait >= ms(low) && wait <= ms(high),
-                "{wait:?} not in {low}..={high} ms"
-            );
-        }
-        b.reset();
-        assert!(b.next() <= ms(200));
-    }
 
     #[test]
     fn logged_endpoint_drops_query_and_fragment() {

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::{Retry, TokenUse, VaultClient, VaultError};
+use crate::backoff::Backoff;
 use crate::config::{AuthConfig, Secret, SecretSource};
 use crate::telemetry::metrics::{self, VaultEndpoint};
 
@@ -482,7 +483,7 @@ impl VaultClient {
     /// Keeps a valid token for as long as the process runs.
     pub async fn run_auth(self: Arc<Self>) {
         let mut rx = self.auth.changed.subscribe();
-        let mut backoff = Backoff::default();
+        let mut backoff = LoginBackoff::default();
         loop {
             rx.borrow_and_update();
             match self.auth.next_action() {
@@ -534,36 +535,37 @@ async fn wait(at: Instant, rx: &mut watch::Receiver<u64>) -> bool {
     }
 }
 
-/// Exponential backoff with jitter for failed logins.
-struct Backoff {
-    next: Duration,
+/// Pauses between failed logins: a refusal (bad credential, policy) backs off up to
+/// five minutes, an unreachable Vault up to 30 s, so a recovering cluster is retried soon.
+struct LoginBackoff {
+    refused: Backoff,
+    unreachable: Backoff,
 }
 
-impl Default for Backoff {
+impl Default for LoginBackoff {
     fn default() -> Self {
-        Backoff {
-            next: Duration::from_secs(1),
+        LoginBackoff {
+            refused: Backoff::new(Duration::from_secs(1), Self::MAX_REFUSED),
+            unreachable: Backoff::new(Duration::from_secs(1), Self::MAX_UNREACHABLE),
         }
     }
 }
 
-impl Backoff {
+impl LoginBackoff {
     const MAX_REFUSED: Duration = Duration::from_secs(300);
     const MAX_UNREACHABLE: Duration = Duration::from_secs(30);
 
     fn reset(&mut self) {
-        *self = Backoff::default();
+        self.refused.reset();
+        self.unreachable.reset();
     }
 
-    /// The delay before the next attempt: between half and all of the current step.
+    /// The pause before the next attempt after `e`.
     fn next(&mut self, e: &VaultError) -> Duration {
-        let cap = match e {
-            VaultError::Status { .. } | VaultError::Unauthenticated(_) => Self::MAX_REFUSED,
-            _ => Self::MAX_UNREACHABLE,
-        };
-        let step = self.next.min(cap);
-        self.next = (step * 2).min(cap);
-        step.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+        match e {
+            VaultError::Status { .. } | VaultError::Unauthenticated(_) => self.refused.next_pause(),
+            _ => self.unreachable.next_pause(),
+        }
     }
 }
 
@@ -573,7 +575,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap() {
-        let mut b = Backoff::default();
+        let mut b = LoginBackoff::default();
         let refused = VaultError::Status {
             status: 400,
             errors: vec![],
@@ -581,10 +583,13 @@ mod tests {
         let delays: Vec<_> = (0..12).map(|_| b.next(&refused)).collect();
         assert!(delays[0] >= Duration::from_millis(500) && delays[0] <= Duration::from_secs(1));
         assert!(delays[3] >= Duration::from_secs(4) && delays[3] <= Duration::from_secs(8));
-        assert!(delays.iter().all(|d| *d <= Backoff::MAX_REFUSED));
-        assert!(delays[11] >= Backoff::MAX_REFUSED / 2);
+        assert!(delays.iter().all(|d| *d <= LoginBackoff::MAX_REFUSED));
+        assert!(delays[11] >= LoginBackoff::MAX_REFUSED / 2);
         let down = VaultError::unreachable("connection refused");
-        assert!(b.next(&down) <= Backoff::MAX_UNREACHABLE);
+        assert!(b.next(&down) <= Duration::from_secs(1), "its own step");
+        for _ in 0..10 {
+            assert!(b.next(&down) <= LoginBackoff::MAX_UNREACHABLE);
+        }
         b.reset();
         assert!(b.next(&down) <= Duration::from_secs(1));
     }

@@ -34,6 +34,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tracing::{debug, warn, Instrument as _};
 
+use crate::backoff::Backoff;
 use crate::config::{ConfigErrors, Secret, VaultConfig};
 use crate::telemetry::{self, metrics, metrics::VaultEndpoint};
 
@@ -280,6 +281,7 @@ impl VaultClient {
     {
         let deadline = Instant::now() + self.total_timeout;
         let mut misses = 0usize;
+        let mut pauses: Option<Backoff> = None;
         loop {
             let (index, addr) = self.nodes.current();
             let secret = match &token {
@@ -336,10 +338,17 @@ impl VaultClient {
             }
             match next_step(&err, retry) {
                 Step::Fail => return Err(err),
-                Step::Redirect(location) => {
-                    debug!(from = %addr, to = %location, "standby redirected to the active node");
-                    self.nodes.redirected(index, &location);
-                }
+                Step::Redirect(location) => match self.nodes.redirected(index, &location) {
+                    Ok(()) => {
+                        debug!(from = %addr, to = %location, "standby redirected to the active node")
+                    }
+                    Err(why) => warn!(
+                        from = %addr,
+                        to = %location,
+                        reason = why.as_str(),
+                        "standby redirect not followed; trying the next configured node"
+                    ),
+                },
                 Step::OtherNode => {
                     debug!(node = %addr, error = %err, "Vault node unusable; trying the next");
                     self.nodes.failed(index);
@@ -348,7 +357,7 @@ impl VaultClient {
             misses += 1;
             // After a full round of nodes, wait a little before the next round.
             if misses % self.nodes.len() == 0 {
-                let pause = round_pause(misses / self.nodes.len());
+                let pause = pauses.get_or_insert_with(round_backoff).next_pause();
                 if Instant::now() + pause >= deadline {
                     return Err(err);
                 }
@@ -479,11 +488,10 @@ impl VaultClient {
 /// it out must not sleep much past it, nor give up much before its total timeout.
 const MAX_ROUND_PAUSE: Duration = Duration::from_millis(400);
 
-/// Pause after the `round`-th full round of nodes failed: 100 ms, doubling, at most
-/// [`MAX_ROUND_PAUSE`].
-fn round_pause(round: usize) -> Duration {
-    let doubled = Duration::from_millis(50) * 2u32.pow(round.min(16) as u32);
-    doubled.min(MAX_ROUND_PAUSE)
+/// Pauses after full rounds of nodes failed: under 100 ms, doubling, under
+/// [`MAX_ROUND_PAUSE`] (made only when a round fails: nothing on the happy path).
+fn round_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), MAX_ROUND_PAUSE)
 }
 
 /// What [`VaultClient::execute`] does after a failed attempt.
@@ -590,6 +598,11 @@ fn from_vaultrs(e: vaultrs::error::ClientError) -> VaultError {
             errors,
         },
         ClientError::RestClientError { source } => match source {
+            // A standby's redirect: rustify does not keep `Location`, so the call moves to
+            // the next configured node (redirects are not followed: see `nodes`).
+            Rest::ServerResponseError { code, .. } if (300..400).contains(&code) => {
+                VaultError::Redirect(String::new())
+            }
             Rest::ServerResponseError { code, content } => VaultError::Status {
                 status: code,
                 errors: error_messages(content.unwrap_or_default().as_bytes()),
@@ -658,12 +671,12 @@ mod tests {
 
     #[test]
     fn rounds_pause_briefly() {
-        let ms = |n| Duration::from_millis(n);
-        assert_eq!(round_pause(1), ms(100));
-        assert_eq!(round_pause(2), ms(200));
-        assert_eq!(round_pause(3), ms(400));
-        assert_eq!(round_pause(4), MAX_ROUND_PAUSE);
-        assert_eq!(round_pause(usize::MAX), MAX_ROUND_PAUSE);
+        let mut b = round_backoff();
+        let first = b.next_pause();
+        assert!(first >= Duration::from_millis(50) && first < Duration::from_millis(100));
+        for _ in 0..20 {
+            assert!(b.next_pause() < MAX_ROUND_PAUSE);
+        }
     }
 
     /// The active node died (connection refused) and the standbys redirect to it until a

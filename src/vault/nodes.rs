@@ -1,13 +1,13 @@
 //! The Vault nodes of an HA cluster and which one calls go to.
 //!
 //! Calls go to the node believed active. A node that fails moves the choice to the next
-//! address (round robin); a standby's redirect moves it to the node redirected to when
-//! that node is one of ours, else to the redirect's origin itself.
+//! address (round robin); a standby's redirect moves it to the node redirected to, but
+//! only when that node is one of the configured addresses and the redirect does not go
+//! from `https` to `http`: the token travels with every request, so a redirect (from a
+//! compromised or misconfigured node, or a proxy in between) must never send it to a
+//! host the operator did not name, nor in clear text.
 
 use std::sync::RwLock;
-
-/// Bound on nodes learnt from redirects, so a misbehaving server cannot grow the list.
-const MAX_NODES: usize = 16;
 
 pub struct Nodes {
     inner: RwLock<Inner>,
@@ -44,21 +44,51 @@ impl Nodes {
         }
     }
 
-    /// Node `index` redirected to `location` (a URL on the active node).
-    pub fn redirected(&self, index: usize, location: &str) {
-        let Some(origin) = origin(location) else {
-            return self.failed(index);
-        };
+    /// Node `index` redirected to `location` (a URL on the active node). Follows it only
+    /// to a configured node, never from `https` to `http`; otherwise the redirecting node
+    /// counts as failed and the refusal is returned for the caller to log.
+    pub fn redirected(&self, index: usize, location: &str) -> Result<(), RedirectRefused> {
+        let target = origin(location);
         let mut inner = self.inner.write().expect("nodes lock");
-        inner.active = match inner.addrs.iter().position(|a| same_origin(a, &origin)) {
-            Some(i) => i,
-            // The active node's api_addr is not in our list (a DNS name, a new node).
-            None if inner.addrs.len() < MAX_NODES => {
-                inner.addrs.push(origin);
-                inner.addrs.len() - 1
-            }
-            None => (index + 1) % inner.addrs.len(),
+        let from_https = inner.addrs[index].starts_with("https://");
+        let refused = match &target {
+            None => RedirectRefused::NotAUrl,
+            Some(t) if from_https && t.starts_with("http://") => RedirectRefused::Downgrade,
+            Some(t) => match inner.addrs.iter().position(|a| same_origin(a, t)) {
+                Some(i) => {
+                    inner.active = i;
+                    return Ok(());
+                }
+                None => RedirectRefused::NotConfigured,
+            },
         };
+        if inner.active == index {
+            inner.active = (index + 1) % inner.addrs.len();
+        }
+        Err(refused)
+    }
+}
+
+/// Why a standby's redirect was not followed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedirectRefused {
+    /// `Location` is not an absolute URL.
+    NotAUrl,
+    /// From an `https` node to an `http` URL: the token would travel in clear text.
+    Downgrade,
+    /// To a host that is not one of the configured Vault addresses.
+    NotConfigured,
+}
+
+impl RedirectRefused {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedirectRefused::NotAUrl => "the redirect's Location is not a URL",
+            RedirectRefused::Downgrade => "the redirect goes from https to http",
+            RedirectRefused::NotConfigured => {
+                "the redirect goes to a node that is not in VAULT_ADDR (list every node there)"
+            }
+        }
     }
 }
 
@@ -96,13 +126,32 @@ mod tests {
     }
 
     #[test]
-    fn redirects_pick_the_named_node_or_learn_it() {
+    fn redirects_are_followed_only_to_configured_nodes() {
         let n = Nodes::new(vec!["http://a:1".into(), "http://b:2".into()]);
-        n.redirected(0, "http://b:2/v1/transit/sign/k");
+        assert_eq!(n.redirected(0, "http://b:2/v1/transit/sign/k"), Ok(()));
         assert_eq!(n.current(), (1, "http://b:2".into()));
-        n.redirected(1, "https://vault-0.internal:8200/v1/x");
-        assert_eq!(n.current(), (2, "https://vault-0.internal:8200".into()));
-        n.redirected(2, "not a url");
-        assert_eq!(n.current().0, 0);
+        // A host nobody configured: not learnt, not followed; the next node is tried.
+        assert_eq!(
+            n.redirected(1, "https://vault-0.internal:8200/v1/x"),
+            Err(RedirectRefused::NotConfigured)
+        );
+        assert_eq!(n.current(), (0, "http://a:1".into()));
+        assert_eq!(n.len(), 2);
+        assert_eq!(n.redirected(0, "not a url"), Err(RedirectRefused::NotAUrl));
+        assert_eq!(n.current().0, 1);
+    }
+
+    #[test]
+    fn redirects_never_go_from_https_to_http() {
+        let n = Nodes::new(vec!["https://a:1".into(), "http://a:2".into()]);
+        assert_eq!(
+            n.redirected(0, "http://a:2/v1/transit/sign/k"),
+            Err(RedirectRefused::Downgrade)
+        );
+        assert_eq!(n.current().0, 1, "moved on as after a failure");
+        // http -> https is an upgrade: fine.
+        let n = Nodes::new(vec!["http://a:1".into(), "https://b:2".into()]);
+        assert_eq!(n.redirected(0, "https://b:2/v1/x"), Ok(()));
+        assert_eq!(n.current().0, 1);
     }
 }
