@@ -40,7 +40,8 @@ pub enum Refusal {
     WrongKey,
     /// The record is not in Aegis's format.
     Undecodable,
-    /// A record that existed is gone (404, soft-deleted, metadata deleted).
+    /// A record that existed is gone (404, soft-deleted, metadata deleted): this sidecar
+    /// accepted one, or the endorsement key shows a completed write.
     Disappeared,
 }
 
@@ -104,7 +105,10 @@ pub enum Verdict {
 
 /// Judges `read` against `ev` (see the module documentation for the rule).
 pub fn judge(ev: &Evidence<'_>, read: &RecordRead) -> Verdict {
-    let existed = ev.endorser.is_some() || ev.accepted > 0;
+    // A record existed once this sidecar accepted one, or once a job finished a write
+    // (it raises the endorsement key's minimum past 1; until then the first write may
+    // still be under way, and its absence is no alarm).
+    let existed = ev.accepted > 0 || ev.endorser.is_some_and(|e| e.min_decryption_version > 1);
     let record = match read {
         RecordRead::Absent if existed => return Verdict::Refused(Refusal::Disappeared),
         RecordRead::Absent => return Verdict::Empty,
@@ -235,7 +239,7 @@ mod tests {
             }
         }
 
-        /// The endorsement key serving generations `from..=2` (1-based keys).
+        /// The endorsement key serving generations `from..=3`, `min_decryption_version` `from`.
         fn endorser(&self, from: u32) -> TransitKeyInfo {
             let versions: Vec<(u32, String)> = (from..=3)
                 .map(|v| (v, b64(self.signer[v as usize - 1].public_key().as_ref())))
@@ -360,6 +364,11 @@ mod tests {
         let f = Fixture::new();
         let e = f.endorser(2);
         assert_eq!(f.judge(None, 0, RecordRead::Absent), Verdict::Empty);
+        // The endorsement key exists but no write completed yet (first write under way).
+        assert_eq!(
+            f.judge(Some(&f.endorser(1)), 0, RecordRead::Absent),
+            Verdict::Empty
+        );
         assert_eq!(
             refused(f.judge(Some(&e), 0, RecordRead::Absent)),
             Some(Refusal::Disappeared)

@@ -225,7 +225,13 @@ pub async fn run_status(config: &Config, key: Option<&str>, json: bool) -> ExitC
         let vault = connect(config).await?;
         let names = match key {
             Some(k) => vec![k.to_string()],
-            None => vault.transit_list_keys(&config.transit_mount).await?,
+            // Endorsement keys sign retention records, not artifacts: not inventoried.
+            None => vault
+                .transit_list_keys(&config.transit_mount)
+                .await?
+                .into_iter()
+                .filter(|n| !n.starts_with(&config.retention.endorsement_prefix))
+                .collect(),
         };
         let mut out = Vec::new();
         for name in &names {
