@@ -1,6 +1,6 @@
 //! Command line: `aegis serve`, `aegis dev`, the lifecycle commands for rotation jobs
-//! (`rotate`, `retire`, `keys status`), and the Transit client commands (`model sign`,
-//! `model verify`, `keys export`). Parsing only; the work lives elsewhere.
+//! (`rotate`, `retire`, `keys status`, `retention endorse`), and the Transit client
+//! commands (`model sign`, `model verify`, `keys export`). Parsing only; the work lives elsewhere.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -90,6 +90,11 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The retention record's endorsement (docs/trust-model.md).
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
     /// OpenSSF Model Signing with a Transit ECDSA key: sign and verify model directories.
     Model {
         #[command(subcommand)]
@@ -131,6 +136,28 @@ enum KeysCommand {
         version: Option<u32>,
         #[arg(long, value_enum, default_value = "pem")]
         format: ExportFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RetentionCommand {
+    /// One-time migration, with the rotation job's credential: check every entry of the
+    /// current record against the public keys Vault still serves, then endorse the record
+    /// as a new generation so that sidecars trust it.
+    Endorse {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The Transit key.
+        #[arg(long)]
+        key: String,
+        /// The Transit mount (default: AEGIS_TRANSIT_MOUNT).
+        #[arg(long)]
+        mount: Option<String>,
+        /// Print what would be endorsed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -258,6 +285,9 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
         }
         Command::Keys {
             command: KeysCommand::Status { ref config, .. },
+        }
+        | Command::Retention {
+            command: RetentionCommand::Endorse { ref config, .. },
         } => (config.clone(), cli.command),
     };
     let config = match load_config(config_file.as_deref(), Credential::Required) {
@@ -308,6 +338,16 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
             Command::Keys {
                 command: KeysCommand::Status { key, json, .. },
             } => lifecycle::run_status(&config, key.as_deref(), json).await,
+            Command::Retention {
+                command:
+                    RetentionCommand::Endorse {
+                        key,
+                        mount,
+                        dry_run,
+                        json,
+                        ..
+                    },
+            } => lifecycle::run_endorse(&config, &key, mount.as_deref(), dry_run, json).await,
             Command::Dev { .. }
             | Command::Model { .. }
             | Command::Keys {

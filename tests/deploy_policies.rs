@@ -395,6 +395,24 @@ async fn policies_are_sufficient_and_least_privilege() {
         ("GET", "transit/export/signing-key/model-sign", &rotate),
         ("GET", "transit/backup/model-sign", &rotate),
         ("POST", RECORD, &record),
+        // The record's endorsement key: read only (a sidecar token cannot endorse).
+        ("POST", "transit/sign/aegis-retention.model-sign", &sign),
+        ("POST", "transit/keys/aegis-retention.model-sign", &rotate),
+        (
+            "POST",
+            "transit/keys/aegis-retention.model-sign/rotate",
+            &rotate,
+        ),
+        (
+            "POST",
+            "transit/keys/aegis-retention.model-sign/config",
+            &config,
+        ),
+        (
+            "POST",
+            "transit/keys/aegis-retention.model-sign/trim",
+            &json!({"min_available_version": 1}),
+        ),
         ("GET", "secret/data/aegis/keys/transit/other-key", &rotate),
         (
             "GET",
@@ -420,7 +438,12 @@ async fn policies_are_sufficient_and_least_privilege() {
     )
     .await;
     let listed = allowed(&bao, &rotator, who, "LIST", "transit/keys", json!({})).await;
-    assert_eq!(listed["data"]["keys"].as_array().unwrap().len(), 3);
+    // The three keys of the test and model-sign's record endorsement key.
+    assert_eq!(
+        listed["data"]["keys"].as_array().unwrap().len(),
+        4,
+        "{listed}"
+    );
     for (method, path, body) in [
         ("POST", "transit/sign/model-sign", &sign),
         ("POST", "transit/sign/model-sign/sha2-256", &sign),
@@ -452,6 +475,18 @@ async fn policies_are_sufficient_and_least_privilege() {
         ("GET", "transit/keys/other-key", &rotate),
         ("POST", "transit/keys/other-key/rotate", &rotate),
         ("POST", "transit/keys/model-sign-p256/rotate", &rotate),
+        // The endorsement key: no other type, no deletion, no export.
+        (
+            "POST",
+            "transit/keys/aegis-retention.model-sign",
+            &json!({"type": "rsa-2048"}),
+        ),
+        ("DELETE", "transit/keys/aegis-retention.model-sign", &rotate),
+        (
+            "POST",
+            "transit/keys/aegis-retention.model-sign/config",
+            &json!({"deletion_allowed": true}),
+        ),
         ("DELETE", RECORD, &rotate),
         (
             "POST",

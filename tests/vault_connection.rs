@@ -32,7 +32,8 @@ async fn sidecar_policy(bao: &Bao, key: &str) {
         "path \"transit/sign/{key}\" {{ capabilities = [\"update\"] }}\n\
          path \"transit/verify/{key}\" {{ capabilities = [\"update\"] }}\n\
          path \"transit/keys/{key}\" {{ capabilities = [\"read\"] }}\n\
-         path \"secret/data/aegis/keys/transit/{key}\" {{ capabilities = [\"read\"] }}\n"
+         path \"secret/data/aegis/keys/transit/{key}\" {{ capabilities = [\"read\"] }}\n\
+         path \"transit/keys/aegis-retention.{key}\" {{ capabilities = [\"read\"] }}\n"
     );
     bao.api_ok(
         "PUT",

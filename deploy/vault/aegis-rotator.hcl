@@ -14,9 +14,15 @@
 #                                           the retention record, written with
 #                                           check-and-set: the first write (cas=0)
 #                                           needs "create", later ones "update"
+#   - the record's endorsement key transit/keys/aegis-retention.model-sign
+#     ({AEGIS_RETENTION_ENDORSEMENT_PREFIX}{key}, docs/trust-model.md): create and
+#     read it, rotate it, sign with it (transit/sign/aegis-retention.model-sign: one
+#     endorsement per record generation), raise its min_decryption_version and
+#     min_encryption_version and trim it (so Vault forgets superseded endorsements).
+#     Only this policy may sign with it: that is what makes a record trustworthy.
 # No "delete" anywhere (no key deletion, no KV delete/destroy, no metadata changes:
-# KV v2 metadata is not read, the version comes with the data), no sign, no verify,
-# no export, no trim, no backup.
+# KV v2 metadata is not read, the version comes with the data), no sign or trim of the
+# signing key, no verify, no export, no backup.
 #
 # Token housekeeping (auth/token/lookup-self, used to name the actor in the audit
 # event and to check a given token) comes from the "default" policy, which Vault
@@ -61,4 +67,32 @@ path "transit/keys" {
 
 path "secret/data/aegis/keys/transit/model-sign" {
   capabilities = ["read", "create", "update"]
+}
+
+# The record's endorsement key: create (first write, ed25519 only) and read.
+path "transit/keys/aegis-retention.model-sign" {
+  capabilities = ["create", "read", "update"]
+  allowed_parameters = {
+    "type" = ["ed25519"]
+  }
+}
+
+path "transit/keys/aegis-retention.model-sign/rotate" {
+  capabilities = ["update"]
+}
+
+path "transit/keys/aegis-retention.model-sign/config" {
+  capabilities = ["update"]
+  allowed_parameters = {
+    "min_decryption_version" = []
+    "min_encryption_version" = []
+  }
+}
+
+path "transit/keys/aegis-retention.model-sign/trim" {
+  capabilities = ["update"]
+}
+
+path "transit/sign/aegis-retention.model-sign" {
+  capabilities = ["update"]
 }

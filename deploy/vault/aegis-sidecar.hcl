@@ -12,6 +12,10 @@
 #              it is required: an unreadable record fails closed, the key is not
 #              loaded, /readyz and requests for the key say "reading the retention
 #              record secret/data/aegis/keys/transit/model-sign: permission denied")
+#   - endorsement key: GET transit/keys/aegis-retention.model-sign (its public keys:
+#              the sidecar verifies the record's endorsement locally; required like the
+#              record: unreadable fails closed). Read only: the sidecar can never sign
+#              a record, so a stolen sidecar token cannot endorse a forged one.
 # It never rotates, never changes key configuration, never exports, never writes KV.
 #
 # Token housekeeping (auth/token/lookup-self, auth/token/renew-self) comes from the
@@ -55,5 +59,10 @@ path "transit/keys/model-sign" {
 }
 
 path "secret/data/aegis/keys/transit/model-sign" {
+  capabilities = ["read"]
+}
+
+# The record's endorsement key ({AEGIS_RETENTION_ENDORSEMENT_PREFIX}{key}): read only.
+path "transit/keys/aegis-retention.model-sign" {
   capabilities = ["read"]
 }

@@ -31,9 +31,11 @@
 #   KEY_TYPE [ed25519]           type of the key if it does not exist yet (it is created)
 #   KV_MOUNT [secret]            KV v2 mount of the retention records (enabled if absent)
 #   RETENTION_PREFIX [aegis/keys]
-#                                The last four must match AEGIS_TRANSIT_MOUNT,
-#                                AEGIS_RETENTION_KV_MOUNT and AEGIS_RETENTION_PREFIX of
-#                                the sidecar and the job.
+#   ENDORSEMENT_PREFIX [aegis-retention.]
+#                                The last five must match AEGIS_TRANSIT_MOUNT,
+#                                AEGIS_RETENTION_KV_MOUNT, AEGIS_RETENTION_PREFIX and
+#                                AEGIS_RETENTION_ENDORSEMENT_PREFIX of the sidecar and
+#                                the job.
 #   SIDECAR_POLICY [aegis-sidecar]   ROTATOR_POLICY [aegis-rotator]
 #   K8S_AUTH_MOUNT [kubernetes]
 #   K8S_HOST [https://kubernetes.default.svc]   the Kubernetes API, as Vault reaches it
@@ -85,6 +87,7 @@ KEY_TYPE="${KEY_TYPE:-ed25519}"
 TRANSIT_MOUNT="${TRANSIT_MOUNT:-transit}"
 KV_MOUNT="${KV_MOUNT:-secret}"
 RETENTION_PREFIX="${RETENTION_PREFIX:-aegis/keys}"
+ENDORSEMENT_PREFIX="${ENDORSEMENT_PREFIX:-aegis-retention.}"
 SIDECAR_POLICY="${SIDECAR_POLICY:-aegis-sidecar}"
 ROTATOR_POLICY="${ROTATOR_POLICY:-aegis-rotator}"
 K8S_AUTH_MOUNT="${K8S_AUTH_MOUNT:-kubernetes}"
@@ -101,7 +104,7 @@ GITHUB_BOUND_REF="${GITHUB_BOUND_REF:-refs/heads/main}"
 GITHUB_OIDC_ISSUER="${GITHUB_OIDC_ISSUER:-https://token.actions.githubusercontent.com}"
 GITHUB_OIDC_AUDIENCE="${GITHUB_OIDC_AUDIENCE:-${VAULT_ADDR:-${BAO_ADDR:-}}}"
 
-for name in KEY TRANSIT_MOUNT KV_MOUNT RETENTION_PREFIX; do
+for name in KEY TRANSIT_MOUNT KV_MOUNT RETENTION_PREFIX ENDORSEMENT_PREFIX; do
     # Policy paths are rendered with sed and quoted in HCL and JSON: keep them plain.
     [[ "${!name}" =~ ^[A-Za-z0-9._/-]+$ ]] || die "$name=${!name}: only letters, digits and . _ / - are supported"
 done
@@ -115,6 +118,7 @@ RETENTION_PREFIX="${RETENTION_PREFIX%/}"
 render() {
     sed -e "s|\"secret/data/aegis/keys/transit/model-sign\"|\"${KV_MOUNT}/data/${RETENTION_PREFIX}/${TRANSIT_MOUNT}/${KEY}\"|" \
         -e "s|\"transit/keys\"|\"${TRANSIT_MOUNT}/keys\"|" \
+        -e "s|\"transit/\\([a-z]*\\)/aegis-retention\\.model-sign|\"${TRANSIT_MOUNT}/\\1/${ENDORSEMENT_PREFIX}${KEY}|" \
         -e "s|\"transit/\\([a-z]*\\)/model-sign|\"${TRANSIT_MOUNT}/\\1/${KEY}|" \
         "$1"
 }

@@ -23,6 +23,8 @@ pub enum EventKind {
     Rotate,
     /// Retirement of key versions by a rotation job (`aegis` CLI).
     Retire,
+    /// A retention record endorsed by `aegis retention endorse` (`aegis` CLI).
+    Endorse,
     /// A signature made through the sidecar.
     Sign,
     /// A verification the sidecar refused (bad signature, retired or unknown version).
@@ -38,16 +40,20 @@ impl EventKind {
         match self {
             EventKind::Rotate => "rotate",
             EventKind::Retire => "retire",
+            EventKind::Endorse => "endorse",
             EventKind::Sign => "sign",
             EventKind::VerifyRefused => "verify_refused",
             EventKind::Refused => "refused",
         }
     }
 
-    /// Lifecycle events (rotate, retire) are rare and must never be dropped; the
+    /// Lifecycle events (rotate, retire, endorse) are rare and must never be dropped; the
     /// request-path kinds (sign, verify_refused, refused) may be, under overload, and are counted.
     pub fn is_lifecycle(self) -> bool {
-        matches!(self, EventKind::Rotate | EventKind::Retire)
+        matches!(
+            self,
+            EventKind::Rotate | EventKind::Retire | EventKind::Endorse
+        )
     }
 }
 

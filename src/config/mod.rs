@@ -208,7 +208,8 @@ pub struct Config {
     pub cache_dir: Option<PathBuf>,
     /// Where retention records live: `AEGIS_RETENTION_KV_MOUNT` (default `secret`, a KV v2
     /// mount) and `AEGIS_RETENTION_PREFIX` (default `aegis/keys`); the record of key K is
-    /// `{kv_mount}/data/{prefix}/{transit_mount}/{K}`.
+    /// `{kv_mount}/data/{prefix}/{transit_mount}/{K}`. It is endorsed by the Transit key
+    /// `{AEGIS_RETENTION_ENDORSEMENT_PREFIX}{K}` (default prefix `aegis-retention.`).
     pub retention: RetentionLocation,
     /// `AEGIS_ROTATION_PERIOD`, default 90 days: when `keys status` says a rotation is due.
     pub rotation_period: Duration,
@@ -305,6 +306,7 @@ struct FileAudit {
 struct FileRetention {
     kv_mount: Option<String>,
     prefix: Option<String>,
+    endorsement_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -654,6 +656,21 @@ impl Config {
             errors.push("AEGIS_KEYS / keys: the allowlist is set but names no key".into());
         }
 
+        // Transit key names: a word character first, then word characters, '-' or '.'.
+        let endorsement_prefix = pick(
+            "AEGIS_RETENTION_ENDORSEMENT_PREFIX",
+            fc.retention.endorsement_prefix.clone(),
+        )
+        .unwrap_or_else(|| "aegis-retention.".into());
+        let name_char = |c: char| c.is_alphanumeric() || matches!(c, '_' | '-' | '.');
+        if !endorsement_prefix.starts_with(|c: char| c.is_alphanumeric() || c == '_')
+            || !endorsement_prefix.chars().all(name_char)
+        {
+            errors.push(format!(
+                "AEGIS_RETENTION_ENDORSEMENT_PREFIX / retention.endorsement_prefix: must start with a letter, digit or '_' and hold only those, '-' and '.' (a Transit key name prefix), got {endorsement_prefix:?}"
+            ));
+        }
+
         let mut number = |name: &str, file: Option<usize>, default: usize| -> usize {
             match env.var(name) {
                 Some(v) => v
@@ -846,6 +863,7 @@ impl Config {
                     .unwrap_or_else(|| "aegis/keys".into())
                     .trim_matches('/')
                     .to_string(),
+                endorsement_prefix,
             },
             rotation_period,
             audit,

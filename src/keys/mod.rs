@@ -12,6 +12,7 @@
 
 pub mod retention;
 pub mod snapshot;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,11 +21,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Map, Value};
 use tokio::sync::{Mutex, Notify};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::crypto::{KeyType, PublicKey};
 use crate::vault::{TransitKeyInfo, VaultClient, VaultError};
-use retention::{Retention, RetentionRecord};
+use retention::{Retention, RetentionRecord, RetiredVersion};
+use trust::{Evidence, RecordRead, Refusal, Verdict};
 
 /// One version of a key.
 #[derive(Clone)]
@@ -58,13 +60,58 @@ pub struct KeySet {
     pub versions: BTreeMap<u32, Arc<KeyVersion>>,
     /// The other fields of Vault's last answer, to answer `GET keys` like Vault.
     pub vault_fields: Map<String, Value>,
-    /// The key's retention record as last read (empty when none).
+    /// The retention record in use: the last one accepted while its generation is current
+    /// (empty when none). A refused record is never put here.
     pub record: RetentionRecord,
+    /// How far the record is trusted (see [`trust`]).
+    pub trust: RecordTrust,
     /// Retention of recorded versions, plus expired ones seen before and since dropped
     /// from the record (so a refusal can still say when they were retired).
     pub retention: BTreeMap<u32, Retention>,
     pub fetched_at: SystemTime,
     fetched_instant: Instant,
+}
+
+/// What this sidecar knows of a key's retention record's trustworthiness.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordTrust {
+    /// The highest generation accepted (0: none); never goes down, kept in the snapshot.
+    pub accepted: u32,
+    /// Why the record last read was refused, with its KV version (0: none), so that a
+    /// refusal is logged and counted once per record, not once per refresh.
+    pub refused: Option<(Refusal, u64)>,
+}
+
+/// What a refresh read besides the key: the record and the endorsement key.
+pub(crate) struct Fetched {
+    pub record: RecordRead,
+    /// The record's KV version (0 when absent).
+    pub kv_version: u64,
+    /// The endorsement key's name and, when it exists, Transit's answer for it.
+    pub endorsement_key: String,
+    pub endorser: Option<TransitKeyInfo>,
+}
+
+impl Fetched {
+    /// The retention rule is off: no record, no endorsement key.
+    fn none() -> Self {
+        Fetched {
+            record: RecordRead::Absent,
+            kv_version: 0,
+            endorsement_key: String::new(),
+            endorser: None,
+        }
+    }
+
+    /// True when the record names a generation the endorsement key read does not show as
+    /// current: a rotation job may have written between the two reads.
+    fn maybe_raced(&self) -> bool {
+        let (RecordRead::Decoded(r), Some(e)) = (&self.record, &self.endorser) else {
+            return false;
+        };
+        let g = r.generation();
+        g > 0 && (g < e.min_decryption_version.max(1) || g > e.latest_version)
+    }
 }
 
 /// Whether a version may verify, and if not, why (Vault's message).
@@ -227,12 +274,7 @@ impl KeySet {
         }
         let mut retention = record.entries();
         if let Some(prev) = previous.filter(|p| p.key_type == info.key_type) {
-            let now = SystemTime::now();
-            for (n, r) in &prev.retention {
-                if !retention.contains_key(n) && !r.valid_at(now) && *n <= info.latest_version {
-                    retention.insert(*n, r.clone());
-                }
-            }
+            keep_ended(&mut retention, &prev.retention, info.latest_version);
         }
         let mut vault_fields = info.raw;
         vault_fields.remove("keys");
@@ -253,10 +295,90 @@ impl KeySet {
             versions,
             vault_fields,
             record,
+            trust: previous.map(|p| p.trust.clone()).unwrap_or_default(),
             retention,
             fetched_at: SystemTime::now(),
             fetched_instant: Instant::now(),
         }
+    }
+
+    /// Builds the keyset from a refresh: judges the record ([`trust::judge`]) against
+    /// Transit, the pinned public keys and the generation accepted before, and merges only
+    /// a trusted one (or, when refused, the last accepted one while it is still current).
+    pub(crate) fn from_vault(
+        mount: &str,
+        name: &str,
+        info: TransitKeyInfo,
+        fetched: &Fetched,
+        previous: Option<&KeySet>,
+    ) -> KeySet {
+        let prev = previous.filter(|p| p.key_type == info.key_type);
+        let pins = prev
+            .map(|p| p.pins(info.latest_version))
+            .unwrap_or_default();
+        let accepted = prev.map_or(0, |p| p.trust.accepted);
+        let ev = Evidence {
+            mount,
+            key: name,
+            signing: &info,
+            endorsement_key: &fetched.endorsement_key,
+            endorser: fetched.endorser.as_ref(),
+            pins: &pins,
+            accepted,
+        };
+        let (record, refused) = match trust::judge(&ev, &fetched.record) {
+            Verdict::Trusted(r) => (r, None),
+            Verdict::Empty => (RetentionRecord::default(), None),
+            Verdict::Refused(reason) => (
+                prev.and_then(|p| p.record_still_current(&ev))
+                    .unwrap_or_default(),
+                Some((reason, fetched.kv_version)),
+            ),
+        };
+        let trust = RecordTrust {
+            accepted: accepted.max(record.generation()),
+            refused,
+        };
+        let mut set = KeySet::merge(info, record, prev);
+        set.trust = trust;
+        set
+    }
+
+    /// The public key of every version seen up to `latest`, pinned against the record.
+    fn pins(&self, latest: u32) -> BTreeMap<u32, String> {
+        self.versions
+            .range(..=latest)
+            .map(|(n, v)| (*n, v.public_key.clone()))
+            .collect()
+    }
+
+    /// The record in use, if its generation is still current for `ev`'s endorsement key.
+    fn record_still_current(&self, ev: &Evidence<'_>) -> Option<RetentionRecord> {
+        let generation = self.record.generation();
+        let endorser = ev.endorser?;
+        let current = generation > 0
+            && generation >= endorser.min_decryption_version.max(1)
+            && trust::served_public_key(endorser, generation).is_some()
+            && trust::check_public_keys(&self.record, ev.signing, ev.pins).is_ok();
+        current.then(|| self.record.clone())
+    }
+
+    /// The versions whose validity ended (expired or revoked), as stored in a snapshot.
+    fn ended(&self) -> Vec<RetiredVersion> {
+        let now = SystemTime::now();
+        self.retention
+            .iter()
+            .filter(|(_, r)| !r.valid_at(now))
+            .map(|(n, r)| RetiredVersion {
+                version: *n,
+                public_key: String::new(),
+                created: String::new(),
+                retired_at: r.retired_at_text.clone(),
+                retire_after: r.retire_after_text.clone(),
+                reason: String::new(),
+                revoked: r.revoked,
+            })
+            .collect()
     }
 
     /// `GET keys/{name}`'s `data`: Vault's fields, with `keys` listing every cached version.
@@ -280,8 +402,28 @@ impl KeySet {
     }
 }
 
+/// Adds to `retention` every version whose validity ended in `seen` (expired or
+/// revoked): once seen, an end stays in force whatever a later record says.
+fn keep_ended(
+    retention: &mut BTreeMap<u32, Retention>,
+    seen: &BTreeMap<u32, Retention>,
+    latest: u32,
+) {
+    let now = SystemTime::now();
+    for (n, r) in seen {
+        let still_valid_here = retention.get(n).is_none_or(|x| x.valid_at(now));
+        if !r.valid_at(now) && *n <= latest && still_valid_here {
+            retention.insert(*n, r.clone());
+        }
+    }
+}
+
 /// Where a snapshot entry keeps the key's retention record, next to Transit's fields.
 const SNAPSHOT_RECORD_FIELD: &str = "aegis_retention_record";
+/// Where it keeps the highest accepted generation.
+const SNAPSHOT_GENERATION_FIELD: &str = "aegis_retention_generation";
+/// Where it keeps the versions whose validity ended (revoked or expired).
+const SNAPSHOT_ENDED_FIELD: &str = "aegis_retention_ended";
 
 /// The cache of keysets for one Transit mount.
 pub struct KeyCache {
@@ -301,17 +443,25 @@ pub struct KeyCache {
     retention: Option<RetentionLocation>,
 }
 
-/// The KV v2 location of retention records: `{kv_mount}/data/{prefix}/{transit mount}/{key}`.
+/// The KV v2 location of retention records: `{kv_mount}/data/{prefix}/{transit mount}/{key}`,
+/// and the name prefix of their endorsement keys in the Transit mount.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetentionLocation {
     pub kv_mount: String,
     pub prefix: String,
+    /// `AEGIS_RETENTION_ENDORSEMENT_PREFIX`: key K's record is endorsed by `{this}{K}`.
+    pub endorsement_prefix: String,
 }
 
 impl RetentionLocation {
     /// The record's path inside the KV mount.
     pub fn path(&self, transit_mount: &str, key: &str) -> String {
         format!("{}/{transit_mount}/{key}", self.prefix.trim_matches('/'))
+    }
+
+    /// The Transit key that endorses `key`'s record.
+    pub fn endorsement_key(&self, key: &str) -> String {
+        format!("{}{key}", self.endorsement_prefix)
     }
 }
 
@@ -359,44 +509,100 @@ impl KeyCache {
         self.vault.clone()
     }
 
-    /// Reads the key from Transit, then its retention record from KV (in that order: a
-    /// rotation job writes the record before it raises `min_decryption_version`, so a
-    /// record read after the key never misses a version the key read shows retired).
-    /// A record that cannot be read or decoded fails the read (fail closed: a revocation
-    /// is never forgotten); a missing record is an empty one.
+    /// Reads the key and the endorsement key from Transit (concurrently), then the
+    /// retention record from KV (after the key: a rotation job writes the record before
+    /// it raises `min_decryption_version`, so a record read after the key never misses a
+    /// version the key read shows retired). When the record names a generation the
+    /// endorsement key read does not show as current (a job wrote in between), the record
+    /// and the endorsement key are read once more. A record or endorsement key that cannot
+    /// be read fails the read (fail closed: a revocation is never forgotten); what was read
+    /// is judged by [`KeySet::from_vault`].
     #[tracing::instrument(name = "keys.refresh", skip_all, fields(key = name))]
-    async fn read(&self, name: &str) -> Result<(TransitKeyInfo, RetentionRecord), VaultError> {
+    async fn read(&self, name: &str) -> Result<(TransitKeyInfo, Fetched), VaultError> {
         let result = self.read_uncounted(name).await;
         crate::telemetry::metrics::get().keyset_refresh(result.is_ok());
         result
     }
 
-    async fn read_uncounted(
+    async fn read_uncounted(&self, name: &str) -> Result<(TransitKeyInfo, Fetched), VaultError> {
+        let Some(loc) = &self.retention else {
+            let info = self.vault.transit_read_key(&self.mount, name).await?;
+            return Ok((info, Fetched::none()));
+        };
+        let endorsement_key = loc.endorsement_key(name);
+        let (info, endorser) = tokio::join!(
+            self.vault.transit_read_key(&self.mount, name),
+            self.read_endorser(&endorsement_key)
+        );
+        let (info, mut endorser) = (info?, endorser?);
+        let mut fetched = self
+            .read_record(loc, name, endorsement_key.clone(), endorser)
+            .await?;
+        if fetched.maybe_raced() {
+            endorser = self.read_endorser(&endorsement_key).await?;
+            fetched = self
+                .read_record(loc, name, endorsement_key, endorser)
+                .await?;
+        }
+        Ok((info, fetched))
+    }
+
+    /// The endorsement key, `None` when Transit has no such key.
+    async fn read_endorser(&self, key: &str) -> Result<Option<TransitKeyInfo>, VaultError> {
+        match self.vault.transit_read_key(&self.mount, key).await {
+            Ok(info) => Ok(Some(info)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.in_context(format_args!(
+                "reading the retention record's endorsement key {}/keys/{key}",
+                self.mount
+            ))),
+        }
+    }
+
+    async fn read_record(
         &self,
+        loc: &RetentionLocation,
         name: &str,
-    ) -> Result<(TransitKeyInfo, RetentionRecord), VaultError> {
-        let record = async {
-            let Some(loc) = &self.retention else {
-                return Ok(RetentionRecord::default());
-            };
-            let path = loc.path(&self.mount, name);
-            match self.vault.kv2_read(&loc.kv_mount, &path).await {
-                Ok(entry) if entry.data.is_null() => Ok(RetentionRecord::default()),
-                Ok(entry) => serde_json::from_value(entry.data).map_err(|e| {
-                    VaultError::Decode(format!(
-                        "the retention record of key {name:?} is not in Aegis's format: {e}"
-                    ))
-                }),
-                // Say which read failed: a policy missing `read` on the record path
-                // otherwise reads as a refusal of the key itself.
-                Err(e) => Err(e.in_context(format_args!(
+        endorsement_key: String,
+        endorser: Option<TransitKeyInfo>,
+    ) -> Result<Fetched, VaultError> {
+        let path = loc.path(&self.mount, name);
+        let entry = self
+            .vault
+            .kv2_read(&loc.kv_mount, &path)
+            .await
+            // Say which read failed: a policy missing `read` on the record path
+            // otherwise reads as a refusal of the key itself.
+            .map_err(|e| {
+                e.in_context(format_args!(
                     "reading the retention record {}/data/{path}",
                     loc.kv_mount
-                ))),
-            }
+                ))
+            })?;
+        let record = if entry.data.is_null() {
+            RecordRead::Absent
+        } else {
+            serde_json::from_value(entry.data).map_or(RecordRead::Undecodable, RecordRead::Decoded)
         };
-        let info = self.vault.transit_read_key(&self.mount, name).await?;
-        Ok((info, record.await?))
+        Ok(Fetched {
+            record,
+            kv_version: entry.version,
+            endorsement_key,
+            endorser,
+        })
+    }
+
+    /// Builds the keyset from a refresh and reports a change of the record's trust.
+    fn build(
+        &self,
+        name: &str,
+        info: TransitKeyInfo,
+        fetched: &Fetched,
+        previous: Option<&KeySet>,
+    ) -> KeySet {
+        let set = KeySet::from_vault(&self.mount, name, info, fetched, previous);
+        report_trust(name, previous.map(|p| &p.trust), &set.trust);
+        set
     }
 
     /// The cached keyset, loading it (once, shared by concurrent callers) when absent.
@@ -405,9 +611,9 @@ impl KeyCache {
         let set = self
             .sets
             .try_get_with_by_ref(name, async {
-                let (info, record) = self.read(name).await?;
+                let (info, fetched) = self.read(name).await?;
                 loaded.store(true, std::sync::atomic::Ordering::Relaxed);
-                Ok(Arc::new(KeySet::merge(info, record, None)))
+                Ok(Arc::new(self.build(name, info, &fetched, None)))
             })
             .await
             .map_err(|e: Arc<VaultError>| (*e).clone())?;
@@ -501,8 +707,8 @@ impl KeyCache {
             return Ok(p.clone());
         }
         match self.read(name).await {
-            Ok((info, record)) => {
-                let set = Arc::new(KeySet::merge(info, record, previous.as_deref()));
+            Ok((info, fetched)) => {
+                let set = Arc::new(self.build(name, info, &fetched, previous.as_deref()));
                 if previous.as_ref().is_none_or(|p| {
                     p.latest_version != set.latest_version
                         || p.min_decryption_version != set.min_decryption_version
@@ -516,7 +722,9 @@ impl KeyCache {
                     );
                 }
                 let changed = previous.as_ref().is_none_or(|p| {
-                    p.to_vault_json() != set.to_vault_json() || p.record != set.record
+                    p.to_vault_json() != set.to_vault_json()
+                        || p.record != set.record
+                        || p.trust != set.trust
                 });
                 self.sets.insert(name.to_string(), set.clone()).await;
                 if changed {
@@ -548,20 +756,16 @@ impl KeyCache {
     }
 
     /// Loads a snapshot's keysets (a start during a Vault outage). Returns how many keys
-    /// were restored; keys already loaded from Vault are left alone.
+    /// were restored; keys already loaded from Vault are left alone. The snapshot's record
+    /// was accepted when it was written; one that does not decode is refused (logged,
+    /// counted), never read as empty.
     pub async fn restore(&self, payload: snapshot::Payload) -> usize {
         let mut restored = 0;
-        for (name, mut data) in payload.keys {
-            let record = data
-                .as_object_mut()
-                .and_then(|m| m.remove(SNAPSHOT_RECORD_FIELD))
-                .and_then(|r| serde_json::from_value(r).ok())
-                .unwrap_or_default();
-            match TransitKeyInfo::from_data(data) {
-                Ok(info) if !self.sets.contains_key(&name) => {
-                    self.sets
-                        .insert(name, Arc::new(KeySet::merge(info, record, None)))
-                        .await;
+        for (name, data) in payload.keys {
+            match restore_entry(&name, data) {
+                Ok(set) if !self.sets.contains_key(&name) => {
+                    report_trust(&name, None, &set.trust);
+                    self.sets.insert(name, Arc::new(set)).await;
                     restored += 1;
                 }
                 Ok(_) => {}
@@ -578,10 +782,14 @@ impl KeyCache {
             .iter()
             .map(|(name, set)| {
                 let mut data = set.to_vault_json();
-                if let (Value::Object(m), Ok(record)) =
-                    (&mut data, serde_json::to_value(&set.record))
-                {
+                if let (Value::Object(m), Ok(record), Ok(ended)) = (
+                    &mut data,
+                    serde_json::to_value(&set.record),
+                    serde_json::to_value(set.ended()),
+                ) {
                     m.insert(SNAPSHOT_RECORD_FIELD.into(), record);
+                    m.insert(SNAPSHOT_GENERATION_FIELD.into(), set.trust.accepted.into());
+                    m.insert(SNAPSHOT_ENDED_FIELD.into(), ended);
                 }
                 ((*name).clone(), data)
             })
@@ -620,6 +828,68 @@ impl KeyCache {
             tokio::time::sleep(jittered.max(Duration::from_millis(10))).await;
             self.refresh_all().await;
         }
+    }
+}
+
+/// One snapshot entry as a keyset: Transit's fields, the record accepted, the highest
+/// generation accepted and the versions whose validity ended.
+fn restore_entry(name: &str, mut data: Value) -> Result<KeySet, VaultError> {
+    let mut take = |field| data.as_object_mut().and_then(|m| m.remove(field));
+    let record = take(SNAPSHOT_RECORD_FIELD);
+    let generation = take(SNAPSHOT_GENERATION_FIELD).and_then(|g| g.as_u64());
+    let ended: Vec<RetiredVersion> = take(SNAPSHOT_ENDED_FIELD)
+        .and_then(|e| serde_json::from_value(e).ok())
+        .unwrap_or_default();
+    let info = TransitKeyInfo::from_data(data)?;
+    let (record, refused) = match record.map(serde_json::from_value::<RetentionRecord>) {
+        None => (RetentionRecord::default(), None),
+        Some(Ok(r)) => (r, None),
+        Some(Err(_)) => (RetentionRecord::default(), Some((Refusal::Undecodable, 0))),
+    };
+    let latest = info.latest_version;
+    let mut set = KeySet::merge(info, record, None);
+    let ended = RetentionRecord {
+        previous_keys: ended,
+        ..RetentionRecord::default()
+    };
+    keep_ended(&mut set.retention, &ended.entries(), latest);
+    let accepted = generation.and_then(|g| u32::try_from(g).ok()).unwrap_or(0);
+    set.trust = RecordTrust {
+        accepted: accepted.max(set.record.generation()),
+        refused,
+    };
+    debug!(
+        key = name,
+        generation = set.trust.accepted,
+        "keyset restored from the snapshot"
+    );
+    Ok(set)
+}
+
+/// Logs and counts a change of a record's trust: a refusal once per refused record (its
+/// reason and KV version; never its contents), and the return to a trusted record.
+fn report_trust(name: &str, before: Option<&RecordTrust>, after: &RecordTrust) {
+    let metrics = crate::telemetry::metrics::get();
+    metrics.record_trusted(name, after.refused.is_none());
+    if before.and_then(|t| t.refused) == after.refused {
+        return;
+    }
+    match after.refused {
+        Some((reason, kv_version)) => {
+            metrics.record_refused(name, reason.as_str());
+            error!(
+                key = name,
+                reason = reason.as_str(),
+                kv_version,
+                accepted_generation = after.accepted,
+                "retention record refused: none of its entries is used; retired versions verify only while the last accepted record is current (see docs/trust-model.md)"
+            );
+        }
+        None => warn!(
+            key = name,
+            generation = after.accepted,
+            "retention record trusted again"
+        ),
     }
 }
 

@@ -12,6 +12,9 @@
 //!   even above `min_decryption_version` (revocation always wins).
 //!
 //! The record is written with check-and-set (KV v2 `cas`), so two jobs never lose an entry.
+//! Each generation is endorsed by the rotation job through Transit ([`Endorsement`]) over
+//! [`RetentionRecord::endorsed_bytes`]; the sidecar uses a record only when that
+//! endorsement holds (see [`super::trust`] and docs/trust-model.md).
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -30,6 +33,46 @@ pub struct RetentionRecord {
     /// Retired versions, ascending.
     #[serde(default)]
     pub previous_keys: Vec<RetiredVersion>,
+    /// The rotation job's signature over this generation; `None` in records written
+    /// before endorsements (refused until `aegis retention endorse` runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endorsement: Option<Endorsement>,
+}
+
+/// The endorsement of one record generation by the rotation job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Endorsement {
+    /// The Transit key that signed: `{AEGIS_RETENTION_ENDORSEMENT_PREFIX}{key}`.
+    pub key: String,
+    /// The endorsement key's version that signed, new for every generation: Vault
+    /// forgets superseded ones (`min_decryption_version`, `trim`).
+    pub generation: u32,
+    /// Transit's `vault:v{generation}:...` over [`RetentionRecord::endorsed_bytes`].
+    pub signature: String,
+}
+
+/// The first line of the endorsed bytes: what they are and the format's version.
+const ENDORSED_DOMAIN: &str = "aegis-retention-endorsement/1\n";
+
+/// The endorsed content, in a fixed field order (serde keeps declaration order).
+#[derive(Serialize)]
+struct Endorsed<'a> {
+    mount: &'a str,
+    key: &'a str,
+    endorsement_key: &'a str,
+    generation: u32,
+    entries: Vec<EndorsedEntry<'a>>,
+}
+
+#[derive(Serialize)]
+struct EndorsedEntry<'a> {
+    version: u32,
+    public_key: &'a str,
+    created: &'a str,
+    retired_at: &'a str,
+    retire_after: &'a str,
+    revoked: bool,
+    reason: &'a str,
 }
 
 /// One retired version.
@@ -122,6 +165,41 @@ impl RetentionRecord {
         self.previous_keys.iter().find(|e| e.version == version)
     }
 
+    /// The bytes the endorsement signs (the one serialization writer and verifier use):
+    /// the domain line, then compact JSON binding mount, key, endorsement key, generation
+    /// and every field of every entry, entries by version.
+    pub fn endorsed_bytes(&self, endorsement_key: &str, generation: u32) -> Vec<u8> {
+        let mut entries: Vec<EndorsedEntry<'_>> = self
+            .previous_keys
+            .iter()
+            .map(|e| EndorsedEntry {
+                version: e.version,
+                public_key: &e.public_key,
+                created: &e.created,
+                retired_at: &e.retired_at,
+                retire_after: &e.retire_after,
+                revoked: e.revoked,
+                reason: &e.reason,
+            })
+            .collect();
+        entries.sort_by_key(|e| e.version);
+        let body = Endorsed {
+            mount: &self.mount,
+            key: &self.key,
+            endorsement_key,
+            generation,
+            entries,
+        };
+        let mut out = ENDORSED_DOMAIN.as_bytes().to_vec();
+        serde_json::to_writer(&mut out, &body).expect("endorsed bytes serialize");
+        out
+    }
+
+    /// The endorsement's generation, 0 when unendorsed.
+    pub fn generation(&self) -> u32 {
+        self.endorsement.as_ref().map_or(0, |e| e.generation)
+    }
+
     /// Inserts or replaces the entry for its version, keeping the list ascending.
     pub fn upsert(&mut self, entry: RetiredVersion) {
         self.previous_keys.retain(|e| e.version != entry.version);
@@ -192,6 +270,7 @@ mod tests {
             key: "k".into(),
             mount: "transit".into(),
             previous_keys: vec![],
+            endorsement: None,
         };
         r.upsert(entry(1, "2026-03-01T00:00:00Z", false));
         let v = serde_json::to_value(&r).unwrap();
@@ -200,5 +279,43 @@ mod tests {
             "2026-03-01T00:00:00Z"
         );
         assert_eq!(serde_json::from_value::<RetentionRecord>(v).unwrap(), r);
+    }
+
+    #[test]
+    fn endorsed_bytes_bind_every_field_and_ignore_entry_order() {
+        let mut r = RetentionRecord {
+            key: "k".into(),
+            mount: "transit".into(),
+            ..RetentionRecord::default()
+        };
+        r.upsert(entry(1, "2026-03-01T00:00:00Z", false));
+        r.upsert(entry(2, "2026-04-01T00:00:00Z", false));
+        let base = r.endorsed_bytes("aegis-retention.k", 3);
+        let text = String::from_utf8(base.clone()).unwrap();
+        assert!(text.starts_with("aegis-retention-endorsement/1\n{\"mount\":\"transit\",\"key\":\"k\",\"endorsement_key\":\"aegis-retention.k\",\"generation\":3,\"entries\":[{\"version\":1,"), "{text}");
+        let mut reordered = r.clone();
+        reordered.previous_keys.reverse();
+        assert_eq!(reordered.endorsed_bytes("aegis-retention.k", 3), base);
+        assert_ne!(r.endorsed_bytes("aegis-retention.k", 4), base);
+        assert_ne!(r.endorsed_bytes("other", 3), base);
+        let changes: [fn(&mut RetentionRecord); 9] = [
+            |r| r.mount = "t2".into(),
+            |r| r.key = "k2".into(),
+            |r| r.previous_keys[0].version = 9,
+            |r| r.previous_keys[0].public_key = "pk2".into(),
+            |r| r.previous_keys[0].created = "x".into(),
+            |r| r.previous_keys[0].retired_at = "x".into(),
+            |r| r.previous_keys[0].retire_after = "2099-01-01T00:00:00Z".into(),
+            |r| r.previous_keys[0].revoked = true,
+            |r| r.previous_keys[0].reason = "x".into(),
+        ];
+        for change in changes {
+            let mut c = r.clone();
+            change(&mut c);
+            assert_ne!(c.endorsed_bytes("aegis-retention.k", 3), base);
+        }
+        let mut fewer = r.clone();
+        fewer.previous_keys.pop();
+        assert_ne!(fewer.endorsed_bytes("aegis-retention.k", 3), base);
     }
 }

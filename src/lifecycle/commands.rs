@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use super::{key_status, retire, rotate, KeyRef, LifecycleError, Plan, RetireAt, RotateOptions};
+use super::{
+    endorse, key_status, retire, rotate, KeyRef, LifecycleError, Plan, RetireAt, RotateOptions,
+};
 use crate::audit::{Actor, AuditEvent, Auditor, EventKind, Outcome};
 use crate::config::Config;
 use crate::keys::retention::parse_time;
@@ -109,6 +111,7 @@ where
                 .recorded
                 .iter()
                 .chain(&plan.rotated_to)
+                .chain(&plan.endorsed)
                 .map(|v| u64::from(*v));
             event = event.versions(versions);
             if let Some(t) = plan.retire_after.as_deref().and_then(parse_time) {
@@ -188,13 +191,47 @@ pub async fn run_retire(config: &Config, args: RetireArgs, json: bool) -> ExitCo
     .await
 }
 
+/// `aegis retention endorse` (the one-time migration of a record written before
+/// endorsements; `mount` overrides `AEGIS_TRANSIT_MOUNT`).
+pub async fn run_endorse(
+    config: &Config,
+    key: &str,
+    mount: Option<&str>,
+    dry_run: bool,
+    json: bool,
+) -> ExitCode {
+    let reason = "retention record endorsed";
+    audited(
+        config,
+        EventKind::Endorse,
+        key,
+        reason,
+        dry_run,
+        json,
+        |vault| async move {
+            let mut k = key_ref(config, &vault, key);
+            if let Some(m) = mount {
+                k.mount = m;
+            }
+            endorse(&k, dry_run).await
+        },
+    )
+    .await
+}
+
 /// `aegis keys status`.
 pub async fn run_status(config: &Config, key: Option<&str>, json: bool) -> ExitCode {
     let result = async {
         let vault = connect(config).await?;
         let names = match key {
             Some(k) => vec![k.to_string()],
-            None => vault.transit_list_keys(&config.transit_mount).await?,
+            // Endorsement keys sign retention records, not artifacts: not inventoried.
+            None => vault
+                .transit_list_keys(&config.transit_mount)
+                .await?
+                .into_iter()
+                .filter(|n| !n.starts_with(&config.retention.endorsement_prefix))
+                .collect(),
         };
         let mut out = Vec::new();
         for name in &names {
@@ -243,6 +280,21 @@ impl Plan {
                 "{}: {would}drop expired versions {:?} from the retention record",
                 self.key, self.dropped
             ));
+        }
+        if let Some(before) = &self.previously {
+            lines.push(format!(
+                "{}: the retention record was {before}; {would}endorse versions {:?}",
+                self.key, self.endorsed
+            ));
+            if !self.unchecked.is_empty() {
+                lines.push(format!(
+                    "{}: versions {:?} are no longer served by Vault: their public keys are taken as the record holds them",
+                    self.key, self.unchecked
+                ));
+            }
+        }
+        if let Some(g) = self.endorsed_generation {
+            lines.push(format!("{}: endorsed as generation {g}", self.key));
         }
         let (before, after) = self.min_decryption_version;
         if after != before {

@@ -10,8 +10,11 @@
 //! Every step re-reads Vault and converges, so a job that died half-way, or two jobs at
 //! once, end in the same consistent state: every version Vault no longer accepts is
 //! either recorded or past its window, and no record entry is lost (writes are CAS).
+//! Every record write is endorsed through Transit ([`endorse`]), so a KV writer cannot
+//! add, widen or revive trust.
 
 mod commands;
+mod endorse;
 mod status;
 
 use std::time::{Duration, SystemTime};
@@ -24,7 +27,8 @@ use crate::keys::retention::{format_time, parse_time, RetentionRecord, RetiredVe
 use crate::keys::RetentionLocation;
 use crate::vault::{CasWrite, TransitKeyInfo, VaultClient, VaultError};
 
-pub use commands::{run_retire, run_rotate, run_status, RetireArgs};
+pub use commands::{run_endorse, run_retire, run_rotate, run_status, RetireArgs};
+pub use endorse::endorse;
 pub use status::{key_status, KeyStatus, VersionState, VersionStatusLine};
 
 /// How many times a check-and-set write is retried against concurrent writers.
@@ -121,6 +125,17 @@ pub struct Plan {
     pub dropped: Vec<u32>,
     /// `min_decryption_version` before and after.
     pub min_decryption_version: (u32, u32),
+    /// `aegis retention endorse`: the generation written, the versions endorsed, those
+    /// whose public key Vault no longer serves (taken as the record had them), and what
+    /// the record was before (`unendorsed`, `endorsed`, a refusal reason, `empty`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endorsed_generation: Option<u32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub endorsed: Vec<u32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unchecked: Vec<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previously: Option<String>,
 }
 
 impl KeyRef<'_> {
@@ -162,47 +177,88 @@ impl KeyRef<'_> {
         RetentionRecord {
             key: self.key.to_string(),
             mount: self.mount.to_string(),
-            previous_keys: Vec::new(),
+            ..RetentionRecord::default()
         }
     }
 
     /// Applies `change` to the record with check-and-set, re-reading on conflict. `change`
-    /// gets the current key and record and returns whether it changed the record.
-    async fn update_record<F>(&self, mut change: F) -> Result<RetentionRecord, LifecycleError>
+    /// gets the current key and record and returns whether it changed the record. Only a
+    /// trusted record is built on; every write is endorsed as a new generation.
+    async fn update_record<F>(&self, change: F) -> Result<RetentionRecord, LifecycleError>
+    where
+        F: FnMut(&TransitKeyInfo, &mut RetentionRecord) -> Result<bool, LifecycleError>,
+    {
+        self.update_record_as(endorse::Accept::Endorsed, change)
+            .await
+    }
+
+    /// [`update_record`](Self::update_record), building on records `accept` allows.
+    async fn update_record_as<F>(
+        &self,
+        accept: endorse::Accept,
+        mut change: F,
+    ) -> Result<RetentionRecord, LifecycleError>
     where
         F: FnMut(&TransitKeyInfo, &mut RetentionRecord) -> Result<bool, LifecycleError>,
     {
         for attempt in 1..=CAS_ATTEMPTS {
             let info = self.read_key().await?;
             let (mut record, cas) = self.read_record().await?;
+            let endorser = self.read_endorser().await?;
+            self.check_record(&info, &record, cas, endorser.as_ref(), accept)?;
+            if accept == endorse::Accept::Endorsed {
+                self.converge_endorsements(&record, endorser.as_ref())
+                    .await?;
+            }
             if !change(&info, &mut record)? {
                 return Ok(record);
             }
-            let data = serde_json::to_value(&record).expect("record serializes");
-            let written = match self
-                .vault
-                .kv2_write_cas(&self.retention.kv_mount, &self.record_path(), &data, cas)
-                .await
+            if let Some(generation) = self
+                .endorse_new_generation(&mut record, endorser.is_some())
+                .await?
             {
-                // Raced another writer inside Vault: re-read and converge, like a CAS miss.
-                Err(e) if e.is_write_conflict() => CasWrite::Conflict,
-                other => other?,
-            };
-            match written {
-                CasWrite::Written(v) => {
-                    info!(key = self.key, kv_version = v, "retention record written");
+                if self.write_record(&record, cas).await? {
+                    self.retire_endorsements(generation).await?;
                     return Ok(record);
                 }
-                CasWrite::Conflict => {
-                    warn!(
-                        key = self.key,
-                        attempt, "retention record changed meanwhile; retrying"
-                    );
-                    backoff(attempt).await;
-                }
             }
+            warn!(
+                key = self.key,
+                attempt, "retention record changed meanwhile; retrying"
+            );
+            backoff(attempt).await;
         }
         Err(LifecycleError::Contended)
+    }
+
+    /// Check-and-set write of the record at KV version `cas`; false when another writer won.
+    async fn write_record(
+        &self,
+        record: &RetentionRecord,
+        cas: u64,
+    ) -> Result<bool, LifecycleError> {
+        let data = serde_json::to_value(record).expect("record serializes");
+        let written = match self
+            .vault
+            .kv2_write_cas(&self.retention.kv_mount, &self.record_path(), &data, cas)
+            .await
+        {
+            // Raced another writer inside Vault: re-read and converge, like a CAS miss.
+            Err(e) if e.is_write_conflict() => CasWrite::Conflict,
+            other => other?,
+        };
+        match written {
+            CasWrite::Written(v) => {
+                info!(
+                    key = self.key,
+                    kv_version = v,
+                    generation = record.generation(),
+                    "retention record written"
+                );
+                Ok(true)
+            }
+            CasWrite::Conflict => Ok(false),
+        }
     }
 
     /// Raises `min_decryption_version` past the versions the record holds (never lowers it,

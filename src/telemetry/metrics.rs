@@ -15,6 +15,8 @@
 //! | `aegis_vault_request_duration_seconds` | histogram | endpoint |
 //! | `aegis_vault_auth_failures_total` | counter | method |
 //! | `aegis_keyset_refreshes_total` | counter | outcome |
+//! | `aegis_retention_record_refused_total` | counter (once per refused record) | key, reason |
+//! | `aegis_retention_record_trusted` | gauge (0/1, at each refresh) | key |
 //! | `aegis_ready`, `aegis_vault_authenticated` | gauge (0/1) | |
 //! | `aegis_vault_token_ttl_seconds` | gauge | |
 //! | `aegis_key_latest_version`, `aegis_key_oldest_valid_version` | gauge | key |
@@ -28,7 +30,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, ObservableGauge};
 use opentelemetry::KeyValue;
 
 /// What a caller asked for.
@@ -237,6 +239,8 @@ pub struct Metrics {
     auth_failures: Counter<u64>,
     keyset_refreshes: Counter<u64>,
     model_verify_failures: Counter<u64>,
+    records_refused: Counter<u64>,
+    record_trusted: Gauge<f64>,
 }
 
 /// The process's instruments.
@@ -298,6 +302,16 @@ impl Metrics {
                 .u64_counter("aegis_keyset_refreshes_total")
                 .with_description("Reads of a key's public keys and retention record from Vault")
                 .build(),
+            records_refused: meter
+                .u64_counter("aegis_retention_record_refused_total")
+                .with_description("Retention records refused (once per record), by key and reason")
+                .build(),
+            record_trusted: meter
+                .f64_gauge("aegis_retention_record_trusted")
+                .with_description(
+                    "1 when the key's retention record last read was trusted, 0 when refused",
+                )
+                .build(),
         }
     }
 
@@ -312,6 +326,15 @@ impl Metrics {
                 .add(0, &[KeyValue::new("outcome", outcome)]);
         }
         for key in keys {
+            for reason in crate::keys::trust::Refusal::ALL {
+                self.records_refused.add(
+                    0,
+                    &[
+                        KeyValue::new("key", key.to_string()),
+                        KeyValue::new("reason", reason.as_str()),
+                    ],
+                );
+            }
             for result in [
                 VerifyResult::Valid,
                 VerifyResult::Invalid,
@@ -387,6 +410,25 @@ impl Metrics {
                 KeyValue::new("key", key.to_string()),
                 KeyValue::new("reason", reason),
             ],
+        );
+    }
+
+    /// A retention record refused for `reason` (a `keys::trust::Refusal` name).
+    pub fn record_refused(&self, key: &str, reason: &'static str) {
+        self.records_refused.add(
+            1,
+            &[
+                KeyValue::new("key", key.to_string()),
+                KeyValue::new("reason", reason),
+            ],
+        );
+    }
+
+    /// Whether `key`'s retention record last read was trusted.
+    pub fn record_trusted(&self, key: &str, trusted: bool) {
+        self.record_trusted.record(
+            if trusted { 1.0 } else { 0.0 },
+            &[KeyValue::new("key", key.to_string())],
         );
     }
 

@@ -118,6 +118,84 @@ impl VaultClient {
         .map(drop)
     }
 
+    /// `POST {mount}/keys/{key}` with `type`: creates a key (an existing key of that name
+    /// is left as it is, so this is retried like a read).
+    pub async fn transit_create_key(
+        &self,
+        mount: &str,
+        key: &str,
+        key_type: &str,
+    ) -> Result<(), VaultError> {
+        self.request_with(
+            Retry::Idempotent,
+            Method::POST,
+            &format!("{mount}/keys/{key}"),
+            Some(&serde_json::json!({ "type": key_type })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `POST {mount}/sign/{key}` of `input` with version `key_version` pinned; returns
+    /// Transit's `vault:vN:...` signature (rotation jobs: record endorsements).
+    pub async fn transit_sign_version(
+        &self,
+        mount: &str,
+        key: &str,
+        input: &[u8],
+        key_version: u32,
+    ) -> Result<String, VaultError> {
+        use base64::Engine as _;
+        let body = serde_json::json!({
+            "input": base64::engine::general_purpose::STANDARD.encode(input),
+            "key_version": key_version,
+        });
+        let data = self.transit_write("sign", mount, key, None, &body).await?;
+        data["signature"]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| VaultError::Decode("sign answered without a signature".into()))
+    }
+
+    /// `POST {mount}/keys/{key}/config` with `min_decryption_version` and
+    /// `min_encryption_version` both set to `version` (idempotent).
+    pub async fn transit_set_min_versions(
+        &self,
+        mount: &str,
+        key: &str,
+        version: u32,
+    ) -> Result<(), VaultError> {
+        self.request_with(
+            Retry::Idempotent,
+            Method::POST,
+            &format!("{mount}/keys/{key}/config"),
+            Some(&serde_json::json!({
+                "min_decryption_version": version,
+                "min_encryption_version": version,
+            })),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// `POST {mount}/keys/{key}/trim` with `min_available_version`: Vault deletes the key
+    /// material of every lower version for good (idempotent).
+    pub async fn transit_trim(
+        &self,
+        mount: &str,
+        key: &str,
+        min_available_version: u32,
+    ) -> Result<(), VaultError> {
+        self.request_with(
+            Retry::Idempotent,
+            Method::POST,
+            &format!("{mount}/keys/{key}/trim"),
+            Some(&serde_json::json!({ "min_available_version": min_available_version })),
+        )
+        .await
+        .map(drop)
+    }
+
     /// `LIST {mount}/keys`: every key name (empty when there is none).
     pub async fn transit_list_keys(&self, mount: &str) -> Result<Vec<String>, VaultError> {
         let list = Method::from_bytes(b"LIST").expect("LIST is a valid method");

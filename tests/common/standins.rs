@@ -54,7 +54,8 @@ pub async fn write_policy(bao: &Bao, name: &str, hcl: &str) {
 }
 
 /// A policy allowing Transit sign/verify and key reads for `key`, and reading its
-/// retention record (as the sidecar needs; see deploy/vault/aegis-sidecar.hcl).
+/// retention record and endorsement key (as the sidecar needs; see
+/// deploy/vault/aegis-sidecar.hcl).
 pub fn transit_policy(key: &str) -> String {
     format!(
         r#"path "transit/sign/{key}" {{ capabilities = ["update"] }}
@@ -63,6 +64,7 @@ path "transit/verify/{key}" {{ capabilities = ["update"] }}
 path "transit/verify/{key}/*" {{ capabilities = ["update"] }}
 path "transit/keys/{key}" {{ capabilities = ["read"] }}
 path "secret/data/aegis/keys/transit/{key}" {{ capabilities = ["read"] }}
+path "transit/keys/aegis-retention.{key}" {{ capabilities = ["read"] }}
 "#
     )
 }

@@ -54,6 +54,8 @@ CONTRACT: Dict[str, Tuple[str, FrozenSet[str]]] = {
     "aegis_key_age_seconds": (GAUGE, frozenset({"key"})),
     "aegis_key_rotation_period_seconds": (GAUGE, frozenset({"key"})),
     "aegis_build_info": (GAUGE, frozenset({"version"})),
+    "aegis_retention_record_refused_total": (COUNTER, frozenset({"key", "reason"})),
+    "aegis_retention_record_trusted": (GAUGE, frozenset({"key"})),
 }
 CONTRACT_NAMES: FrozenSet[str] = frozenset(CONTRACT)
 
