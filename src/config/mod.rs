@@ -13,8 +13,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::keys::RetentionLocation;
-
 pub mod audit;
 pub mod policy_file;
 mod telemetry;
@@ -49,6 +47,28 @@ impl fmt::Debug for Secret {
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d).map(Secret)
+    }
+}
+
+/// The KV v2 location of retention records: `{kv_mount}/data/{prefix}/{transit mount}/{key}`,
+/// and the name prefix of their endorsement keys in the Transit mount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionLocation {
+    pub kv_mount: String,
+    pub prefix: String,
+    /// `AEGIS_RETENTION_ENDORSEMENT_PREFIX`: key K's record is endorsed by `{this}{K}`.
+    pub endorsement_prefix: String,
+}
+
+impl RetentionLocation {
+    /// The record's path inside the KV mount.
+    pub fn path(&self, transit_mount: &str, key: &str) -> String {
+        format!("{}/{transit_mount}/{key}", self.prefix.trim_matches('/'))
+    }
+
+    /// The Transit key that endorses `key`'s record.
+    pub fn endorsement_key(&self, key: &str) -> String {
+        format!("{}{key}", self.endorsement_prefix)
     }
 }
 

@@ -4,7 +4,8 @@
 //! seen, including versions Vault has since retired (below `min_decryption_version`) and
 //! no longer returns: Vault forgets them, Aegis does not. Whether such a version may
 //! verify is decided by [`KeySet::version_status`], the one place that applies the
-//! validity rule of DESIGN.md (today: Vault's own rule; the retention record extends it).
+//! validity rule (ARCHITECTURE.md, "The validity rule": Vault's own rule, extended by the
+//! key's endorsed retention record).
 //!
 //! Loading is single-flight (moka's `try_get_with`), and so is a refresh triggered by an
 //! unknown version: concurrent requests wait for one Vault call. A background task
@@ -23,6 +24,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{Mutex, Notify};
 use tracing::{debug, error, info, warn};
 
+pub use crate::config::RetentionLocation;
 use crate::crypto::{KeyType, PublicKey};
 use crate::vault::{TransitKeyInfo, VaultClient, VaultError};
 use retention::{Retention, RetentionRecord, RetiredVersion};
@@ -142,7 +144,7 @@ impl KeySet {
         self.local_type.is_some() && !self.derived
     }
 
-    /// The validity rule of DESIGN.md, the one place it is applied. Version N verifies when
+    /// The validity rule (ARCHITECTURE.md), the one place it is applied. Version N verifies when
     /// the cache has its public key, N <= latest, and either N is recorded in the
     /// retention record with `retire_after` still ahead (even below
     /// `min_decryption_version`), or N is unrecorded and >= `min_decryption_version`.
@@ -441,28 +443,6 @@ pub struct KeyCache {
     updates: tokio::sync::watch::Sender<u64>,
     /// Where retention records live; `None`: the retention rule is off (Vault's rule only).
     retention: Option<RetentionLocation>,
-}
-
-/// The KV v2 location of retention records: `{kv_mount}/data/{prefix}/{transit mount}/{key}`,
-/// and the name prefix of their endorsement keys in the Transit mount.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetentionLocation {
-    pub kv_mount: String,
-    pub prefix: String,
-    /// `AEGIS_RETENTION_ENDORSEMENT_PREFIX`: key K's record is endorsed by `{this}{K}`.
-    pub endorsement_prefix: String,
-}
-
-impl RetentionLocation {
-    /// The record's path inside the KV mount.
-    pub fn path(&self, transit_mount: &str, key: &str) -> String {
-        format!("{}/{transit_mount}/{key}", self.prefix.trim_matches('/'))
-    }
-
-    /// The Transit key that endorses `key`'s record.
-    pub fn endorsement_key(&self, key: &str) -> String {
-        format!("{}{key}", self.endorsement_prefix)
-    }
 }
 
 impl KeyCache {

@@ -2,8 +2,8 @@
 //!
 //! Vault forgets the public keys of versions below `min_decryption_version`; signatures
 //! they made would stop verifying everywhere. The rotation job (`aegis rotate`) records
-//! each outgoing version in the key's retention record in Vault KV v2 (DESIGN.md: "a
-//! `previous_keys` list with a `retire_after` timestamp") before it raises
+//! each outgoing version in the key's retention record in Vault KV v2 (the runbook's
+//! "`previous_keys` list with a `retire_after` timestamp") before it raises
 //! `min_decryption_version`. The sidecar reads the record with the key and applies the
 //! rule in [`super::KeySet::version_status`]:
 //! - a recorded version verifies until its `retire_after`, even below

@@ -23,8 +23,8 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::{info, warn};
 
+use crate::config::RetentionLocation;
 use crate::keys::retention::{format_time, parse_time, RetentionRecord, RetiredVersion};
-use crate::keys::RetentionLocation;
 use crate::vault::{CasWrite, TransitKeyInfo, VaultClient, VaultError};
 
 pub use commands::{run_endorse, run_retire, run_rotate, run_status, RetireArgs};
