@@ -2,7 +2,8 @@
 //!
 //! Input that would make Vault answer 500 (an unknown RSA signature algorithm, a
 //! `key_version` above the latest) is refused here with a 400, so callers never see a 5xx
-//! for their own mistakes. A signature made with a version newer than the cache knows
+//! for their own mistakes. A `key_version` that may not sign (too old for Vault, revoked
+//! or past its retention window: [`version`]) is refused before Vault is asked. A signature made with a version newer than the cache knows
 //! triggers a keyset refresh at once, so verification of it never waits.
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use crate::verify::{
 };
 
 pub mod coalesce;
+mod version;
 
 use coalesce::Coalescer;
 
@@ -67,6 +69,12 @@ impl Signer {
                 ));
             }
         }
+        if let Some(refusal) = version::refused_signing_version(&set, req.options.key_version) {
+            if !req.batch {
+                return Err(Error::bad_request(refusal));
+            }
+            return Ok(version::batch_refusal(req, &refusal));
+        }
         if !req.batch {
             refuse_what_vault_fails_on(&set, &res, req)?;
         }
@@ -101,18 +109,10 @@ pub(crate) fn refuse_what_vault_fails_on(
     req: &TransitRequest,
 ) -> Result<(), Error> {
     let opts = &req.options;
-    match opts.key_version {
-        Some(v) if v < 0 => {
-            return Err(Error::bad_request(
-                "requested version for signing is negative",
-            ))
-        }
-        Some(v) if v > 0 && v < i64::from(set.min_encryption_version) => {
-            return Err(Error::bad_request(
-                "requested version for signing is less than the minimum encryption key version",
-            ))
-        }
-        _ => {}
+    if opts.key_version.is_some_and(|v| v < 0) {
+        return Err(Error::bad_request(
+            "requested version for signing is negative",
+        ));
     }
     require_context_for_derived(set, req)?;
     let item = &req.items[0];
