@@ -215,6 +215,33 @@ async fn revoking_the_signing_version_rotates_first_and_vault_refuses_it() {
     let side = Sidecar::start(&bao, &[FAST_REFRESH]).await;
     assert_valid(&side, &bao, "sk", &v2).await;
 
+    let args = [
+        "retire",
+        "--key",
+        "sk",
+        "--version",
+        "2",
+        "--now",
+        "--reason",
+        "leaked",
+        "--dry-run",
+    ];
+    let dry = aegis_as(&bao, &bao.token, 0, &args);
+    assert_eq!(
+        (
+            &dry["rotated_to"],
+            &dry["min_encryption_version"],
+            &dry["min_decryption_version"]
+        ),
+        (&json!(3), &json!([0, 3]), &json!([2, 3])),
+        "{dry}"
+    );
+    assert_eq!(
+        minimums(&bao, "sk").await,
+        (2, 2, 0),
+        "a dry run changes nothing"
+    );
+
     let plan = revoke(&bao, "sk", 2);
     assert_eq!(plan["rotated_to"], 3, "{plan}");
     assert_eq!(plan["revoked"], 2, "{plan}");
@@ -274,6 +301,9 @@ async fn revoking_a_middle_version_keeps_the_others_and_batches_fail_like_vault(
         sigs.push(sign_at_vault(&bao, "mid").await);
     }
     let side = Sidecar::start(&bao, &[FAST_REFRESH]).await;
+    // A sidecar whose cached keyset will predate the revocation for an hour.
+    let stale = Sidecar::start(&bao, &[("AEGIS_REFRESH_INTERVAL", "1h")]).await;
+    assert_valid(&stale, &bao, "mid", &sigs[1]).await;
 
     let plan = revoke(&bao, "mid", 2);
     assert!(plan["rotated_to"].is_null(), "{plan}");
@@ -314,6 +344,19 @@ async fn revoking_a_middle_version_keeps_the_others_and_batches_fail_like_vault(
         (200, &json!(3)),
         "{body}"
     );
+    // The stale sidecar forwards the sign, Vault refuses it (500); the sidecar re-reads
+    // the key and answers the caller's 400; its verify of v2 is then refused too.
+    assert_refused(
+        sign_version(Some(&stale), &bao, "mid", 2).await,
+        BELOW_MIN_ENC,
+        "sign with v2 through a sidecar with a stale cache",
+    );
+    assert_refused(
+        verify(Some(&stale), &bao, "mid", &sigs[1]).await,
+        &revoked_message(&rec, "mid", 2),
+        "verify of v2 through the once-stale sidecar",
+    );
+    stale.stop().await;
 
     // A batch with key_version 2: the same per-item errors as Vault's, none signed.
     let batch = json!({
@@ -394,6 +437,16 @@ async fn revoking_a_retired_but_valid_version_marks_it_and_follows_min_decryptio
         "fresh sidecar, no record",
     );
     assert_valid(&fresh, &bao, "old", &sigs[2]).await;
+
+    // min_encryption_version is set now: Vault refuses a min_decryption_version above
+    // it, so a later rotation raises both, and a revocation raises it first.
+    let plan = aegis_as(&bao, &bao.token, 0, &["rotate", "--key", "old", "--force"]);
+    assert_eq!(plan["min_encryption_version"], json!([3, 4]), "{plan}");
+    assert_eq!(plan["min_decryption_version"], json!([3, 4]), "{plan}");
+    let plan = revoke(&bao, "old", 4);
+    assert_eq!(plan["rotated_to"], 5, "{plan}");
+    assert_eq!(minimums(&bao, "old").await, (5, 5, 5));
+    assert_eq!(record(&bao, "old").await.0, [(3, false), (4, true)]);
     fresh.stop().await;
     side.stop().await;
 }
@@ -502,4 +555,81 @@ async fn a_revocation_stopped_after_each_step_converges_when_run_again() {
         before,
         "the record is not rewritten"
     );
+}
+
+/// `retire --at` of the signing version rotates it away first (once), records it until
+/// then, and raises min_decryption_version past it like `rotate`; min_encryption_version
+/// stays unset. With a time already past, the version is refused at once: by the sidecar
+/// for verify (its window ended) and, Vault no longer holding it, for sign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retiring_the_signing_version_early_rotates_it_away() {
+    let bao = Bao::dev().await;
+    bao.create_key("early", "ed25519").await;
+    let v1 = sign_at_vault(&bao, "early").await;
+    let side = Sidecar::start(&bao, &[FAST_REFRESH]).await;
+    let until = "2099-01-01T00:00:00Z";
+    let args = [
+        "retire",
+        "--key",
+        "early",
+        "--version",
+        "1",
+        "--at",
+        until,
+        "--reason",
+        "re-signed",
+    ];
+    let plan = aegis_as(&bao, &bao.token, 0, &args);
+    assert_eq!(plan["rotated_to"], 2, "{plan}");
+    assert_eq!(plan["recorded"], json!([1]), "{plan}");
+    assert_eq!(plan["retire_after"], until, "{plan}");
+    assert_eq!(plan["min_decryption_version"], json!([1, 2]), "{plan}");
+    assert_eq!(plan["min_encryption_version"], json!([0, 0]), "{plan}");
+    let again = aegis_as(&bao, &bao.token, 0, &args);
+    assert!(again["rotated_to"].is_null(), "rotated once only: {again}");
+    assert_eq!(minimums(&bao, "early").await, (2, 2, 0));
+    sidecar_sees(&side, "early", 2).await;
+    assert_valid(&side, &bao, "early", &v1).await;
+
+    // The window closed now: verify refused with the recorded times; sign with v1 gets
+    // Vault's own refusal (it no longer holds v1), as a 400.
+    let past = "2026-01-01T00:00:00Z";
+    let args = [
+        "retire",
+        "--key",
+        "early",
+        "--version",
+        "1",
+        "--at",
+        past,
+        "--reason",
+        "x",
+    ];
+    aegis_as(&bao, &bao.token, 0, &args);
+    let retired_at = record(&bao, "early").await.1["previous_keys"][0]["retired_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let refused = format!(
+        "signature version 1 of key \"early\" was retired at {retired_at}; its retention ended at {past}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the sidecar to see the end",
+        || async {
+            let got = verify(Some(&side), &bao, "early", &v1).await;
+            (got == (400, json!({ "errors": [refused] }))).then_some(())
+        },
+    )
+    .await;
+    assert_refused(
+        sign_version(Some(&side), &bao, "early", 1).await,
+        "no such key version",
+        "sign with v1 through the sidecar",
+    );
+    let (s, body) = sign_version(None, &bao, "early", 1).await;
+    assert_eq!(s, 500, "{body}");
+    let msg = body["errors"][0].as_str().unwrap();
+    assert!(msg.contains("no such key version"), "{msg}");
+    side.stop().await;
 }

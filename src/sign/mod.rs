@@ -16,7 +16,7 @@ use crate::crypto::{HashAlgorithm, KeyType, RsaScheme};
 use crate::error::Error;
 use crate::keys::{KeyCache, KeySet};
 use crate::transit::TransitRequest;
-use crate::vault::VaultClient;
+use crate::vault::{VaultClient, VaultError};
 use crate::verify::{
     decode_input, load_keyset, require_context_for_derived, resolve_encoding, resolve_for_key,
     rsa_scheme, Resolved,
@@ -81,7 +81,10 @@ impl Signer {
         let data = if req.batch {
             self.coalescer.sign_batch(key, path_hash, &req.body).await?
         } else {
-            self.coalescer.sign_one(key, path_hash, &req.body).await?
+            match self.coalescer.sign_one(key, path_hash, &req.body).await {
+                Ok(data) => data,
+                Err(e) => return Err(self.stale_version_refusal(key, req, e).await),
+            }
         };
         let newest = newest_key_version(&data);
         if newest > u64::from(set.latest_version) {
@@ -98,6 +101,23 @@ impl Signer {
             });
         }
         Ok(data)
+    }
+}
+
+impl Signer {
+    /// Vault answers 500 to a `key_version` it no longer signs with. When the cached
+    /// keyset predates that change (a revocation within the refresh interval), re-read it
+    /// and answer the 400 a fresh cache gives; any other failure is passed on.
+    async fn stale_version_refusal(&self, key: &str, req: &TransitRequest, e: VaultError) -> Error {
+        let version_named = req.options.key_version.is_some_and(|v| v > 0);
+        if !version_named || !matches!(e, VaultError::Status { status: 500, .. }) {
+            return e.into();
+        }
+        let refusal = match self.keys.refresh(key, Instant::now()).await {
+            Ok(set) => version::refused_signing_version(&set, req.options.key_version),
+            Err(_) => None,
+        };
+        refusal.map_or_else(|| e.into(), Error::bad_request)
     }
 }
 
