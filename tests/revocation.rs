@@ -633,3 +633,38 @@ async fn retiring_the_signing_version_early_rotates_it_away() {
     assert!(msg.contains("no such key version"), "{msg}");
     side.stop().await;
 }
+
+/// The shipped rotation-job policy (deploy/vault/aegis-rotator.hcl, for key "model-sign")
+/// is enough to revoke the signing version: rotate, record, both minimums.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rotator_policy_can_revoke_the_signing_version() {
+    let bao = Bao::dev().await;
+    bao.create_key("model-sign", "ecdsa-p256").await;
+    let hcl = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/vault/aegis-rotator.hcl"),
+    )
+    .unwrap();
+    write_policy(&bao, "aegis-rotator", &hcl).await;
+    let (s, body) = bao
+        .api(
+            "POST",
+            "auth/token/create",
+            Some(json!({ "policies": ["aegis-rotator"], "ttl": "10m" })),
+        )
+        .await;
+    let rotator = client_token(s, &body);
+    let args = [
+        "retire",
+        "--key",
+        "model-sign",
+        "--version",
+        "1",
+        "--now",
+        "--reason",
+        "leaked",
+    ];
+    let plan = aegis_as(&bao, &rotator, 0, &args);
+    assert_eq!(plan["rotated_to"], 2, "{plan}");
+    assert_eq!(minimums(&bao, "model-sign").await, (2, 2, 2));
+    assert_eq!(record(&bao, "model-sign").await.0, [(1, true)]);
+}
