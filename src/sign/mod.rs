@@ -83,7 +83,7 @@ impl Signer {
         } else {
             match self.coalescer.sign_one(key, path_hash, &req.body).await {
                 Ok(data) => data,
-                Err(e) => return Err(self.stale_version_refusal(key, req, e).await),
+                Err(e) => return Err(self.stale_version_refusal(key, req, e, started).await),
             }
         };
         let newest = newest_key_version(&data);
@@ -107,13 +107,20 @@ impl Signer {
 impl Signer {
     /// Vault answers 500 to a `key_version` it no longer signs with. When the cached
     /// keyset predates that change (a revocation within the refresh interval), re-read it
-    /// and answer the 400 a fresh cache gives; any other failure is passed on.
-    async fn stale_version_refusal(&self, key: &str, req: &TransitRequest, e: VaultError) -> Error {
+    /// and answer the 400 a fresh cache gives; any other failure is passed on. A re-read
+    /// finished after `started` counts, so concurrent refusals share one.
+    async fn stale_version_refusal(
+        &self,
+        key: &str,
+        req: &TransitRequest,
+        e: VaultError,
+        started: Instant,
+    ) -> Error {
         let version_named = req.options.key_version.is_some_and(|v| v > 0);
         if !version_named || !matches!(e, VaultError::Status { status: 500, .. }) {
             return e.into();
         }
-        let refusal = match self.keys.refresh(key, Instant::now()).await {
+        let refusal = match self.keys.refresh(key, started).await {
             Ok(set) => version::refused_signing_version(&set, req.options.key_version),
             Err(_) => None,
         };
