@@ -373,6 +373,14 @@ async fn revoking_a_middle_version_keeps_the_others_and_batches_fail_like_vault(
     assert_eq!(s, 200, "{through}");
     assert_eq!(through["data"], at_vault, "sidecar vs Vault");
     assert_eq!(at_vault["batch_results"][0]["error"], BELOW_MIN_ENC);
+    // Single mode: input that is not base64 is Vault's first complaint, before the version.
+    let single = json!({"key_version": 2, "input": "not base64!"});
+    let at_vault = bao
+        .api("POST", "transit/sign/mid", Some(single.clone()))
+        .await;
+    assert_eq!(at_vault.0, 400, "{}", at_vault.1);
+    let through = side.api("POST", "transit/sign/mid", Some(single)).await;
+    assert_eq!(through, at_vault, "sidecar vs Vault");
 
     delete_record(&bao, "mid").await;
     let fresh = Sidecar::start(&bao, &[]).await;

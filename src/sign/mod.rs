@@ -71,7 +71,8 @@ impl Signer {
         }
         if let Some(refusal) = version::refused_signing_version(&set, req.options.key_version) {
             if !req.batch {
-                return Err(Error::bad_request(refusal));
+                let message = version::single_refusal(&req.items[0], &refusal);
+                return Err(Error::bad_request(message));
             }
             return Ok(version::batch_refusal(req, &refusal));
         }

@@ -61,6 +61,15 @@ pub(crate) fn batch_refusal(req: &TransitRequest, refusal: &str) -> Value {
     json!({ "batch_results": results })
 }
 
+/// Vault's single-mode answer: the same loop over one item made of the top-level fields,
+/// where `input` is always present (empty when not sent), so never "missing input".
+pub(crate) fn single_refusal(item: &Item, refusal: &str) -> String {
+    match item.input {
+        None => refusal.to_string(),
+        Some(_) => item_error(item, refusal),
+    }
+}
+
 /// The first error Vault's batch loop gives `item` (path_sign_verify.go's order).
 fn item_error(item: &Item, refusal: &str) -> String {
     if item.input.is_none() {
@@ -100,5 +109,10 @@ mod tests {
             "failed to base64-decode context"
         );
         assert_eq!(item_error(&item(Some("YQ=="), Some("")), refusal), refusal);
+        assert_eq!(single_refusal(&item(None, None), refusal), refusal);
+        assert_eq!(
+            single_refusal(&item(Some("YQ=="), Some("%%")), refusal),
+            "failed to base64-decode context"
+        );
     }
 }
