@@ -75,9 +75,14 @@ enum Command {
         /// RFC 3339 time until which the version keeps verifying.
         #[arg(long, conflicts_with = "now", required_unless_present = "now")]
         at: Option<String>,
-        /// Revoke now: its signatures are refused at once.
+        /// Revoke now: its signatures are refused at once, by Vault too (the signing version
+        /// is rotated away first; Vault's minimum versions are raised past it).
         #[arg(long)]
         now: bool,
+        /// With --now: how long lower versions that Vault still accepted keep verifying
+        /// through the retention record (the rotate default).
+        #[arg(long, default_value = "90d", value_parser = crate::config::parse_duration)]
+        grace: Duration,
         #[arg(long)]
         reason: String,
         #[arg(long)]
@@ -320,6 +325,7 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
                 version,
                 at,
                 now,
+                grace,
                 reason,
                 dry_run,
                 json,
@@ -331,6 +337,7 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
                     at,
                     now,
                     reason,
+                    grace,
                     dry_run,
                 };
                 lifecycle::run_retire(&config, args, json).await

@@ -199,22 +199,8 @@ async fn revoke_now_reaches_a_running_sidecar_within_its_refresh_interval() {
         );
     }
 
-    // Refusals of the command itself: exit 65, nothing changed.
-    let (code, _, err) = aegis(
-        &bao,
-        &[
-            "retire",
-            "--key",
-            "rev",
-            "--version",
-            "3",
-            "--now",
-            "--reason",
-            "x",
-        ],
-    );
-    assert_eq!(code, 65, "the signing version: {err}");
-    assert!(err.contains("rotate first"), "{err}");
+    // A refusal of the command itself: exit 65, nothing changed. (Revoking the signing
+    // version rotates first: tests/revocation.rs.)
     let (code, _, err) = aegis(
         &bao,
         &[
@@ -474,14 +460,14 @@ async fn audit_trail_in_a_file_and_over_http() {
         "--key",
         "aud",
         "--version",
-        "2",
+        "9",
         "--now",
         "--reason",
         "oops",
     ]);
     assert_eq!(
         code, 65,
-        "retiring the signing version is refused (and audited)"
+        "retiring a version that does not exist is refused (and audited)"
     );
     let (code, _, err) = run(&[
         "retire",
@@ -608,10 +594,10 @@ async fn audit_trail_in_a_file_and_over_http() {
 }
 
 /// A batch mixing an item only Vault can answer (P-521 with a prehashed input over 64
-/// bytes) with a signature by a revoked version: only the first goes to Vault; the
-/// revoked one stays refused, although Vault itself would still accept it.
+/// bytes) with a signature by a version whose retention ended: only the first goes to
+/// Vault; the other stays refused, although Vault itself would still accept it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forwarded_batch_item_does_not_launder_a_revoked_version() {
+async fn a_forwarded_batch_item_does_not_launder_an_expired_version() {
     let bao = Bao::dev().await;
     bao.create_key("mix", "ecdsa-p521").await;
     bao.api_ok("POST", "transit/keys/mix/rotate", json!({}))
@@ -633,8 +619,10 @@ async fn a_forwarded_batch_item_does_not_launder_a_revoked_version() {
     bao.api_ok("POST", "transit/keys/mix/rotate", json!({}))
         .await;
     let forwarded_sig = sign_prehashed(large.clone()).await; // v3, over 64 bytes: Vault only
-                                                             // Revoke v2; v1 is unrecorded, so Vault's min_decryption_version stays 1 and Vault
-                                                             // itself still accepts v2.
+
+    // Retire v2 with a window already over; v1 is unrecorded, so Vault's
+    // min_decryption_version stays 1 and Vault itself still accepts v2. (A revocation,
+    // `--now`, would raise it past v2: tests/revocation.rs.)
     aegis_ok(
         &bao,
         &[
@@ -643,9 +631,10 @@ async fn a_forwarded_batch_item_does_not_launder_a_revoked_version() {
             "mix",
             "--version",
             "2",
-            "--now",
+            "--at",
+            "2026-01-01T00:00:00Z",
             "--reason",
-            "leak",
+            "re-signed",
         ],
     );
     assert_eq!(
@@ -664,7 +653,10 @@ async fn a_forwarded_batch_item_does_not_launder_a_revoked_version() {
     let results = &answer["data"]["batch_results"];
     assert_eq!(results[0]["valid"], false, "{answer}");
     assert!(
-        results[0]["error"].as_str().unwrap().contains("revoked"),
+        results[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("retention ended at 2026-01-01T00:00:00Z"),
         "{answer}"
     );
     assert_eq!(results[1]["valid"], true, "{answer}");

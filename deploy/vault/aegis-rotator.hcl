@@ -7,8 +7,10 @@
 #   - GET  transit/keys/model-sign          read the key (versions, public keys)
 #   - POST transit/keys/model-sign/rotate   rotate
 #   - POST transit/keys/model-sign/config   raise min_decryption_version (only past
-#                                           versions safely in the retention record);
-#                                           no other parameter of that endpoint
+#                                           versions safely in the retention record),
+#                                           and min_encryption_version (past a version
+#                                           `aegis retire --now` revokes); no other
+#                                           parameter of that endpoint
 #   - LIST transit/keys                     `aegis keys status` without --key
 #   - GET/POST secret/data/aegis/keys/transit/model-sign
 #                                           the retention record, written with
@@ -51,13 +53,14 @@ path "transit/keys/model-sign/rotate" {
   capabilities = ["update"]
 }
 
-# Only min_decryption_version: the same endpoint also sets deletion_allowed,
+# Only the two minimums: the same endpoint also sets deletion_allowed,
 # exportable, allow_plaintext_backup, auto_rotate_period, ... which the job never
 # needs (a parameter not listed here is refused with 403).
 path "transit/keys/model-sign/config" {
   capabilities = ["update"]
   allowed_parameters = {
     "min_decryption_version" = []
+    "min_encryption_version" = []
   }
 }
 

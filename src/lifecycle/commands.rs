@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use serde::Serialize;
 
 use super::{
-    endorse, key_status, retire, rotate, KeyRef, LifecycleError, Plan, RetireAt, RotateOptions,
+    endorse, key_status, retire, rotate, KeyRef, LifecycleError, Plan, RetireAt, RetireOptions,
+    RotateOptions,
 };
 use crate::audit::{Actor, AuditEvent, Auditor, EventKind, Outcome};
 use crate::config::Config;
@@ -21,6 +22,8 @@ pub struct RetireArgs {
     pub at: Option<String>,
     pub now: bool,
     pub reason: String,
+    /// With `now`: how long lower versions recorded by the revocation keep verifying.
+    pub grace: std::time::Duration,
     pub dry_run: bool,
 }
 
@@ -169,24 +172,21 @@ pub async fn run_retire(config: &Config, args: RetireArgs, json: bool) -> ExitCo
             )
         }
     };
-    let (key, reason, dry_run) = (args.key.clone(), args.reason.clone(), args.dry_run);
+    let opts = RetireOptions {
+        at,
+        reason: args.reason.clone(),
+        grace: args.grace,
+        dry_run: args.dry_run,
+    };
+    let (key, version) = (args.key.as_str(), args.version);
     audited(
         config,
         EventKind::Retire,
-        &key,
-        &reason,
-        dry_run,
+        key,
+        &args.reason,
+        args.dry_run,
         json,
-        |vault| async move {
-            retire(
-                &key_ref(config, &vault, &args.key),
-                args.version,
-                at,
-                &args.reason,
-                args.dry_run,
-            )
-            .await
-        },
+        |vault| async move { retire(&key_ref(config, &vault, key), version, &opts).await },
     )
     .await
 }
@@ -296,12 +296,27 @@ impl Plan {
         if let Some(g) = self.endorsed_generation {
             lines.push(format!("{}: endorsed as generation {g}", self.key));
         }
-        let (before, after) = self.min_decryption_version;
-        if after != before {
+        if let Some(v) = self.revoked {
+            lines.push(format!("{}: {would}revoke version {v}", self.key));
+        }
+        if !self.kept_valid.is_empty() {
             lines.push(format!(
-                "{}: {would}raise min_decryption_version {before} -> {after}",
-                self.key
+                "{}: {would}keep versions {:?} valid through the record until {}",
+                self.key,
+                self.kept_valid,
+                self.kept_valid_until.as_deref().unwrap_or("-")
             ));
+        }
+        for (name, (before, after)) in [
+            ("min_encryption_version", self.min_encryption_version),
+            ("min_decryption_version", self.min_decryption_version),
+        ] {
+            if after != before {
+                lines.push(format!(
+                    "{}: {would}raise {name} {before} -> {after}",
+                    self.key
+                ));
+            }
         }
         if lines.is_empty() {
             lines.push(format!("{}: nothing to do", self.key));

@@ -12,6 +12,14 @@
 //! either recorded or past its window, and no record entry is lost (writes are CAS).
 //! Every record write is endorsed through Transit ([`endorse`]), so a KV writer cannot
 //! add, widen or revive trust.
+//!
+//! Revocation (`aegis retire --now`) is enforced by Vault itself, not only by the record:
+//! the signing version is rotated away first, every lower version Vault still accepts is
+//! recorded (so it keeps verifying through its entry), the version is marked revoked, and
+//! then `min_encryption_version` and `min_decryption_version` are raised past it (in that
+//! order: Vault requires the first to stay at or above the second once set). Vault then
+//! refuses the version for sign and verify, and deleting the record cannot bring it back.
+//! docs/revocation.md has the steps and what a retried job does after each.
 
 mod commands;
 mod endorse;
@@ -136,6 +144,37 @@ pub struct Plan {
     pub unchecked: Vec<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previously: Option<String>,
+    /// `min_encryption_version` before and after (0: Vault's "no minimum").
+    pub min_encryption_version: (u32, u32),
+    /// The version `retire --now` revoked.
+    pub revoked: Option<u32>,
+    /// Lower versions a revocation recorded so they keep verifying through the record
+    /// once Vault's minimums pass them (also listed in `recorded`) ...
+    pub kept_valid: Vec<u32>,
+    /// ... until then (`retire --grace` from now).
+    pub kept_valid_until: Option<String>,
+}
+
+/// Transit's two minimums, before and after a raise.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Minimums {
+    encryption: (u32, u32),
+    decryption: (u32, u32),
+}
+
+/// Which of Transit's minimums a step raises.
+#[derive(Debug, Clone, Copy)]
+enum Minimum {
+    Encryption,
+    Decryption,
+}
+
+/// How far a raise goes: past `floor` (the revoked version + 1, or 0), and whether
+/// `min_encryption_version` must follow `min_decryption_version` even when unset.
+#[derive(Debug, Clone, Copy)]
+struct RaiseTo {
+    floor: u32,
+    revoking: bool,
 }
 
 impl KeyRef<'_> {
@@ -261,32 +300,64 @@ impl KeyRef<'_> {
         }
     }
 
-    /// Raises `min_decryption_version` past the versions the record holds (never lowers it,
-    /// never past the signing version). Returns (before, after).
-    async fn advance_min_decryption(&self, dry_run: bool) -> Result<(u32, u32), LifecycleError> {
-        on_write_conflict_retry(|| self.try_advance_min_decryption(dry_run)).await
+    /// Raises `min_encryption_version`, then `min_decryption_version`, to the targets of
+    /// [`target_minimums`] (never lowers either, never past the signing version). Each is
+    /// a step of its own that re-reads the key and the record, so a job killed between
+    /// them converges when run again.
+    async fn raise_minimums(&self, to: RaiseTo) -> Result<Minimums, LifecycleError> {
+        let encryption =
+            on_write_conflict_retry(|| self.try_raise(Minimum::Encryption, to)).await?;
+        let decryption =
+            on_write_conflict_retry(|| self.try_raise(Minimum::Decryption, to)).await?;
+        Ok(Minimums {
+            encryption,
+            decryption,
+        })
     }
 
-    async fn try_advance_min_decryption(
-        &self,
-        dry_run: bool,
-    ) -> Result<(u32, u32), LifecycleError> {
+    async fn try_raise(&self, which: Minimum, to: RaiseTo) -> Result<(u32, u32), LifecycleError> {
         let info = self.read_key().await?;
         let (record, _) = self.read_record().await?;
-        let before = info.min_decryption_version.max(1);
-        let after = advance_past_recorded(before, info.latest_version, &record);
-        if after > before && !dry_run {
-            self.vault
-                .transit_set_min_decryption_version(self.mount, self.key, after)
-                .await?;
-            info!(
-                key = self.key,
-                from = before,
-                to = after,
-                "min_decryption_version raised"
-            );
+        let target = target_minimums(&info, &record, to);
+        let (before, after) = match which {
+            Minimum::Encryption => target.encryption,
+            Minimum::Decryption => target.decryption,
+        };
+        if after > before {
+            let (v, m, k) = (self.vault, self.mount, self.key);
+            match which {
+                Minimum::Encryption => v.transit_set_min_encryption_version(m, k, after).await?,
+                Minimum::Decryption => v.transit_set_min_decryption_version(m, k, after).await?,
+            }
+            info!(key = self.key, minimum = ?which, from = before, to = after, "minimum version raised");
         }
         Ok((before, after))
+    }
+}
+
+/// The minimums the key should have: `min_decryption_version` at `to.floor` at least and
+/// past the contiguous recorded versions above it, capped at the latest version;
+/// `min_encryption_version` at least that when set (Vault requires it) or when revoking.
+fn target_minimums(info: &TransitKeyInfo, record: &RetentionRecord, to: RaiseTo) -> Minimums {
+    let latest = info.latest_version;
+    let dec_before = info.min_decryption_version.max(1);
+    let dec = advance_past_recorded(dec_before.max(to.floor.min(latest)), latest, record);
+    let enc_before = info.min_encryption_version;
+    let enc = if to.revoking || enc_before > 0 {
+        enc_before.max(dec)
+    } else {
+        enc_before
+    };
+    Minimums {
+        encryption: (enc_before, enc),
+        decryption: (dec_before, dec),
+    }
+}
+
+impl Plan {
+    fn set_minimums(&mut self, m: Minimums) {
+        self.min_encryption_version = m.encryption;
+        self.min_decryption_version = m.decryption;
     }
 }
 
@@ -357,6 +428,31 @@ fn entry_from_vault(
     })
 }
 
+/// `info` as it will be once the key's latest version is `latest` (for dry runs).
+fn info_at(info: &TransitKeyInfo, latest: u32) -> TransitKeyInfo {
+    TransitKeyInfo {
+        latest_version: latest,
+        ..info.clone()
+    }
+}
+
+/// Rotates unless the key's latest version is already above `signing`: a rotation that
+/// happened meanwhile (ours before a crash or a conflict, or another job's) counts, so a
+/// retried job never rotates twice. Returns the new latest version.
+async fn rotate_past(k: &KeyRef<'_>, signing: u32) -> Result<u32, LifecycleError> {
+    let latest = on_write_conflict_retry(|| async {
+        let now = k.read_key().await?.latest_version;
+        if now > signing {
+            return Ok(now);
+        }
+        k.vault.transit_rotate(k.mount, k.key).await?;
+        Ok(k.read_key().await?.latest_version)
+    })
+    .await?;
+    info!(key = k.key, version = latest, "key rotated");
+    Ok(latest)
+}
+
 /// Age of the latest version, from Transit's `creation_time`.
 fn latest_age(info: &TransitKeyInfo, now: SystemTime) -> Option<Duration> {
     let created = info.keys.get(&info.latest_version.to_string())?["creation_time"].as_str()?;
@@ -389,19 +485,8 @@ pub async fn rotate(k: &KeyRef<'_>, opts: &RotateOptions) -> Result<Plan, Lifecy
             plan.rotated_to = Some(latest);
         }
         _ => {
-            let before = latest;
-            latest = on_write_conflict_retry(|| async {
-                // After a conflict, a rotation that happened (ours or another job's) counts.
-                let now = k.read_key().await?.latest_version;
-                if now > before {
-                    return Ok(now);
-                }
-                k.vault.transit_rotate(k.mount, k.key).await?;
-                Ok(k.read_key().await?.latest_version)
-            })
-            .await?;
+            latest = rotate_past(k, latest).await?;
             plan.rotated_to = Some(latest);
-            info!(key = k.key, version = latest, "key rotated");
         }
     }
 
@@ -436,17 +521,18 @@ pub async fn rotate(k: &KeyRef<'_>, opts: &RotateOptions) -> Result<Plan, Lifecy
         });
         Ok(!recorded.is_empty() || !dropped.is_empty())
     };
+    let to = RaiseTo {
+        floor: 0,
+        revoking: false,
+    };
     if opts.dry_run {
         let mut change = change;
         let (mut record, _) = k.read_record().await?;
         change(&info, &mut record)?;
-        plan.min_decryption_version = (
-            info.min_decryption_version.max(1),
-            advance_past_recorded(info.min_decryption_version.max(1), latest, &record),
-        );
+        plan.set_minimums(target_minimums(&info_at(&info, latest), &record, to));
     } else {
         k.update_record(change).await?;
-        plan.min_decryption_version = k.advance_min_decryption(false).await?;
+        plan.set_minimums(k.raise_minimums(to).await?);
     }
     plan.recorded = recorded;
     plan.dropped = dropped;
@@ -456,22 +542,34 @@ pub async fn rotate(k: &KeyRef<'_>, opts: &RotateOptions) -> Result<Plan, Lifecy
 /// When `aegis retire` ends a version's validity.
 #[derive(Debug, Clone, Copy)]
 pub enum RetireAt {
-    /// Revoked now (compromise): refused at once.
+    /// Revoked now (compromise): refused at once, by Vault too.
     Now,
     /// Keeps verifying until then.
     At(SystemTime),
 }
 
-/// `aegis retire`: early retirement (`--at`) or revocation (`--now`) of one version.
+/// `aegis retire` options.
+#[derive(Debug, Clone)]
+pub struct RetireOptions {
+    pub at: RetireAt,
+    pub reason: String,
+    /// With `--now`: how long the lower versions it records keep verifying (`--grace`).
+    pub grace: Duration,
+    pub dry_run: bool,
+}
+
+/// `aegis retire`: early retirement (`--at`) or revocation (`--now`) of one version. The
+/// signing version is rotated away first (once: a retried job sees it is no longer the
+/// latest). `--now` also records every lower version Vault still accepts and raises
+/// both minimums past the revoked one; `--at` only raises `min_decryption_version` past
+/// contiguous recorded versions, as `rotate` does.
 pub async fn retire(
     k: &KeyRef<'_>,
     version: u32,
-    at: RetireAt,
-    reason: &str,
-    dry_run: bool,
+    opts: &RetireOptions,
 ) -> Result<Plan, LifecycleError> {
     let now = SystemTime::now();
-    let (until, revoked) = match at {
+    let (until, revoked) = match opts.at {
         RetireAt::Now => (now, true),
         RetireAt::At(t) => (t, false),
     };
@@ -482,55 +580,89 @@ pub async fn retire(
             k.key, info.latest_version
         )));
     }
-    if version == info.latest_version {
-        return Err(LifecycleError::Refused(format!(
-            "version {version} is the signing version of key {:?}: rotate first",
-            k.key
-        )));
-    }
+    let kept_until = now + opts.grace;
     let mut plan = Plan {
         key: k.key.to_string(),
-        dry_run,
-        recorded: vec![version],
+        dry_run: opts.dry_run,
         retire_after: Some(format_time(until)),
+        revoked: revoked.then_some(version),
+        kept_valid_until: revoked.then(|| format_time(kept_until)),
         ..Plan::default()
     };
-    let change = |info: &TransitKeyInfo, record: &mut RetentionRecord| {
-        let entry = match record.get(version) {
-            // Retiring shortens a window, never lengthens or reopens it.
-            Some(existing) => RetiredVersion {
-                retire_after: match parse_time(&existing.retire_after) {
-                    Some(t) if t < until => existing.retire_after.clone(),
-                    _ => format_time(until),
-                },
-                reason: reason.to_string(),
-                revoked: revoked || existing.revoked,
-                ..existing.clone()
-            },
-            None => entry_from_vault(info, version, now, until, reason, revoked).ok_or_else(|| {
-                LifecycleError::Refused(format!(
-                    "version {version} of key {:?} is already refused everywhere: Vault no longer holds its public key and the retention record has no entry",
-                    k.key
-                ))
-            })?,
+    let mut latest = info.latest_version;
+    if version == latest {
+        latest = match opts.dry_run {
+            true => latest + 1,
+            false => rotate_past(k, latest).await?,
         };
-        let changed = record.get(version) != Some(&entry);
-        record.upsert(entry);
-        Ok(changed)
+        plan.rotated_to = Some(latest);
+    }
+    let mut kept = Vec::new();
+    let change = |info: &TransitKeyInfo, record: &mut RetentionRecord| {
+        kept.clear();
+        if revoked {
+            let reason = format!("kept valid when version {version} was revoked");
+            for v in info.min_decryption_version.max(1)..version {
+                if record.get(v).is_none() {
+                    if let Some(e) = entry_from_vault(info, v, now, kept_until, &reason, false) {
+                        record.upsert(e);
+                        kept.push(v);
+                    }
+                }
+            }
+        }
+        let changed = retire_entry(k.key, info, record, version, (now, until), opts)?;
+        Ok(changed || !kept.is_empty())
     };
-    if dry_run {
+    let to = RaiseTo {
+        floor: if revoked { version + 1 } else { 0 },
+        revoking: revoked,
+    };
+    if opts.dry_run {
+        let mut change = change;
         let (mut record, _) = k.read_record().await?;
         change(&info, &mut record)?;
-        let min = info.min_decryption_version.max(1);
-        plan.min_decryption_version = (
-            min,
-            advance_past_recorded(min, info.latest_version, &record),
-        );
-        return Ok(plan);
+        plan.set_minimums(target_minimums(&info_at(&info, latest), &record, to));
+    } else {
+        k.update_record(change).await?;
+        plan.set_minimums(k.raise_minimums(to).await?);
     }
-    k.update_record(change).await?;
-    plan.min_decryption_version = k.advance_min_decryption(false).await?;
+    plan.recorded = kept.iter().copied().chain([version]).collect();
+    plan.kept_valid = kept;
     Ok(plan)
+}
+
+/// Records `version` as retired until `times.1` (revoked with `--now`); `times.0` is now.
+/// Retiring shortens a window, never lengthens or reopens it. Returns whether the record
+/// changed.
+fn retire_entry(
+    key: &str,
+    info: &TransitKeyInfo,
+    record: &mut RetentionRecord,
+    version: u32,
+    (now, until): (SystemTime, SystemTime),
+    opts: &RetireOptions,
+) -> Result<bool, LifecycleError> {
+    let revoked = matches!(opts.at, RetireAt::Now);
+    let entry = match record.get(version) {
+        Some(existing) => RetiredVersion {
+            retire_after: match parse_time(&existing.retire_after) {
+                Some(t) if t < until => existing.retire_after.clone(),
+                _ => format_time(until),
+            },
+            reason: opts.reason.clone(),
+            revoked: revoked || existing.revoked,
+            ..existing.clone()
+        },
+        None => entry_from_vault(info, version, now, until, &opts.reason, revoked).ok_or_else(|| {
+            LifecycleError::Refused(format!(
+                "version {version} of key {key:?} is already refused everywhere: Vault no longer holds its public key and the retention record has no entry"
+            ))
+        })?,
+    };
+    let changed = record.get(version) != Some(&entry);
+    record.upsert(entry);
+    Ok(changed)
 }
 
 #[cfg(test)]
@@ -560,6 +692,53 @@ mod tests {
         assert_eq!(advance_past_recorded(2, 4, &record(&[1])), 2);
         // Never past the signing version, even if it were recorded.
         assert_eq!(advance_past_recorded(1, 2, &record(&[1, 2])), 2);
+    }
+
+    fn key(latest: u32, min_dec: u32, min_enc: u32) -> TransitKeyInfo {
+        serde_json::from_value(serde_json::json!({
+            "type": "ed25519", "latest_version": latest, "min_decryption_version": min_dec,
+            "min_encryption_version": min_enc, "supports_signing": true, "keys": {}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn minimums_pass_the_revoked_version_and_never_go_down_or_past_latest() {
+        let revoke = |v: u32| RaiseTo {
+            floor: v + 1,
+            revoking: true,
+        };
+        let rotate = RaiseTo {
+            floor: 0,
+            revoking: false,
+        };
+        let m = |info, rec, to| {
+            let t = target_minimums(&info, &rec, to);
+            (t.encryption, t.decryption)
+        };
+        // Revoking v2 of 3 with v1 recorded: both minimums to 3.
+        assert_eq!(
+            m(key(3, 1, 0), record(&[1, 2]), revoke(2)),
+            ((0, 3), (1, 3))
+        );
+        // Revoking a version already below min_decryption: nothing lowered; min_encryption
+        // catches up with min_decryption.
+        assert_eq!(
+            m(key(5, 4, 0), record(&[1, 2, 3]), revoke(2)),
+            ((0, 4), (4, 4))
+        );
+        assert_eq!(m(key(5, 4, 5), record(&[]), revoke(2)), ((5, 5), (4, 4)));
+        // Never past the latest version.
+        assert_eq!(
+            m(key(3, 1, 0), record(&[1, 2, 3]), revoke(3)),
+            ((0, 3), (1, 3))
+        );
+        // Rotation: min_encryption stays unset, or follows min_decryption once set.
+        assert_eq!(
+            m(key(4, 1, 0), record(&[1, 2, 3]), rotate),
+            ((0, 0), (1, 4))
+        );
+        assert_eq!(m(key(4, 2, 2), record(&[2, 3]), rotate), ((2, 4), (2, 4)));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! Input that would make Vault answer 500 (an unknown RSA signature algorithm, a
 //! `key_version` above the latest) is refused here with a 400, so callers never see a 5xx
-//! for their own mistakes. A signature made with a version newer than the cache knows
+//! for their own mistakes. A `key_version` that may not sign (too old for Vault, revoked
+//! or past its retention window: [`version`]) is refused before Vault is asked. A signature made with a version newer than the cache knows
 //! triggers a keyset refresh at once, so verification of it never waits.
 
 use std::sync::Arc;
@@ -15,13 +16,14 @@ use crate::crypto::{HashAlgorithm, KeyType, RsaScheme};
 use crate::error::Error;
 use crate::keys::{KeyCache, KeySet};
 use crate::transit::TransitRequest;
-use crate::vault::VaultClient;
+use crate::vault::{VaultClient, VaultError};
 use crate::verify::{
     decode_input, load_keyset, require_context_for_derived, resolve_encoding, resolve_for_key,
     rsa_scheme, Resolved,
 };
 
 pub mod coalesce;
+mod version;
 
 use coalesce::Coalescer;
 
@@ -67,13 +69,23 @@ impl Signer {
                 ));
             }
         }
+        if let Some(refusal) = version::refused_signing_version(&set, req.options.key_version) {
+            if !req.batch {
+                let message = version::single_refusal(&req.items[0], &refusal);
+                return Err(Error::bad_request(message));
+            }
+            return Ok(version::batch_refusal(req, &refusal));
+        }
         if !req.batch {
             refuse_what_vault_fails_on(&set, &res, req)?;
         }
         let data = if req.batch {
             self.coalescer.sign_batch(key, path_hash, &req.body).await?
         } else {
-            self.coalescer.sign_one(key, path_hash, &req.body).await?
+            match self.coalescer.sign_one(key, path_hash, &req.body).await {
+                Ok(data) => data,
+                Err(e) => return Err(self.stale_version_refusal(key, req, e, started).await),
+            }
         };
         let newest = newest_key_version(&data);
         if newest > u64::from(set.latest_version) {
@@ -93,6 +105,30 @@ impl Signer {
     }
 }
 
+impl Signer {
+    /// Vault answers 500 to a `key_version` it no longer signs with. When the cached
+    /// keyset predates that change (a revocation within the refresh interval), re-read it
+    /// and answer the 400 a fresh cache gives; any other failure is passed on. A re-read
+    /// finished after `started` counts, so concurrent refusals share one.
+    async fn stale_version_refusal(
+        &self,
+        key: &str,
+        req: &TransitRequest,
+        e: VaultError,
+        started: Instant,
+    ) -> Error {
+        let version_named = req.options.key_version.is_some_and(|v| v > 0);
+        if !version_named || !matches!(e, VaultError::Status { status: 500, .. }) {
+            return e.into();
+        }
+        let refusal = match self.keys.refresh(key, started).await {
+            Ok(set) => version::refused_signing_version(&set, req.options.key_version),
+            Err(_) => None,
+        };
+        refusal.map_or_else(|| e.into(), Error::bad_request)
+    }
+}
+
 /// Single-mode input that Vault's sign step answers with a 500: refused here with a 400
 /// and Vault's own message, before Vault is asked.
 pub(crate) fn refuse_what_vault_fails_on(
@@ -101,18 +137,10 @@ pub(crate) fn refuse_what_vault_fails_on(
     req: &TransitRequest,
 ) -> Result<(), Error> {
     let opts = &req.options;
-    match opts.key_version {
-        Some(v) if v < 0 => {
-            return Err(Error::bad_request(
-                "requested version for signing is negative",
-            ))
-        }
-        Some(v) if v > 0 && v < i64::from(set.min_encryption_version) => {
-            return Err(Error::bad_request(
-                "requested version for signing is less than the minimum encryption key version",
-            ))
-        }
-        _ => {}
+    if opts.key_version.is_some_and(|v| v < 0) {
+        return Err(Error::bad_request(
+            "requested version for signing is negative",
+        ));
     }
     require_context_for_derived(set, req)?;
     let item = &req.items[0];

@@ -108,11 +108,34 @@ impl VaultClient {
         key: &str,
         version: u32,
     ) -> Result<(), VaultError> {
+        self.transit_set_min_version(mount, key, "min_decryption_version", version)
+            .await
+    }
+
+    /// `POST {mount}/keys/{key}/config` with `min_encryption_version`: Vault then refuses
+    /// to sign with a lower `key_version` (retried like a read, as above).
+    pub async fn transit_set_min_encryption_version(
+        &self,
+        mount: &str,
+        key: &str,
+        version: u32,
+    ) -> Result<(), VaultError> {
+        self.transit_set_min_version(mount, key, "min_encryption_version", version)
+            .await
+    }
+
+    async fn transit_set_min_version(
+        &self,
+        mount: &str,
+        key: &str,
+        field: &str,
+        version: u32,
+    ) -> Result<(), VaultError> {
         self.request_with(
             Retry::Idempotent,
             Method::POST,
             &format!("{mount}/keys/{key}/config"),
-            Some(&serde_json::json!({ "min_decryption_version": version })),
+            Some(&serde_json::json!({ field: version })),
         )
         .await
         .map(drop)
