@@ -3,7 +3,8 @@
 //! Input that would make Vault answer 500 (an unknown RSA signature algorithm, a
 //! `key_version` above the latest) is refused here with a 400, so callers never see a 5xx
 //! for their own mistakes. A signature made with a version newer than the cache knows
-//! triggers a keyset refresh at once, so verification of it never waits.
+//! triggers a keyset refresh as soon as the one-read-per-second rule of `keys::bounds`
+//! allows (at once, or at the end of that second).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -83,11 +84,7 @@ impl Signer {
                 cached_latest = set.latest_version,
                 "sign used a newer version; refreshing keyset"
             );
-            let keys = self.keys.clone();
-            let key = key.to_string();
-            tokio::spawn(async move {
-                let _ = keys.refresh(&key, Instant::now()).await;
-            });
+            self.keys.refresh_soon(key, Instant::now());
         }
         Ok(data)
     }
