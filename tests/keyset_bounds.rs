@@ -164,6 +164,14 @@ async fn ever_new_versions_cost_at_most_one_read_per_second() {
         (s == 200 && body["data"]["valid"] == true).then_some(())
     })
     .await;
+    // Signed through the sidecar, a new version verifies at once: the sign answer showed
+    // it exists, so the verify waits for the next allowed read instead of refusing it.
+    bao.api_ok("POST", "transit/keys/amp/rotate", json!({}))
+        .await;
+    let v3 = sign(&side, "amp", b"newer").await;
+    assert!(v3.starts_with("vault:v3:"), "{v3}");
+    let (s, body) = verify(&side, "amp", b"newer", &v3).await;
+    assert_eq!((s, &body["data"]["valid"]), (200, &json!(true)), "{body}");
     side.stop().await;
 }
 
@@ -408,4 +416,79 @@ async fn a_stale_keyset_keeps_verifying_when_told_to_serve() {
     assert_eq!(log_lines("keyset refresh failing"), 1);
     assert_eq!(log_lines("still served (AEGIS_STALE_KEYSET=serve)"), 1);
     side.stop().await;
+}
+
+/// The stamp the snapshot holds for `key`: when it was last read from Vault.
+fn snapshot_stamp(dir: &Path, key: &str) -> Option<String> {
+    let p = aegis::keys::snapshot::read(dir).ok().flatten()?;
+    p.keys.get(key)?["aegis_refreshed_at"]
+        .as_str()
+        .map(String::from)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_snapshot_keeps_its_age() {
+    let bao = Bao::dev().await;
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("aegis");
+    let dir_s = dir.to_str().unwrap().to_string();
+    let (first, sig) = stale_setup(&bao, &[("AEGIS_CACHE_DIR", dir_s.as_str())]).await;
+    eventually(Duration::from_secs(5), "the snapshot", || async {
+        snapshot_stamp(&dir, "stale")
+    })
+    .await;
+    first.stop().await;
+    let stopped = Instant::now();
+    // Let the snapshot age (time passing is what is tested), then start against a Vault
+    // that is not there: the keyset is as old as its last read, not as the restart.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let second = Sidecar::start_unready(
+        &bao,
+        &[
+            ("VAULT_ADDR", dead.as_str()),
+            ("AEGIS_KEYS", "stale"),
+            ("AEGIS_CACHE_DIR", dir_s.as_str()),
+            ("AEGIS_REFRESH_INTERVAL", "1s"),
+            ("AEGIS_MAX_KEYSET_AGE", "4s"),
+        ],
+    )
+    .await;
+    let age = eventually(Duration::from_secs(5), "the restored key", || async {
+        second
+            .state
+            .keys
+            .gauges()
+            .into_iter()
+            .find(|g| g.key == "stale")
+            .and_then(|g| g.keyset_age)
+    })
+    .await;
+    assert!(
+        age >= stopped.elapsed() - Duration::from_millis(1100),
+        "restored as {age:?} old"
+    );
+    assert!(age >= Duration::from_secs(2), "restored as {age:?} old");
+    let refused = eventually(Duration::from_secs(6), "a 503", || async {
+        let (s, body) = verify(&second, "stale", b"model", &sig).await;
+        match s {
+            200 => None,
+            503 => Some(body),
+            other => panic!("{other}: {body}"),
+        }
+    })
+    .await;
+    let why = refused["errors"][0].as_str().unwrap_or_default();
+    assert!(
+        why.contains("key \"stale\"") && why.contains("past AEGIS_MAX_KEYSET_AGE (4 s)"),
+        "{why}"
+    );
+    // Refused about 4 s after the last read (a reset age would take 4 s after the restart,
+    // itself over 2 s after the last read).
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "refused {:?} after the last read: the restart reset the age",
+        stopped.elapsed()
+    );
+    second.stop().await;
 }

@@ -43,6 +43,8 @@ struct KeyState {
     failing_since: Option<SystemTime>,
     /// A deferred refresh is scheduled.
     pending: bool,
+    /// The newest version a sign answer from Vault showed (evidence that it exists).
+    signed_version: u32,
     /// The keyset's staleness was logged (once per stale period).
     stale_logged: bool,
 }
@@ -54,6 +56,7 @@ impl KeyState {
             last_attempt: None,
             failing_since: None,
             pending: false,
+            signed_version: 0,
             stale_logged: false,
         }
     }
@@ -132,8 +135,9 @@ impl Bounds {
             .insert(name.to_string(), Arc::new(Mutex::new(state)));
     }
 
-    /// A key entered the cache from a snapshot: it is as old as the snapshot says.
-    pub fn restored(&self, name: &str, refreshed_at: SystemTime) {
+    /// Tracks a cached key last read at `refreshed_at` (a snapshot's time for a restored
+    /// key), unless it is tracked already.
+    pub fn track(&self, name: &str, refreshed_at: SystemTime) {
         self.keys
             .entry_by_ref(name)
             .or_insert_with(|| Arc::new(Mutex::new(KeyState::fresh(refreshed_at))));
@@ -195,6 +199,25 @@ impl Bounds {
             )
         })
         .flatten()
+    }
+
+    /// When the next read of `name` may start, if not now.
+    pub fn next_read(&self, name: &str) -> Option<Instant> {
+        self.with(name, |s| {
+            s.last_attempt.as_ref().map(|(at, _)| *at + SPACING)
+        })
+        .flatten()
+        .filter(|at| *at > Instant::now())
+    }
+
+    /// A sign answer from Vault used `version` of `name`.
+    pub fn signed_with(&self, name: &str, version: u32) {
+        self.with(name, |s| s.signed_version = s.signed_version.max(version));
+    }
+
+    /// Whether Vault has shown that `version` of `name` exists (a sign answer used it).
+    pub fn known_to_exist(&self, name: &str, version: u32) -> bool {
+        self.with(name, |s| version <= s.signed_version) == Some(true)
     }
 
     /// The deferred refresh of `name` ran.
@@ -325,6 +348,21 @@ mod tests {
     }
 
     #[test]
+    fn versions_vault_signed_with_are_known_to_exist() {
+        let b = Bounds::default();
+        let started = Instant::now();
+        b.loaded("k", started);
+        assert_eq!(b.next_read("k"), Some(started + SPACING));
+        assert!(!b.known_to_exist("k", 2));
+        b.signed_with("k", 3);
+        b.signed_with("k", 2);
+        assert!(b.known_to_exist("k", 2) && b.known_to_exist("k", 3));
+        assert!(!b.known_to_exist("k", 4));
+        b.record("k", started - SPACING, Ok(()));
+        assert_eq!(b.next_read("k"), None, "the second is over");
+    }
+
+    #[test]
     fn age_and_staleness() {
         let limits = KeysetBounds {
             max_age: Duration::from_secs(60),
@@ -332,8 +370,8 @@ mod tests {
         };
         let b = Bounds::new(limits);
         let hour_ago = SystemTime::now() - Duration::from_secs(3600);
-        b.restored("k", hour_ago);
-        b.restored("k", SystemTime::now()); // a second restore does not rejuvenate it
+        b.track("k", hour_ago);
+        b.track("k", SystemTime::now()); // tracking again does not rejuvenate it
         assert!(b.age("k").unwrap() >= Duration::from_secs(3600));
         let stale = b.check("k").unwrap_err();
         assert!(
@@ -364,7 +402,7 @@ mod tests {
             stale: StaleKeyset::Serve,
             ..limits
         });
-        serve.restored("k", hour_ago);
+        serve.track("k", hour_ago);
         assert!(serve.check("k").is_ok());
         assert!(serve.stale("k").is_some());
     }

@@ -495,18 +495,42 @@ impl KeyCache {
 
     /// Refreshes because a request names `version`, which the cache lacks. When the key
     /// was read less than a second ago the cache answers now (the version is unknown) and
-    /// one deferred refresh looks again at the end of that second.
+    /// one deferred refresh looks again at the end of that second; a version a sign answer
+    /// showed waits for that refresh instead.
     pub async fn refresh_for_version(
         self: &Arc<Self>,
         name: &str,
         version: u32,
         not_before: Instant,
     ) -> Result<Arc<KeySet>, VaultError> {
+        if self.bounds.known_to_exist(name, version) {
+            return self.refresh_when_allowed(name, not_before).await;
+        }
         let set = self.refresh(name, not_before).await?;
         if !set.versions.contains_key(&version) && set.fetched_instant < not_before {
             self.refresh_soon(name, not_before);
         }
         Ok(set)
+    }
+
+    /// [`refresh`](Self::refresh), waiting (at most a second) for the one-read-per-second
+    /// rule rather than taking the last read's outcome.
+    pub async fn refresh_when_allowed(
+        &self,
+        name: &str,
+        not_before: Instant,
+    ) -> Result<Arc<KeySet>, VaultError> {
+        if let Some(at) = self.bounds.next_read(name) {
+            tokio::time::sleep_until(at.into()).await;
+        }
+        self.refresh(name, not_before).await
+    }
+
+    /// A sign answer showed `version` of `name`, newer than the cache's latest: remembered
+    /// as existing, and the key refreshed as soon as the rule allows.
+    pub fn signed_with(self: &Arc<Self>, name: &str, version: u32, not_before: Instant) {
+        self.bounds.signed_with(name, version);
+        self.refresh_soon(name, not_before);
     }
 
     /// Refreshes `name` as soon as the one-read-per-second rule allows, in the background
@@ -544,6 +568,9 @@ impl KeyCache {
             .filter(|p| p.fetched_instant >= not_before)
         {
             return Ok(p.clone());
+        }
+        if let Some(p) = &previous {
+            self.bounds.track(name, p.fetched_at); // a no-op unless its record was evicted
         }
         match (self.bounds.recent(name), &previous) {
             (Some(Err(e)), _) => return Err(e),
@@ -640,7 +667,7 @@ impl KeyCache {
         let restored = self.restore(payload).await;
         for (name, at) in ages {
             if self.sets.contains_key(&name) {
-                self.bounds.restored(&name, at);
+                self.bounds.track(&name, at);
             }
         }
         restored

@@ -61,7 +61,7 @@ impl Signer {
             .key_version
             .filter(|v| *v > i64::from(set.latest_version))
         {
-            set = self.keys.refresh(key, started).await?;
+            set = self.keys.refresh_when_allowed(key, started).await?;
             if !req.batch && v > i64::from(set.latest_version) {
                 return Err(Error::bad_request(
                     "requested version for signing is higher than the latest key version",
@@ -84,7 +84,8 @@ impl Signer {
                 cached_latest = set.latest_version,
                 "sign used a newer version; refreshing keyset"
             );
-            self.keys.refresh_soon(key, Instant::now());
+            let version = u32::try_from(newest).unwrap_or(u32::MAX);
+            self.keys.signed_with(key, version, Instant::now());
         }
         Ok(data)
     }
