@@ -199,10 +199,13 @@ async fn unknown_keys_are_remembered_and_their_lookups_limited() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let elapsed = started.elapsed();
-    for i in 0..5 {
-        let reads = count(&log, &format!("transit/keys/ghost-{i}"));
+    let ghosts: Vec<usize> = (0..5)
+        .map(|i| count(&log, &format!("transit/keys/ghost-{i}")))
+        .collect();
+    println!("300 verifies of 5 missing keys in {elapsed:?}: Vault reads per key {ghosts:?}");
+    for (i, reads) in ghosts.into_iter().enumerate() {
         assert!(
-            (1..=per_second_bound(elapsed)).contains(&reads),
+            (2..=per_second_bound(elapsed)).contains(&reads),
             "ghost-{i}: {reads} reads in {elapsed:?}"
         );
     }
