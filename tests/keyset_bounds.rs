@@ -172,6 +172,27 @@ async fn ever_new_versions_cost_at_most_one_read_per_second() {
     assert!(v3.starts_with("vault:v3:"), "{v3}");
     let (s, body) = verify(&side, "amp", b"newer", &v3).await;
     assert_eq!((s, &body["data"]["valid"]), (200, &json!(true)), "{body}");
+
+    // Sign answers showing a newer version trigger refreshes under the same rule: 60 signs
+    // right after a rotation, most of them answered before the cache learns of v4.
+    bao.api_ok("POST", "transit/keys/amp/rotate", json!({}))
+        .await;
+    let started = Instant::now();
+    let before = count(&log, "transit/keys/amp");
+    let signs = (0..60).map(|i| {
+        let side = &side;
+        async move { sign(side, "amp", format!("m{i}").as_bytes()).await }
+    });
+    let sigs = futures::future::join_all(signs).await;
+    assert!(sigs.iter().all(|s| s.starts_with("vault:v4:")), "{sigs:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the deferred refresh
+    let elapsed = started.elapsed();
+    let reads = count(&log, "transit/keys/amp") - before;
+    println!("60 signs showing a new version in {elapsed:?}: {reads} key reads");
+    assert!(
+        (1..=per_second_bound(elapsed)).contains(&reads),
+        "{reads} reads in {elapsed:?}"
+    );
     side.stop().await;
 }
 
