@@ -590,6 +590,7 @@ impl KeyCache {
                 );
                 self.sets.invalidate(name).await;
                 self.bounds.forget(name);
+                self.bounds.remember_if_absent(name, &e);
                 self.mark_changed();
                 Err(e)
             }
