@@ -44,6 +44,10 @@ pub enum Error {
     /// Vault could not be reached in time; sign waits for it, cached verify does not.
     #[error("Vault is unavailable: {0}")]
     Unavailable(String),
+    /// The cached keyset is older than `AEGIS_MAX_KEYSET_AGE` (which key, how old, since
+    /// when and why reading it from Vault fails): verification of it is refused.
+    #[error("{0}")]
+    StaleKeyset(String),
     /// Vault answered with an error, passed on with Vault's status and messages.
     #[error("{}", .errors.join("; "))]
     Vault { status: u16, errors: Vec<String> },
@@ -67,7 +71,7 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable(_) | Error::StaleKeyset(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Vault { status, .. } => match StatusCode::from_u16(*status) {
                 Ok(s) if s.is_client_error() => s,
                 Ok(s) if s == StatusCode::SERVICE_UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
@@ -186,6 +190,7 @@ mod tests {
     fn statuses() {
         assert_eq!(Error::PermissionDenied.status(), 403);
         assert_eq!(Error::Unavailable("x".into()).status(), 503);
+        assert_eq!(Error::StaleKeyset("x".into()).status(), 503);
         assert_eq!(
             Error::Vault {
                 status: 403,

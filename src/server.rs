@@ -37,11 +37,14 @@ pub fn build_state(config: Config) -> Result<Arc<AppState>, ConfigErrors> {
         }
     };
     let config = Arc::new(config);
-    let keys = Arc::new(KeyCache::new(
-        vault.clone(),
-        config.transit_mount.clone(),
-        Some(config.retention.clone()),
-    ));
+    let keys = Arc::new(
+        KeyCache::new(
+            vault.clone(),
+            config.transit_mount.clone(),
+            Some(config.retention.clone()),
+        )
+        .with_bounds(config.keyset),
+    );
     let readiness = Arc::new(Readiness::default());
     readiness.set_not_ready("starting: the allowlisted keys are not loaded yet");
     let auditor = Auditor::start(&config.audit)
@@ -236,6 +239,7 @@ fn register_gauges(state: &Arc<AppState>) {
         }),
         keys: Box::new(move || weak.upgrade().map(|s| s.keys.gauges()).unwrap_or_default()),
         rotation_period: state.config.rotation_period,
+        max_keyset_age: state.config.keyset.max_age,
     });
 }
 
@@ -254,7 +258,7 @@ async fn restore_snapshot(state: &AppState) {
         ),
         Ok(Some(p)) => {
             let written_at = p.written_at.clone();
-            let n = state.keys.restore(p).await;
+            let n = state.keys.restore_aged(p).await;
             info!(keys = n, %written_at, "keysets restored from the snapshot; verifying from them until Vault answers");
         }
         Err(e) => error!(error = %e, "keyset snapshot refused; starting without it"),
@@ -291,7 +295,7 @@ async fn load_allowlisted(state: &AppState) -> Result<(), String> {
         for key in keys {
             state
                 .keys
-                .get(key)
+                .preload(key)
                 .await
                 .map_err(|e| format!("cannot load allowlisted key {key:?}: {e}"))?;
         }

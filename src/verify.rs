@@ -1,8 +1,10 @@
 //! Verification: `vault:vN:` parsing, the version's validity, and local crypto.
 //!
 //! The pure part ([`check_item`]) parses one item and judges it against a [`KeySet`]
-//! with no I/O. The [`Verifier`] around it loads the keyset, refreshes it once (shared
-//! by all waiting requests) when a signature names a version the cache does not know,
+//! with no I/O. The [`Verifier`] around it loads the keyset (refusing one older than
+//! `AEGIS_MAX_KEYSET_AGE` with a 503, see `keys::bounds`), refreshes it once (shared by
+//! all waiting requests, at most once a second per key) when a signature names a version
+//! the cache does not know,
 //! and forwards to Vault only what cannot be checked here: HMAC, derived keys, and the
 //! rare corner [`CryptoError::NotLocal`] marks.
 
@@ -440,6 +442,11 @@ impl Verifier {
         if !set.verifies_locally() {
             require_context_for_derived(&set, req)?;
             return self.forward(key, path_hash, req).await;
+        }
+        if let Err(stale) = self.keys.check_fresh(key) {
+            // Look again as soon as the one-read-per-second rule allows, without waiting.
+            self.keys.refresh_soon(key, started);
+            return Err(Error::StaleKeyset(stale.to_string()));
         }
         let mut checks: Vec<ItemCheck> = req
             .items

@@ -14,10 +14,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub mod audit;
+mod keyset;
 pub mod policy_file;
 mod telemetry;
 
 pub use audit::AuditConfig;
+pub use keyset::{KeysetBounds, StaleKeyset};
 pub use policy_file::PolicyFile;
 pub use telemetry::{OtlpExport, OtlpProtocol, Sampler, TelemetryConfig};
 
@@ -219,6 +221,9 @@ pub struct Config {
     pub sign_max_in_flight: usize,
     /// `AEGIS_REFRESH_INTERVAL`, default 30 s, jittered by up to 10 %.
     pub refresh_interval: Duration,
+    /// `AEGIS_MAX_KEYSET_AGE`, `AEGIS_STALE_KEYSET`, `AEGIS_KEY_LOOKUP_RATE` (see
+    /// `config::keyset`).
+    pub keyset: KeysetBounds,
     /// `AEGIS_LOG_FORMAT`: auto, json or text.
     pub log_format: LogFormat,
     /// `RUST_LOG`: the log filter, default `info`.
@@ -288,6 +293,8 @@ struct FileConfig {
     shutdown_delay: Option<String>,
     #[serde(default)]
     retention: FileRetention,
+    #[serde(default)]
+    keyset: keyset::FileKeyset,
     #[serde(default)]
     audit: FileAudit,
     #[serde(default)]
@@ -774,6 +781,7 @@ impl Config {
                 Duration::ZERO
             }),
         };
+        let keyset = keyset::keyset_bounds(env, fc.keyset, refresh_interval, &mut errors);
 
         let log_format = match env.var("AEGIS_LOG_FORMAT").as_deref() {
             None => fc.log_format.unwrap_or(LogFormat::Auto),
@@ -871,6 +879,7 @@ impl Config {
             sign_max_batch,
             sign_max_in_flight,
             refresh_interval,
+            keyset,
             log_format,
             log_filter: env.var("RUST_LOG"),
             cache_dir: pick("AEGIS_CACHE_DIR", fc.cache_dir).map(PathBuf::from),

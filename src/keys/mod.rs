@@ -9,8 +9,11 @@
 //!
 //! Loading is single-flight (moka's `try_get_with`), and so is a refresh triggered by an
 //! unknown version: concurrent requests wait for one Vault call. A background task
-//! refreshes every cached key at the configured interval with jitter.
+//! refreshes every cached key at the configured interval with jitter. Whoever asks, a key
+//! is read from Vault at most once a second, and its age and failing reads are tracked
+//! ([`bounds`]).
 
+pub mod bounds;
 pub mod retention;
 pub mod snapshot;
 pub mod trust;
@@ -426,6 +429,8 @@ const SNAPSHOT_RECORD_FIELD: &str = "aegis_retention_record";
 const SNAPSHOT_GENERATION_FIELD: &str = "aegis_retention_generation";
 /// Where it keeps the versions whose validity ended (revoked or expired).
 const SNAPSHOT_ENDED_FIELD: &str = "aegis_retention_ended";
+/// Where a snapshot entry keeps when the key was last read from Vault (its age).
+const SNAPSHOT_REFRESHED_FIELD: &str = "aegis_refreshed_at";
 
 /// The cache of keysets for one Transit mount.
 pub struct KeyCache {
@@ -434,9 +439,8 @@ pub struct KeyCache {
     sets: moka::future::Cache<String, Arc<KeySet>>,
     /// Per-key lock so that a refresh is shared by everyone who asked for it meanwhile.
     refresh_locks: moka::sync::Cache<String, Arc<Mutex<()>>>,
-    /// Versions a fresh read just showed do not exist: asked again within a second, they
-    /// are answered from here, so a caller repeating a bogus version cannot hammer Vault.
-    known_missing: moka::sync::Cache<(String, u32), ()>,
+    /// Freshness, read spacing and absent-key lookups (see [`bounds`]).
+    bounds: bounds::Bounds,
     /// Signalled whenever a keyset changes, for the snapshot writer.
     changed: Notify,
     /// Bumped whenever a keyset changes, for any number of watchers (gRPC WatchKeys).
@@ -457,13 +461,17 @@ impl KeyCache {
             mount: mount.into(),
             sets: moka::future::Cache::builder().max_capacity(10_000).build(),
             refresh_locks: moka::sync::Cache::builder().max_capacity(10_000).build(),
-            known_missing: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs(1))
-                .build(),
+            bounds: bounds::Bounds::default(),
             changed: Notify::new(),
             updates: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// The same cache with `AEGIS_MAX_KEYSET_AGE`, `AEGIS_STALE_KEYSET` and
+    /// `AEGIS_KEY_LOOKUP_RATE` from the configuration.
+    pub fn with_bounds(mut self, limits: crate::config::KeysetBounds) -> Self {
+        self.bounds = bounds::Bounds::new(limits);
+        self
     }
 
     /// A receiver that sees a change whenever a keyset changes.
@@ -585,18 +593,42 @@ impl KeyCache {
         set
     }
 
-    /// The cached keyset, loading it (once, shared by concurrent callers) when absent.
+    /// The cached keyset, loading it (once, shared by concurrent callers) when absent. A
+    /// key Vault just said it lacks is answered from memory for a second, and loads of
+    /// keys not cached are limited to `AEGIS_KEY_LOOKUP_RATE` per second (429 beyond).
     pub async fn get(&self, name: &str) -> Result<Arc<KeySet>, VaultError> {
+        self.load(name, true).await
+    }
+
+    /// [`get`](Self::get) without the lookup limit, for the allowlisted keys at start.
+    pub async fn preload(&self, name: &str) -> Result<Arc<KeySet>, VaultError> {
+        self.load(name, false).await
+    }
+
+    async fn load(&self, name: &str, limited: bool) -> Result<Arc<KeySet>, VaultError> {
+        if let Some(set) = self.sets.get(name).await {
+            return Ok(set);
+        }
+        if let Some(absent) = self.bounds.known_absent(name) {
+            return Err(absent);
+        }
         let loaded = std::sync::atomic::AtomicBool::new(false);
-        let set = self
-            .sets
-            .try_get_with_by_ref(name, async {
-                let (info, fetched) = self.read(name).await?;
-                loaded.store(true, std::sync::atomic::Ordering::Relaxed);
-                Ok(Arc::new(self.build(name, info, &fetched, None)))
-            })
-            .await
-            .map_err(|e: Arc<VaultError>| (*e).clone())?;
+        // Boxed (only on a miss): the loader's future is deep.
+        let set = Box::pin(self.sets.try_get_with_by_ref(name, async {
+            if limited {
+                self.bounds.admit_lookup(name)?;
+            }
+            let started = Instant::now();
+            let (info, fetched) = self
+                .read(name)
+                .await
+                .inspect_err(|e| self.bounds.remember_if_absent(name, e))?;
+            self.bounds.loaded(name, started);
+            loaded.store(true, std::sync::atomic::Ordering::Relaxed);
+            Ok(Arc::new(self.build(name, info, &fetched, None)))
+        }))
+        .await
+        .map_err(|e: Arc<VaultError>| (*e).clone())?;
         if loaded.into_inner() {
             self.mark_changed(); // after the insert, so the snapshot includes it
         }
@@ -622,6 +654,7 @@ impl KeyCache {
                     .get(&set.latest_version)
                     .and_then(|v| retention::parse_time(&v.creation_time))
                     .and_then(|created| now.duration_since(created).ok()),
+                keyset_age: self.bounds.age(&name),
             })
             .collect()
     }
@@ -646,30 +679,66 @@ impl KeyCache {
         self.sets.get(name).await
     }
 
-    /// Refreshes because a request names `version`, which the cache lacks. A version a
-    /// refresh showed missing less than a second ago is not asked for again.
+    /// Refreshes because a request names `version`, which the cache lacks. When the key
+    /// was read less than a second ago the cache answers now (the version is unknown) and
+    /// one deferred refresh looks again at the end of that second; a version a sign answer
+    /// showed waits for that refresh instead.
     pub async fn refresh_for_version(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         version: u32,
         not_before: Instant,
     ) -> Result<Arc<KeySet>, VaultError> {
-        let missing_key = (name.to_string(), version);
-        if self.known_missing.contains_key(&missing_key) {
-            if let Some(set) = self.sets.get(name).await {
-                return Ok(set);
-            }
+        if self.bounds.known_to_exist(name, version) {
+            return self.refresh_when_allowed(name, not_before).await;
         }
         let set = self.refresh(name, not_before).await?;
-        if !set.versions.contains_key(&version) {
-            self.known_missing.insert(missing_key, ());
+        if !set.versions.contains_key(&version) && set.fetched_instant < not_before {
+            self.refresh_soon(name, not_before);
         }
         Ok(set)
     }
 
+    /// [`refresh`](Self::refresh), waiting (at most a second) for the one-read-per-second
+    /// rule rather than taking the last read's outcome.
+    pub async fn refresh_when_allowed(
+        &self,
+        name: &str,
+        not_before: Instant,
+    ) -> Result<Arc<KeySet>, VaultError> {
+        if let Some(at) = self.bounds.next_read(name) {
+            tokio::time::sleep_until(at.into()).await;
+        }
+        self.refresh(name, not_before).await
+    }
+
+    /// A sign answer showed `version` of `name`, newer than the cache's latest: remembered
+    /// as existing, and the key refreshed as soon as the rule allows.
+    pub fn signed_with(self: &Arc<Self>, name: &str, version: u32, not_before: Instant) {
+        self.bounds.signed_with(name, version);
+        self.refresh_soon(name, not_before);
+    }
+
+    /// Refreshes `name` as soon as the one-read-per-second rule allows, in the background
+    /// (at most one such refresh is waiting per key); skipped if a read after
+    /// `not_before` happens meanwhile.
+    pub fn refresh_soon(self: &Arc<Self>, name: &str, not_before: Instant) {
+        let Some(at) = self.bounds.schedule(name) else {
+            return;
+        };
+        let cache = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at.into()).await;
+            let _ = cache.refresh(&name, not_before).await;
+            cache.bounds.unschedule(&name);
+        });
+    }
+
     /// Re-reads the key from Vault and merges; concurrent callers share one read. Returns
     /// at once with the current set if it was fetched after `not_before` (someone else
-    /// refreshed while we waited for the lock).
+    /// refreshed while we waited for the lock), and with the last read's outcome if that
+    /// read started less than a second ago ([`bounds::SPACING`]).
     pub async fn refresh(
         &self,
         name: &str,
@@ -686,38 +755,28 @@ impl KeyCache {
         {
             return Ok(p.clone());
         }
-        match self.read(name).await {
-            Ok((info, fetched)) => {
-                let set = Arc::new(self.build(name, info, &fetched, previous.as_deref()));
-                if previous.as_ref().is_none_or(|p| {
-                    p.latest_version != set.latest_version
-                        || p.min_decryption_version != set.min_decryption_version
-                }) {
-                    info!(
-                        key = name,
-                        latest_version = set.latest_version,
-                        min_decryption_version = set.min_decryption_version,
-                        versions_cached = set.versions.len(),
-                        "keyset updated"
-                    );
-                }
-                let changed = previous.as_ref().is_none_or(|p| {
-                    p.to_vault_json() != set.to_vault_json()
-                        || p.record != set.record
-                        || p.trust != set.trust
-                });
-                self.sets.insert(name.to_string(), set.clone()).await;
-                if changed {
-                    self.mark_changed();
-                }
-                Ok(set)
-            }
+        if let Some(p) = &previous {
+            self.bounds.track(name, p.fetched_at); // a no-op unless its record was evicted
+        }
+        match (self.bounds.recent(name), &previous) {
+            (Some(Err(e)), _) => return Err(e),
+            (Some(Ok(())), Some(p)) => return Ok(p.clone()),
+            _ => {}
+        }
+        let started = Instant::now();
+        let result = self.read(name).await;
+        self.bounds
+            .record(name, started, result.as_ref().map(|_| ()));
+        match result {
+            Ok((info, fetched)) => Ok(self.install(name, previous, info, &fetched).await),
             Err(e) if e.is_not_found() => {
                 warn!(
                     key = name,
                     "key no longer exists in Vault; dropped from the cache"
                 );
                 self.sets.invalidate(name).await;
+                self.bounds.forget(name);
+                self.bounds.remember_if_absent(name, &e);
                 self.mark_changed();
                 Err(e)
             }
@@ -725,14 +784,96 @@ impl KeyCache {
         }
     }
 
-    /// Refreshes every cached key once (the background refresher's tick).
+    /// Merges a fresh read into the cache and tells whoever watches. An unchanged keyset
+    /// still wakes the snapshot writer, so the snapshot keeps the key's age current.
+    async fn install(
+        &self,
+        name: &str,
+        previous: Option<Arc<KeySet>>,
+        info: TransitKeyInfo,
+        fetched: &Fetched,
+    ) -> Arc<KeySet> {
+        let set = Arc::new(self.build(name, info, fetched, previous.as_deref()));
+        if previous.as_ref().is_none_or(|p| {
+            p.latest_version != set.latest_version
+                || p.min_decryption_version != set.min_decryption_version
+        }) {
+            info!(
+                key = name,
+                latest_version = set.latest_version,
+                min_decryption_version = set.min_decryption_version,
+                versions_cached = set.versions.len(),
+                "keyset updated"
+            );
+        }
+        let changed = previous.as_ref().is_none_or(|p| {
+            p.to_vault_json() != set.to_vault_json()
+                || p.record != set.record
+                || p.trust != set.trust
+        });
+        self.sets.insert(name.to_string(), set.clone()).await;
+        if changed {
+            self.mark_changed();
+        } else {
+            self.changed.notify_one();
+        }
+        set
+    }
+
+    /// Refreshes every cached key once (the background refresher's tick). Failures are
+    /// logged by [`bounds`] when they start and stop, and a key going stale once.
     pub async fn refresh_all(&self) {
         let names: Vec<String> = self.sets.iter().map(|(k, _)| (*k).clone()).collect();
         for name in names {
             if let Err(e) = self.refresh(&name, Instant::now()).await {
-                debug!(key = %name, error = %e, "background refresh failed; cached versions keep verifying");
+                debug!(key = %name, error = %e, "background refresh failed");
+            }
+            self.bounds.log_if_newly_stale(&name);
+        }
+    }
+
+    /// Whether local verification may use `name`'s keyset now: `Err` when it is older
+    /// than `AEGIS_MAX_KEYSET_AGE` and `AEGIS_STALE_KEYSET=refuse`.
+    pub fn check_fresh(&self, name: &str) -> Result<(), bounds::Stale> {
+        self.bounds.check(name)
+    }
+
+    /// Restores a snapshot ([`restore`](Self::restore)) keeping each key's age: the time
+    /// of its last read as the snapshot stamped it, else the snapshot's time.
+    pub async fn restore_aged(&self, mut payload: snapshot::Payload) -> usize {
+        let written = retention::parse_time(&payload.written_at).unwrap_or(SystemTime::UNIX_EPOCH);
+        let ages: Vec<(String, SystemTime)> = payload
+            .keys
+            .iter_mut()
+            .map(|(name, data)| {
+                let stamp = data
+                    .as_object_mut()
+                    .and_then(|m| m.remove(SNAPSHOT_REFRESHED_FIELD))
+                    .and_then(|v| v.as_str().and_then(retention::parse_time));
+                (name.clone(), stamp.unwrap_or(written))
+            })
+            .collect();
+        let restored = self.restore(payload).await;
+        for (name, at) in ages {
+            if self.sets.contains_key(&name) {
+                self.bounds.track(&name, at);
             }
         }
+        restored
+    }
+
+    /// Stamps each key of a snapshot with the time of its last successful read.
+    fn stamp_ages(&self, mut payload: snapshot::Payload) -> snapshot::Payload {
+        for (name, data) in payload.keys.iter_mut() {
+            let at = self.bounds.age(name).map(|age| SystemTime::now() - age);
+            if let (Some(m), Some(at)) = (data.as_object_mut(), at) {
+                m.insert(
+                    SNAPSHOT_REFRESHED_FIELD.into(),
+                    humantime::format_rfc3339_seconds(at).to_string().into(),
+                );
+            }
+        }
+        payload
     }
 
     /// Loads a snapshot's keysets (a start during a Vault outage). Returns how many keys
@@ -787,7 +928,7 @@ impl KeyCache {
     pub async fn run_snapshotter(self: Arc<Self>, dir: PathBuf, vault: Vec<String>) {
         loop {
             self.changed.notified().await;
-            let payload = self.snapshot_payload(vault.clone());
+            let payload = self.stamp_ages(self.snapshot_payload(vault.clone()));
             let count = payload.keys.len();
             let target = dir.clone();
             match tokio::task::spawn_blocking(move || snapshot::write(&target, &payload)).await {

@@ -3,8 +3,10 @@
 //! Input that would make Vault answer 500 (an unknown RSA signature algorithm, a
 //! `key_version` above the latest) is refused here with a 400, so callers never see a 5xx
 //! for their own mistakes. A `key_version` that may not sign (too old for Vault, revoked
-//! or past its retention window: [`version`]) is refused before Vault is asked. A signature made with a version newer than the cache knows
-//! triggers a keyset refresh at once, so verification of it never waits.
+//! or past its retention window: [`version`]) is refused before Vault is asked. A
+//! signature made with a version newer than the cache knows triggers a keyset refresh as
+//! soon as the one-read-per-second rule of `keys::bounds` allows (at once, or at the end
+//! of that second).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -62,7 +64,7 @@ impl Signer {
             .key_version
             .filter(|v| *v > i64::from(set.latest_version))
         {
-            set = self.keys.refresh(key, started).await?;
+            set = self.keys.refresh_when_allowed(key, started).await?;
             if !req.batch && v > i64::from(set.latest_version) {
                 return Err(Error::bad_request(
                     "requested version for signing is higher than the latest key version",
@@ -95,11 +97,8 @@ impl Signer {
                 cached_latest = set.latest_version,
                 "sign used a newer version; refreshing keyset"
             );
-            let keys = self.keys.clone();
-            let key = key.to_string();
-            tokio::spawn(async move {
-                let _ = keys.refresh(&key, Instant::now()).await;
-            });
+            let version = u32::try_from(newest).unwrap_or(u32::MAX);
+            self.keys.signed_with(key, version, Instant::now());
         }
         Ok(data)
     }
@@ -121,7 +120,9 @@ impl Signer {
         if !version_named || !matches!(e, VaultError::Status { status: 500, .. }) {
             return e.into();
         }
-        let refusal = match self.keys.refresh(key, started).await {
+        // Waits (at most a second) for the one-read-per-second rule: a re-read is what
+        // turns Vault's 500 into the caller's 400.
+        let refusal = match self.keys.refresh_when_allowed(key, started).await {
             Ok(set) => version::refused_signing_version(&set, req.options.key_version),
             Err(_) => None,
         };

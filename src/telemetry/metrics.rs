@@ -21,6 +21,7 @@
 //! | `aegis_vault_token_ttl_seconds` | gauge | |
 //! | `aegis_key_latest_version`, `aegis_key_oldest_valid_version` | gauge | key |
 //! | `aegis_key_age_seconds`, `aegis_key_rotation_period_seconds` | gauge | key |
+//! | `aegis_keyset_age_seconds`, `aegis_keyset_max_age_seconds` | gauge (since the last successful read from Vault; `AEGIS_MAX_KEYSET_AGE`) | key |
 //! | `aegis_build_info` | gauge (1) | version |
 //! | `aegis_model_verify_failures_total` | counter (`aegis model verify`, pushed over OTLP) | key, reason |
 //!
@@ -447,6 +448,8 @@ pub struct KeyGauge {
     pub oldest_valid_version: u32,
     /// Since the latest version was created, when Vault said when.
     pub age: Option<Duration>,
+    /// Since the keyset was last read from Vault successfully (a restored snapshot's age).
+    pub keyset_age: Option<Duration>,
 }
 
 /// Where the state gauges read from: closures over the running sidecar.
@@ -456,6 +459,8 @@ pub struct GaugeSources {
     pub auth: Box<dyn Fn() -> (bool, Option<Duration>) + Send + Sync>,
     pub keys: Box<dyn Fn() -> Vec<KeyGauge> + Send + Sync>,
     pub rotation_period: Duration,
+    /// `AEGIS_MAX_KEYSET_AGE`.
+    pub max_keyset_age: Duration,
 }
 
 /// Reads a gauge's points (value, labels) at a collection.
@@ -532,6 +537,16 @@ pub fn register_gauges(sources: GaugeSources) {
                 "aegis_key_rotation_period_seconds",
                 "The configured rotation period (AEGIS_ROTATION_PERIOD)",
                 per_key(|_, s| Some(s.rotation_period.as_secs_f64())),
+            ),
+            gauge(
+                "aegis_keyset_age_seconds",
+                "Time since the key's keyset was last read from Vault successfully",
+                per_key(|k, _| k.keyset_age.map(|a| a.as_secs_f64())),
+            ),
+            gauge(
+                "aegis_keyset_max_age_seconds",
+                "The configured maximum keyset age (AEGIS_MAX_KEYSET_AGE)",
+                per_key(|_, s| Some(s.max_keyset_age.as_secs_f64())),
             ),
             gauge(
                 "aegis_build_info",

@@ -53,6 +53,8 @@ CONTRACT: Dict[str, Tuple[str, FrozenSet[str]]] = {
     "aegis_key_oldest_valid_version": (GAUGE, frozenset({"key"})),
     "aegis_key_age_seconds": (GAUGE, frozenset({"key"})),
     "aegis_key_rotation_period_seconds": (GAUGE, frozenset({"key"})),
+    "aegis_keyset_age_seconds": (GAUGE, frozenset({"key"})),
+    "aegis_keyset_max_age_seconds": (GAUGE, frozenset({"key"})),
     "aegis_build_info": (GAUGE, frozenset({"version"})),
     "aegis_retention_record_refused_total": (COUNTER, frozenset({"key", "reason"})),
     "aegis_retention_record_trusted": (GAUGE, frozenset({"key"})),

@@ -1,0 +1,171 @@
+//! How stale a cached keyset may get, and how often keys the cache lacks may be looked up.
+//!
+//! | variable | file (`[keyset]`) | meaning | default |
+//! |---|---|---|---|
+//! | `AEGIS_MAX_KEYSET_AGE` | `max_age` | time since a key's last successful refresh from Vault after which its keyset is stale (must exceed `AEGIS_REFRESH_INTERVAL`) | `1h` |
+//! | `AEGIS_STALE_KEYSET` | `stale` | `refuse`: local verification of a stale key answers 503 saying why; `serve`: keep verifying from it | `refuse` |
+//! | `AEGIS_KEY_LOOKUP_RATE` | `lookup_rate` | Vault reads per second of keys not in the cache (a key seen once is cached; a missing one is remembered for a second), beyond which such requests get 429 | `10` |
+//!
+//! See docs/keyset-freshness.md for why these defaults.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{parse_duration, Env};
+
+/// The bounds on the keyset cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeysetBounds {
+    /// `AEGIS_MAX_KEYSET_AGE`.
+    pub max_age: Duration,
+    /// `AEGIS_STALE_KEYSET`.
+    pub stale: StaleKeyset,
+    /// `AEGIS_KEY_LOOKUP_RATE`, per second (also the burst).
+    pub lookup_rate: NonZeroU32,
+}
+
+impl Default for KeysetBounds {
+    fn default() -> Self {
+        KeysetBounds {
+            max_age: Duration::from_secs(3600),
+            stale: StaleKeyset::Refuse,
+            lookup_rate: NonZeroU32::new(10).expect("non-zero"),
+        }
+    }
+}
+
+/// What local verification does with a key whose keyset is older than the maximum age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StaleKeyset {
+    /// Answer 503 with the reason (fail closed: a revocation cannot go unseen longer).
+    Refuse,
+    /// Keep verifying from the cached keyset (ride out a long Vault outage).
+    Serve,
+}
+
+impl StaleKeyset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StaleKeyset::Refuse => "refuse",
+            StaleKeyset::Serve => "serve",
+        }
+    }
+}
+
+/// The `[keyset]` table of the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileKeyset {
+    max_age: Option<String>,
+    stale: Option<String>,
+    lookup_rate: Option<u32>,
+}
+
+/// Reads the three settings (environment over file), pushing every problem to `errors`.
+pub(super) fn keyset_bounds(
+    env: &dyn Env,
+    file: FileKeyset,
+    refresh_interval: Duration,
+    errors: &mut Vec<String>,
+) -> KeysetBounds {
+    let defaults = KeysetBounds::default();
+    let max_age = match env.var("AEGIS_MAX_KEYSET_AGE").or(file.max_age) {
+        None => defaults.max_age,
+        Some(v) => match parse_duration(&v) {
+            Ok(d) if d > refresh_interval => d,
+            Ok(d) => {
+                errors.push(format!(
+                    "AEGIS_MAX_KEYSET_AGE ({d:?}) must be longer than AEGIS_REFRESH_INTERVAL ({refresh_interval:?}), or every key goes stale between refreshes"
+                ));
+                defaults.max_age
+            }
+            Err(e) => {
+                errors.push(format!("AEGIS_MAX_KEYSET_AGE: {e} (got {v:?})"));
+                defaults.max_age
+            }
+        },
+    };
+    let stale = match env.var("AEGIS_STALE_KEYSET").or(file.stale).as_deref() {
+        None | Some("refuse") => StaleKeyset::Refuse,
+        Some("serve") => StaleKeyset::Serve,
+        Some(other) => {
+            errors.push(format!(
+                "AEGIS_STALE_KEYSET: expected refuse or serve, got {other:?}"
+            ));
+            defaults.stale
+        }
+    };
+    let lookup_rate = match env.var("AEGIS_KEY_LOOKUP_RATE") {
+        Some(v) => v.trim().parse::<u32>().ok(),
+        None => file.lookup_rate.or(Some(defaults.lookup_rate.get())),
+    };
+    let lookup_rate = lookup_rate.and_then(NonZeroU32::new).unwrap_or_else(|| {
+        errors
+            .push("AEGIS_KEY_LOOKUP_RATE: expected a positive integer (lookups per second)".into());
+        defaults.lookup_rate
+    });
+    KeysetBounds {
+        max_age,
+        stale,
+        lookup_rate,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(env: &[(&str, &str)]) -> (KeysetBounds, Vec<String>) {
+        struct E<'a>(&'a [(&'a str, &'a str)]);
+        impl Env for E<'_> {
+            fn var(&self, name: &str) -> Option<String> {
+                self.0
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        }
+        let mut errors = Vec::new();
+        let b = keyset_bounds(
+            &E(env),
+            FileKeyset::default(),
+            Duration::from_secs(30),
+            &mut errors,
+        );
+        (b, errors)
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        assert_eq!(read(&[]), (KeysetBounds::default(), vec![]));
+        let (b, errors) = read(&[
+            ("AEGIS_MAX_KEYSET_AGE", "10m"),
+            ("AEGIS_STALE_KEYSET", "serve"),
+            ("AEGIS_KEY_LOOKUP_RATE", "3"),
+        ]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(b.max_age, Duration::from_secs(600));
+        assert_eq!(b.stale, StaleKeyset::Serve);
+        assert_eq!(b.lookup_rate.get(), 3);
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let (_, errors) = read(&[
+            ("AEGIS_MAX_KEYSET_AGE", "20s"),
+            ("AEGIS_STALE_KEYSET", "maybe"),
+            ("AEGIS_KEY_LOOKUP_RATE", "0"),
+        ]);
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("longer than AEGIS_REFRESH_INTERVAL"));
+        assert!(errors[1].contains("refuse or serve"));
+        assert!(errors[2].contains("AEGIS_KEY_LOOKUP_RATE"));
+        let (_, errors) = read(&[("AEGIS_MAX_KEYSET_AGE", "soon")]);
+        assert!(
+            errors[0].starts_with("AEGIS_MAX_KEYSET_AGE: "),
+            "{errors:?}"
+        );
+    }
+}
