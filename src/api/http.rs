@@ -320,7 +320,7 @@ async fn handle(state: &AppState, peer: Peer, op: Op<'_>, req: Request) -> Resul
         .await?;
     let warning = request.unknown_fields_warning();
     let data = if action == Action::Sign {
-        let data = state.signer.sign(key, hash, &request).await?;
+        let data = state.sign_audited(&caller, key, hash, &request).await?;
         let first = if request.batch {
             &data["batch_results"][0]
         } else {
@@ -329,7 +329,6 @@ async fn handle(state: &AppState, peer: Peer, op: Op<'_>, req: Request) -> Resul
         if let Some(v) = first["key_version"].as_i64() {
             tracing::Span::current().record("key_version", v);
         }
-        state.audit_sign(&caller, key, &request, &data).await;
         data
     } else {
         if let Some(v) = request.items[0]

@@ -64,31 +64,60 @@ impl Readiness {
 }
 
 impl AppState {
-    /// One audit event per signed item: the caller, the key, the version Vault signed
-    /// with and the SHA-256 of the input (never the input).
-    pub async fn audit_sign(&self, caller: &str, key: &str, req: &TransitRequest, data: &Value) {
-        if !self.auditor.is_enabled() {
-            return;
+    /// Signs `req` with `key` so that no signature is handed out without its audit
+    /// event: room for one event per item is reserved before Vault is asked (refused with
+    /// a 503 when the audit trail has none in time, unless it fails open), then each item
+    /// is audited with its outcome: the version Vault signed with, or Vault's (or the
+    /// sidecar's) refusal, and the SHA-256 of the input (never the input).
+    pub async fn sign_audited(
+        &self,
+        caller: &str,
+        key: &str,
+        hash: Option<&str>,
+        req: &TransitRequest,
+    ) -> Result<Value, Error> {
+        let mut room = self
+            .auditor
+            .reserve(req.items.len())
+            .await
+            .map_err(|e| Error::AuditUnavailable(e.to_string()))?;
+        let result = Box::pin(self.signer.sign(key, hash, req)).await;
+        if self.auditor.is_enabled() {
+            for event in self.sign_events(caller, key, req, &result) {
+                room.record(event);
+            }
         }
-        for (i, item) in req.items.iter().enumerate() {
-            let answer = if req.batch {
-                &data["batch_results"][i]
-            } else {
-                data
+        result
+    }
+
+    /// One sign event per item of `req`, with the item's outcome in `result`.
+    fn sign_events<'a>(
+        &'a self,
+        caller: &'a str,
+        key: &'a str,
+        req: &'a TransitRequest,
+        result: &'a Result<Value, Error>,
+    ) -> impl Iterator<Item = AuditEvent> + 'a {
+        req.items.iter().enumerate().map(move |(i, item)| {
+            let answer = match result {
+                Ok(data) if req.batch => &data["batch_results"][i],
+                Ok(data) => data,
+                Err(_) => &Value::Null,
             };
-            let result = match answer["error"].as_str().filter(|e| !e.is_empty()) {
-                Some(e) => Outcome::error(e),
-                None => Outcome::Ok,
+            let outcome = match (result, answer["error"].as_str().filter(|e| !e.is_empty())) {
+                (Err(e), _) => Outcome::error(e.messages().join("; ")),
+                (Ok(_), Some(e)) => Outcome::error(e),
+                (Ok(_), None) => Outcome::Ok,
             };
-            let mut event = self.event(EventKind::Sign, caller, key, result);
-            if let Some(v) = answer["key_version"].as_u64() {
+            let mut event = self.event(EventKind::Sign, caller, key, outcome);
+            if let Some(v) = answer["key_version"].as_u64().filter(|v| *v > 0) {
                 event = event.versions([v]);
             }
             if let Some(input) = &item.input {
                 event = event.input(&input_bytes(input));
             }
-            self.auditor.record(event).await;
-        }
+            event
+        })
     }
 
     /// One audit event per verify item that was refused: an invalid signature, or an

@@ -21,6 +21,8 @@
 //! | `aegis_key_age_seconds`, `aegis_key_rotation_period_seconds` | gauge | key |
 //! | `aegis_build_info` | gauge (1) | version |
 //! | `aegis_model_verify_failures_total` | counter (`aegis model verify`, pushed over OTLP) | key, reason |
+//! | `aegis_audit_events_dropped_total` | counter (events not recorded) | reason |
+//! | `aegis_audit_refused_signs_total` | counter (signatures not made: no room for their audit events) | |
 //!
 //! Label values come from closed enums, except `key`: see [`KeyLabels`].
 
@@ -226,6 +228,24 @@ const BATCH: [f64; 11] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 249.0, 500.0, 1000.0,
 ];
 
+/// Why an audit event was not recorded (`aegis_audit_events_dropped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditDrop {
+    /// The queue stayed full for `AEGIS_AUDIT_QUEUE_TIMEOUT`.
+    QueueFull,
+    /// The writer thread is gone.
+    WriterStopped,
+}
+
+impl AuditDrop {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditDrop::QueueFull => "queue_full",
+            AuditDrop::WriterStopped => "writer_stopped",
+        }
+    }
+}
+
 /// The recording instruments.
 pub struct Metrics {
     requests: Counter<u64>,
@@ -237,6 +257,8 @@ pub struct Metrics {
     auth_failures: Counter<u64>,
     keyset_refreshes: Counter<u64>,
     model_verify_failures: Counter<u64>,
+    audit_dropped: Counter<u64>,
+    audit_refused_signs: Counter<u64>,
 }
 
 /// The process's instruments.
@@ -298,12 +320,22 @@ impl Metrics {
                 .u64_counter("aegis_keyset_refreshes_total")
                 .with_description("Reads of a key's public keys and retention record from Vault")
                 .build(),
+            audit_dropped: meter
+                .u64_counter("aegis_audit_events_dropped_total")
+                .with_description("Audit events not recorded, by reason")
+                .build(),
+            audit_refused_signs: meter
+                .u64_counter("aegis_audit_refused_signs_total")
+                .with_description(
+                    "Signatures refused before Vault was asked: the audit queue had no room for their events",
+                )
+                .build(),
         }
     }
 
     /// Creates the series alerts watch at 0, so that `increase()` sees their first event:
-    /// auth failures of `method`, keyset refresh outcomes, and each verify result of each
-    /// allowlisted key.
+    /// auth failures of `method`, keyset refresh outcomes, audit drops and refused signs,
+    /// and each verify result of each allowlisted key.
     pub fn start_series<'a>(&self, method: &'static str, keys: impl IntoIterator<Item = &'a str>) {
         self.auth_failures
             .add(0, &[KeyValue::new("method", method)]);
@@ -311,6 +343,11 @@ impl Metrics {
             self.keyset_refreshes
                 .add(0, &[KeyValue::new("outcome", outcome)]);
         }
+        for reason in [AuditDrop::QueueFull, AuditDrop::WriterStopped] {
+            self.audit_dropped
+                .add(0, &[KeyValue::new("reason", reason.as_str())]);
+        }
+        self.audit_refused_signs.add(0, &[]);
         for key in keys {
             for result in [
                 VerifyResult::Valid,
@@ -388,6 +425,17 @@ impl Metrics {
                 KeyValue::new("reason", reason),
             ],
         );
+    }
+
+    /// One audit event not recorded.
+    pub fn audit_dropped(&self, reason: AuditDrop) {
+        self.audit_dropped
+            .add(1, &[KeyValue::new("reason", reason.as_str())]);
+    }
+
+    /// `signs` signatures refused because the audit queue had no room for their events.
+    pub fn audit_refused_signs(&self, signs: u64) {
+        self.audit_refused_signs.add(signs, &[]);
     }
 
     pub fn keyset_refresh(&self, ok: bool) {

@@ -54,6 +54,8 @@ CONTRACT: Dict[str, Tuple[str, FrozenSet[str]]] = {
     "aegis_key_age_seconds": (GAUGE, frozenset({"key"})),
     "aegis_key_rotation_period_seconds": (GAUGE, frozenset({"key"})),
     "aegis_build_info": (GAUGE, frozenset({"version"})),
+    "aegis_audit_events_dropped_total": (COUNTER, frozenset({"reason"})),
+    "aegis_audit_refused_signs_total": (COUNTER, frozenset()),
 }
 CONTRACT_NAMES: FrozenSet[str] = frozenset(CONTRACT)
 
@@ -72,6 +74,7 @@ LABEL_VALUES: Dict[str, FrozenSet[str]] = {
         "lookup_self", "kv_read", "kv_write", "health", "other",
     }),
     "method": frozenset({"token", "approle", "kubernetes", "jwt", "cert"}),
+    "reason": frozenset({"queue_full", "writer_stopped"}),
 }
 # "outcome" has two vocabularies: requests (ok|client_error|...) and key set refreshes (ok|error).
 OUTCOME_VALUES: Dict[str, FrozenSet[str]] = {
