@@ -303,3 +303,46 @@ async fn a_caller_that_stalls_mid_body_gets_408() {
     assert_eq!(s, 200, "{body}");
     side.stop().await;
 }
+
+/// A Vault that is down: the caller gets a 503 in Vault's shape that names no address
+/// (not Vault's URL, host or port), on the HTTP and the gRPC face; the sidecar's log keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_from_a_vault_that_is_down_name_no_address() {
+    let mut bao = Bao::dev().await;
+    bao.create_key("k", "ed25519").await;
+    let side = Sidecar::start(
+        &bao,
+        &[
+            ("AEGIS_VAULT_TIMEOUT", "1s"),
+            ("AEGIS_VAULT_TOTAL_TIMEOUT", "2s"),
+        ],
+    )
+    .await;
+    let port = bao.port.to_string();
+    bao.kill();
+    for path in ["transit/sign/k", "transit/keys/not-cached"] {
+        let (method, body) = if path.contains("sign") {
+            ("POST", Some(json!({"input": b64(b"x")})))
+        } else {
+            ("GET", None)
+        };
+        let (status, answer) = side.api(method, path, body).await;
+        let text = answer.to_string();
+        assert_eq!(status, 503, "{path}: {text}");
+        // The URL was in the error, and was withheld.
+        assert!(
+            text.contains("error sending request for url (<address>)"),
+            "{path}: {text}"
+        );
+        assert!(
+            answer["errors"][0]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Vault is unavailable: ")),
+            "{path}: {text}"
+        );
+        for needle in ["127.0.0.1", "http://", "localhost", &port] {
+            assert!(!text.contains(needle), "{path}: {needle:?} in {text}");
+        }
+    }
+    side.stop().await;
+}

@@ -165,7 +165,10 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         Ok(()) => (StatusCode::OK, axum::Json(json!({"ready": true}))).into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"ready": false, "errors": [format!("not ready: {reason}")]})),
+            axum::Json(json!({
+                "ready": false,
+                "errors": [crate::error::without_addresses(&format!("not ready: {reason}"))]
+            })),
         )
             .into_response(),
     }
