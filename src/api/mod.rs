@@ -170,9 +170,10 @@ impl AppState {
         }
     }
 
-    /// Admits a Transit request or refuses it before Vault is asked: the request-forgery
-    /// guard, the caller's identity, the key allowlist, then the caller policy (its keys
-    /// and rate). A refusal is audited under the caller's identity (or its peer when it
+    /// Admits a Transit request or refuses it before Vault is asked: the key name (a name
+    /// Vault has no route for is a 404, as Vault answers; see [`valid_key_name`]), the
+    /// request-forgery guard, the caller's identity, the key allowlist, then the caller
+    /// policy (its keys and rate). A refusal is audited under the caller's identity (or its peer when it
     /// could not be identified).
     pub async fn admit(
         &self,
@@ -181,6 +182,9 @@ impl AppState {
         action: Action,
         key: &str,
     ) -> Result<Caller, Error> {
+        if !valid_key_name(key) {
+            return Err(Error::NotFound("unsupported path".into()));
+        }
         let caller = match self.policy.guard(headers).map_err(|e| (peer.describe(), e)) {
             Ok(()) => self.policy.identify(peer, headers.token),
             Err(refused) => Err(refused),
@@ -271,6 +275,21 @@ impl AppState {
             return Err(self.readiness.reason());
         }
         Ok(())
+    }
+}
+
+/// Whether Vault's Transit routes take `name` as a key name (OpenBao's
+/// `framework.GenericNameRegex`: `\w(([\w-.]+)?\w)?`, with Go's ASCII `\w`). Both faces
+/// check the name they were given (the HTTP face after percent-decoding the path, as Vault
+/// does), so one key has one name: one rate bucket, one cache entry, one audit name.
+pub fn valid_key_name(name: &str) -> bool {
+    let word = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_';
+    let bytes = name.as_bytes();
+    match (bytes.first(), bytes.last()) {
+        (Some(first), Some(last)) => {
+            word(first) && word(last) && bytes.iter().all(|b| word(b) || matches!(b, b'-' | b'.'))
+        }
+        _ => false,
     }
 }
 
