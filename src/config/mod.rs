@@ -1302,4 +1302,57 @@ mod tests {
         );
         assert!(err.contains("AEGIS_SHUTDOWN_DELAY"), "{err}");
     }
+
+    #[test]
+    fn audit_backpressure_settings_default_set_and_refused() {
+        const VAULT: [(&str, &str); 3] = [
+            ("VAULT_ADDR", "http://127.0.0.1:8200"),
+            ("VAULT_TOKEN", "s.abc"),
+            ("AEGIS_AUDIT_FILE", "/var/log/aegis/audit.jsonl"),
+        ];
+        let c = Config::load(None, &VAULT).unwrap();
+        assert_eq!(
+            (
+                c.audit.queue_capacity,
+                c.audit.enqueue_wait,
+                c.audit.fail_open
+            ),
+            (16384, Duration::from_millis(100), false)
+        );
+        let [addr, token, file] = VAULT;
+        let set = [
+            addr,
+            token,
+            file,
+            ("AEGIS_AUDIT_QUEUE_SIZE", "64"),
+            ("AEGIS_MAX_BATCH_ITEMS", "64"),
+            ("AEGIS_AUDIT_QUEUE_TIMEOUT", "250ms"),
+            ("AEGIS_AUDIT_FAIL_OPEN", "true"),
+        ];
+        let c = Config::load(None, &set).unwrap();
+        assert_eq!(
+            (
+                c.audit.queue_capacity,
+                c.audit.enqueue_wait,
+                c.audit.fail_open
+            ),
+            (64, Duration::from_millis(250), true)
+        );
+        let bad = [
+            addr,
+            token,
+            file,
+            ("AEGIS_AUDIT_QUEUE_SIZE", "100"),
+            ("AEGIS_AUDIT_QUEUE_TIMEOUT", "0s"),
+            ("AEGIS_AUDIT_FAIL_OPEN", "maybe"),
+        ];
+        let err = Config::load(None, &bad).unwrap_err().to_string();
+        for expected in [
+            "AEGIS_AUDIT_QUEUE_SIZE (100) must be at least AEGIS_MAX_BATCH_ITEMS (10000)",
+            "AEGIS_AUDIT_QUEUE_TIMEOUT: must be greater than zero",
+            "AEGIS_AUDIT_FAIL_OPEN: expected true or false",
+        ] {
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
+    }
 }
