@@ -265,15 +265,12 @@ fn decode_path(raw: &str) -> Result<String, Error> {
             i += 1;
             continue;
         }
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
-        let Some(hex) = hex else {
+        let digit = |at: usize| bytes.get(at).and_then(|b| char::from(*b).to_digit(16));
+        let (Some(high), Some(low)) = (digit(i + 1), digit(i + 2)) else {
             let escape: String = raw[i..].chars().take(3).collect();
             return Err(Error::bad_request(format!("invalid URL escape {escape:?}")));
         };
-        let digits = std::str::from_utf8(hex).expect("ASCII hex digits");
-        out.push(u8::from_str_radix(digits, 16).expect("two hex digits"));
+        out.push((high * 16 + low) as u8);
         i += 3;
     }
     match String::from_utf8(out) {

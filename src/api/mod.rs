@@ -173,8 +173,8 @@ impl AppState {
     /// Admits a Transit request or refuses it before Vault is asked: the key name (a name
     /// Vault has no route for is a 404, as Vault answers; see [`valid_key_name`]), the
     /// request-forgery guard, the caller's identity, the key allowlist, then the caller
-    /// policy (its keys and rate). A refusal is audited under the caller's identity (or its peer when it
-    /// could not be identified).
+    /// policy (its keys and rate). A refusal after the name check is audited under the
+    /// caller's identity (or its peer when it could not be identified).
     pub async fn admit(
         &self,
         peer: &Peer,

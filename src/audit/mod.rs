@@ -346,13 +346,10 @@ impl Inner {
         }
     }
 
+    /// Counts `signs` signatures refused for want of room; logged the first time and then
+    /// about every 1024th.
     fn refused(&self, signs: usize, err: &AuditError) {
-        let before = self
-            .shared
-            .stats
-            .refused_signs
-            .load(std::sync::atomic::Ordering::Relaxed);
-        Counters::add(&self.shared.stats.refused_signs, signs);
+        let before = Counters::add(&self.shared.stats.refused_signs, signs);
         metrics::get().audit_refused_signs(signs as u64);
         let after = before + signs as u64;
         if before == 0 || before / 1024 != after / 1024 {

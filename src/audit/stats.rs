@@ -54,8 +54,9 @@ impl Counters {
         counter.fetch_add(1, Relaxed) + 1
     }
 
-    pub(super) fn add(counter: &AtomicU64, n: usize) {
-        counter.fetch_add(n as u64, Relaxed);
+    /// Adds `n`; returns the total before.
+    pub(super) fn add(counter: &AtomicU64, n: usize) -> u64 {
+        counter.fetch_add(n as u64, Relaxed)
     }
 
     pub(super) fn set_pending(&self, n: usize) {
