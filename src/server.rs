@@ -224,8 +224,8 @@ impl BoundSocket {
 /// it is reachable with another mode: it is bound inside a new private directory (mode
 /// 0700) next to `path`, given its mode there, then renamed into place (atomic) and the
 /// directory removed. A socket left by an earlier process is replaced; any other file at
-/// the path is an error. The staging path is 12 bytes longer than `path` (the limit of
-/// a socket path is 107 bytes).
+/// the path is an error. The staging path is `<dir of path>/.aegis-XXXXXXXX/s`: its
+/// directory's length plus 18 bytes must fit a socket path's 107.
 fn bind_unix(path: &Path) -> std::io::Result<(UnixListener, BoundSocket)> {
     use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _};
     match std::fs::symlink_metadata(path) {
