@@ -1,6 +1,7 @@
 //! `aegis dev`: a newcomer's one command. Finds (or installs) OpenBao, starts a dev
 //! server on a free loopback port as a child process, enables Transit, creates demo keys,
-//! serves the sidecar against it and prints commands to paste. Ctrl-C stops both.
+//! serves the sidecar against it and prints commands to paste. Ctrl-C stops both. The
+//! dev server's root token is passed in its environment, never on its command line.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -111,10 +112,13 @@ impl DevBao {
         let port = free_port()?;
         let addr = format!("http://127.0.0.1:{port}");
         let root_token = Secret::new(format!("dev-{}", uuid::Uuid::new_v4()));
+        // The root token goes in the environment (`-dev-root-token-id`'s variable), not on
+        // the command line: /proc/PID/cmdline is readable by every local user,
+        // /proc/PID/environ only by the owner.
         let child = Command::new(bao)
             .args(["server", "-dev", "-dev-no-store-token"])
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
-            .arg(format!("-dev-root-token-id={}", root_token.expose()))
+            .env("BAO_DEV_ROOT_TOKEN_ID", root_token.expose())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -139,6 +143,11 @@ impl DevBao {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(dev)
+    }
+
+    /// The child's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     pub fn client(&self) -> Result<VaultClient, String> {

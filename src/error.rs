@@ -5,7 +5,12 @@
 //! `{"errors":[...]}`, with `Retry-After` from [`Error::retry_after_secs`]; the gRPC face
 //! turns the same status into a gRPC code with [`Error::grpc_code`]). Bad input is always a
 //! 4xx (input Vault would answer with a 500 is refused before Vault is asked); Vault
-//! being unreachable is a 503; Vault failing on its own is a 502.
+//! being unreachable is a 503; Vault failing on its own is a 502; an audit trail that
+//! cannot take a signature's event is a 503 before Vault is asked.
+//!
+//! Caller-facing text ([`Error::messages`], used by both faces) never names an address:
+//! every URL in it (Vault's nodes, a standby's redirect target) is replaced by
+//! `<address>`. The log line of a 5xx keeps the full text (`Display`).
 
 use http::StatusCode;
 
@@ -48,6 +53,10 @@ pub enum Error {
     /// when and why reading it from Vault fails): verification of it is refused.
     #[error("{0}")]
     StaleKeyset(String),
+    /// The audit trail had no room for the events of a sign within
+    /// `AEGIS_AUDIT_QUEUE_TIMEOUT`: refused before Vault was asked, nothing was signed.
+    #[error("audit trail unavailable, so nothing was signed: {0}")]
+    AuditUnavailable(String),
     /// Vault answered with an error, passed on with Vault's status and messages.
     #[error("{}", .errors.join("; "))]
     Vault { status: u16, errors: Vec<String> },
@@ -71,7 +80,9 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Error::Unavailable(_) | Error::StaleKeyset(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unavailable(_) | Error::StaleKeyset(_) | Error::AuditUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Vault { status, .. } => match StatusCode::from_u16(*status) {
                 Ok(s) if s.is_client_error() => s,
                 Ok(s) if s == StatusCode::SERVICE_UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
@@ -96,16 +107,44 @@ impl Error {
         }
     }
 
-    /// The messages for Vault's `{"errors":[...]}` body.
+    /// The messages for Vault's `{"errors":[...]}` body, without any address.
     pub fn messages(&self) -> Vec<String> {
         match self {
             Error::Vault { errors, .. } => errors
                 .iter()
-                .map(|e| crate::vault::clean_message(e))
+                .map(|e| without_addresses(&crate::vault::clean_message(e)))
                 .collect(),
-            other => vec![other.to_string()],
+            other => vec![without_addresses(&other.to_string())],
         }
     }
+}
+
+/// `text` with every URL (`scheme://…`, up to a space, quote, comma, semicolon, `)` or
+/// `>`) replaced by `<address>`, for text a caller sees: Vault's addresses stay in
+/// the sidecar's log.
+pub fn without_addresses(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let scheme_len = rest[..at]
+            .chars()
+            .rev()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '.' | '-'))
+            .count();
+        let start = at - scheme_len;
+        let tail = &rest[at + 3..];
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '>' | '"' | '\'' | ',' | ';'))
+            .unwrap_or(tail.len());
+        out.push_str(&rest[..start]);
+        out.push_str(if scheme_len == 0 { "://" } else { "<address>" });
+        if scheme_len == 0 {
+            out.push_str(&tail[..end]);
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl Error {
@@ -157,10 +196,10 @@ impl From<VaultError> for Error {
         match e {
             VaultError::Status { status, errors } => Error::Vault { status, errors },
             VaultError::Unreachable { message, .. } => Error::Unavailable(message),
-            // Where the redirect pointed is for the log (`vault::execute`), not for callers.
-            VaultError::Redirect(_) => Error::Unavailable(
-                "no active Vault node answered (the nodes tried redirected elsewhere)".into(),
-            ),
+            // The target stays in the log; `messages` withholds it from callers.
+            VaultError::Redirect(to) => Error::Unavailable(format!(
+                "no active Vault node answered (last redirect to {to})"
+            )),
             e @ VaultError::Unauthenticated(_) => Error::Unavailable(e.to_string()),
             VaultError::Decode(msg) => {
                 Error::Internal(format!("unexpected answer from Vault: {msg}"))
@@ -187,10 +226,56 @@ mod tests {
     }
 
     #[test]
+    fn caller_messages_name_no_address() {
+        let down = Error::from(VaultError::Unreachable {
+            message: "connection failed: error sending request for url (http://10.1.2.3:8200/v1/transit/sign/k): client error (Connect): tcp connect error: Connection refused (os error 111)".into(),
+            sent: false,
+        });
+        assert_eq!(
+            down.messages(),
+            ["Vault is unavailable: connection failed: error sending request for url (<address>): client error (Connect): tcp connect error: Connection refused (os error 111)"]
+        );
+        assert!(down
+            .to_string()
+            .contains("http://10.1.2.3:8200/v1/transit/sign/k"));
+        let redirect = Error::from(VaultError::Redirect(
+            "https://vault-b.internal:8200/v1/x".into(),
+        ));
+        assert_eq!(
+            redirect.messages(),
+            ["Vault is unavailable: no active Vault node answered (last redirect to <address>)"]
+        );
+        let forwarded = Error::Vault {
+            status: 500,
+            errors: vec!["error forwarding to https://[fd00::1]:8201, giving up".into()],
+        };
+        assert_eq!(
+            forwarded.messages(),
+            ["error forwarding to <address>, giving up"]
+        );
+        assert_eq!(without_addresses("a :// b"), "a :// b");
+        assert_eq!(
+            without_addresses("ends with http://h"),
+            "ends with <address>"
+        );
+        let status = tonic::Status::from(down);
+        assert!(
+            !status.message().contains("10.1.2.3"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[test]
     fn statuses() {
         assert_eq!(Error::PermissionDenied.status(), 403);
         assert_eq!(Error::Unavailable("x".into()).status(), 503);
         assert_eq!(Error::StaleKeyset("x".into()).status(), 503);
+        assert_eq!(Error::AuditUnavailable("x".into()).status(), 503);
+        assert_eq!(
+            Error::AuditUnavailable("x".into()).grpc_code(),
+            tonic::Code::Unavailable
+        );
         assert_eq!(
             Error::Vault {
                 status: 403,

@@ -3,11 +3,12 @@
 //! [`run`] takes an already-bound listener and a shutdown future, so tests bind
 //! 127.0.0.1:0 and stop the server when they like (mini-redis style). HTTP/1.1 and h2c
 //! (HTTP/2 with prior knowledge), and gRPC (by its paths), are served on the same port, and on the Unix socket of
-//! `AEGIS_LISTEN_UNIX` (mode 0660) when set, where callers are known by their peer
+//! `AEGIS_LISTEN_UNIX` (mode 0660 from the moment it is reachable; removed at exit only
+//! if the path still names it) when set, where callers are known by their peer
 //! credentials.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,11 +84,14 @@ pub async fn run(
         )?),
         None => None,
     };
-    let unix_listener = match &state.config.listen_unix {
-        Some(path) => Some(bind_unix(path).inspect_err(
-            |e| error!(path = %path.display(), error = %e, "cannot listen on the Unix socket (AEGIS_LISTEN_UNIX)"),
-        )?),
-        None => None,
+    let (unix_listener, unix_socket) = match &state.config.listen_unix {
+        Some(path) => {
+            let (listener, socket) = bind_unix(path).inspect_err(
+                |e| error!(path = %path.display(), error = %e, "cannot listen on the Unix socket (AEGIS_LISTEN_UNIX)"),
+            )?;
+            (Some(listener), Some(socket))
+        }
+        None => (None, None),
     };
     register_gauges(&state);
     restore_snapshot(&state).await;
@@ -153,8 +157,8 @@ pub async fn run(
             state.config.shutdown_grace,
         )
         .await;
-    if let Some(path) = &state.config.listen_unix {
-        let _ = std::fs::remove_file(path);
+    if let Some(socket) = &unix_socket {
+        socket.remove_if_ours();
     }
     for t in tasks {
         t.abort();
@@ -193,12 +197,42 @@ where
     }
 }
 
-/// Binds the Unix socket with mode 0660 (owner and group may connect). A socket left by
-/// an earlier process is replaced; any other file at the path is an error.
-fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+/// The Unix socket this process bound: its path, and the identity (device, inode) that
+/// tells it apart from whatever another process may put at the path later.
+struct BoundSocket {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl BoundSocket {
+    /// Removes the socket at exit, only if the path still names the socket bound here: a
+    /// newer sidecar's socket (or any other file) that replaced it is left alone.
+    fn remove_if_ours(&self) {
+        use std::os::unix::fs::MetadataExt as _;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.id => {
+                if let Err(e) = std::fs::remove_file(&self.path) {
+                    warn!(path = %self.path.display(), error = %e, "cannot remove the Unix socket");
+                }
+            }
+            Ok(_) => {
+                info!(path = %self.path.display(), "the Unix socket path was replaced by another process; left in place")
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Binds the Unix socket with mode 0660 (owner and group may connect), and no moment when
+/// it is reachable with another mode: it is bound inside a new private directory (mode
+/// 0700) next to `path`, given its mode there, then renamed into place (atomic) and the
+/// directory removed. A socket left by an earlier process is replaced; any other file at
+/// the path is an error. The staging path is `<dir of path>/.aegis-XXXXXXXX/s`: its
+/// directory's length plus 18 bytes must fit a socket path's 107.
+fn bind_unix(path: &Path) -> std::io::Result<(UnixListener, BoundSocket)> {
+    use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, MetadataExt as _};
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(m) if m.file_type().is_socket() => {}
         Ok(_) => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
@@ -208,8 +242,35 @@ fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut name = crate::ids::uuid_v4().simple().to_string();
+    name.truncate(8);
+    let private = parent.join(format!(".aegis-{name}"));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("s");
+    let bound = stage_socket(&staged).and_then(|listener| {
+        std::fs::rename(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    let listener = bound?;
+    let m = std::fs::symlink_metadata(path)?;
+    let socket = BoundSocket {
+        path: path.to_owned(),
+        id: (m.dev(), m.ino()),
+    };
+    Ok((listener, socket))
+}
+
+/// Binds at `staged` (in the private directory) and sets the final mode.
+fn stage_socket(staged: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let listener = UnixListener::bind(staged)?;
+    std::fs::set_permissions(staged, std::fs::Permissions::from_mode(0o660))?;
     Ok(listener)
 }
 
@@ -301,4 +362,74 @@ async fn load_allowlisted(state: &AppState) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[tokio::test]
+    async fn the_socket_appears_with_its_final_mode_and_nothing_is_left_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aegis.sock");
+        // Watch the path while it is bound: it must never be seen with another mode.
+        let done = Arc::new(AtomicBool::new(false));
+        let watcher = std::thread::spawn({
+            let (path, done) = (path.clone(), done.clone());
+            move || {
+                let mut seen = std::collections::BTreeSet::new();
+                while !done.load(Ordering::Relaxed) {
+                    if let Ok(m) = std::fs::symlink_metadata(&path) {
+                        seen.insert(m.permissions().mode() & 0o777);
+                    }
+                }
+                seen
+            }
+        });
+        for _ in 0..50 {
+            let (listener, socket) = bind_unix(&path).unwrap();
+            assert_eq!(mode(&path), 0o660);
+            tokio::net::UnixStream::connect(&path).await.unwrap();
+            drop(listener);
+            socket.remove_if_ours();
+            assert!(!path.exists());
+        }
+        done.store(true, Ordering::Relaxed);
+        let seen = watcher.join().unwrap();
+        assert!(seen.iter().all(|m| *m == 0o660), "modes seen: {seen:?}");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[tokio::test]
+    async fn a_socket_replaced_by_another_process_is_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("aegis.sock");
+        let (_listener, ours) = bind_unix(&path).unwrap();
+        // Another process takes the path over (as a newer sidecar would).
+        std::fs::remove_file(&path).unwrap();
+        let theirs = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let their_inode = std::fs::symlink_metadata(&path).unwrap().ino();
+        ours.remove_if_ours();
+        assert_eq!(std::fs::symlink_metadata(&path).unwrap().ino(), their_inode);
+        drop(theirs);
+        // A stale socket is replaced at the next start; a regular file is refused.
+        let (_again, again) = bind_unix(&path).unwrap();
+        assert_ne!(std::fs::symlink_metadata(&path).unwrap().ino(), their_inode);
+        again.remove_if_ours();
+        std::fs::write(&path, b"not a socket").unwrap();
+        let err = bind_unix(&path).err().unwrap();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a socket");
+    }
 }

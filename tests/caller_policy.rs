@@ -376,3 +376,31 @@ async fn limits_refused_after_admission_are_audited() {
     assert!(text.contains("more than the limit"), "{text}");
     assert_eq!(events.iter().filter(|e| e["event"] == "sign").count(), 1);
 }
+
+/// The Unix socket is removed at exit only while it is still the sidecar's own: a newer
+/// process that replaced the path (here: another listener bound there) keeps its socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket_is_removed_at_exit_only_if_still_ours() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let bao = Bao::dev().await;
+    let socket = dir.path().join("aegis.sock");
+    let env = [("AEGIS_LISTEN_UNIX", socket.to_str().unwrap())];
+
+    let side = Sidecar::start(&bao, &env).await;
+    assert!(socket.exists());
+    side.stop().await;
+    assert!(!socket.exists(), "our own socket is removed at exit");
+
+    let side = Sidecar::start(&bao, &env).await;
+    std::fs::remove_file(&socket).unwrap();
+    let theirs = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let their_inode = std::fs::symlink_metadata(&socket).unwrap().ino();
+    side.stop().await;
+    assert_eq!(
+        std::fs::symlink_metadata(&socket).map(|m| m.ino()).ok(),
+        Some(their_inode),
+        "another process's socket was removed"
+    );
+    drop(theirs);
+}

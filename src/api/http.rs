@@ -165,7 +165,10 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         Ok(()) => (StatusCode::OK, axum::Json(json!({"ready": true}))).into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"ready": false, "errors": [format!("not ready: {reason}")]})),
+            axum::Json(json!({
+                "ready": false,
+                "errors": [crate::error::without_addresses(&format!("not ready: {reason}"))]
+            })),
         )
             .into_response(),
     }
@@ -199,6 +202,100 @@ struct Op<'a> {
     action: Action,
     key: &'a str,
     hash: Option<&'a str>,
+}
+
+/// What Vault makes of a request's path.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    /// Go's `ServeMux` answers a path with `.`, `..` or empty segments with a 307 to its
+    /// clean form (query kept), before Vault sees it; so does the sidecar.
+    Redirect(String),
+    /// The path after `/v1/`, percent-decoded (as Go's `URL.Path`, which Vault routes on:
+    /// `k%2Dx` is `k-x`, `k%2Fsha2-256` is key `k` with hash `sha2-256`).
+    Path(String),
+}
+
+/// The [`Target`] of `uri`, or Vault's refusal: an invalid escape, a control character,
+/// or a `.`/`..` segment after decoding ("relative paths not supported").
+fn target(uri: &axum::http::Uri) -> Result<Target, Error> {
+    let raw = uri.path();
+    let clean = clean_path(raw);
+    if clean != raw {
+        return Ok(Target::Redirect(match uri.query() {
+            Some(query) => format!("{clean}?{query}"),
+            None => clean,
+        }));
+    }
+    let decoded = decode_path(raw)?;
+    let path = decoded.strip_prefix("/v1/").unwrap_or_default();
+    if is_relative_path(path) {
+        return Err(Error::bad_request("relative paths not supported"));
+    }
+    Ok(Target::Path(path.to_string()))
+}
+
+/// Go's `path.Clean` of a rooted path, keeping a trailing slash (what `ServeMux` redirects to).
+fn clean_path(raw: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for segment in raw.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    let mut clean = format!("/{}", parts.join("/"));
+    if raw.ends_with('/') && clean != "/" {
+        clean.push('/');
+    }
+    clean
+}
+
+/// `raw` percent-decoded; every `%` must start two hex digits (Go refuses the request
+/// otherwise), and the result must be UTF-8 without control characters.
+fn decode_path(raw: &str) -> Result<String, Error> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let digit = |at: usize| bytes.get(at).and_then(|b| char::from(*b).to_digit(16));
+        let (Some(high), Some(low)) = (digit(i + 1), digit(i + 2)) else {
+            let escape: String = raw[i..].chars().take(3).collect();
+            return Err(Error::bad_request(format!("invalid URL escape {escape:?}")));
+        };
+        out.push((high * 16 + low) as u8);
+        i += 3;
+    }
+    match String::from_utf8(out) {
+        Ok(path) if !path.chars().any(char::is_control) => Ok(path),
+        _ => Err(Error::bad_request(
+            "invalid URL path: not UTF-8, or a control character",
+        )),
+    }
+}
+
+/// OpenBao's `logical.IsRelativePath`: a `.` or `..` segment.
+fn is_relative_path(path: &str) -> bool {
+    path.split('/')
+        .any(|segment| segment == "." || segment == "..")
+}
+
+fn redirect(location: &str) -> Response {
+    match HeaderValue::from_str(location) {
+        Ok(location) => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, location)],
+        )
+            .into_response(),
+        Err(_) => Error::bad_request("invalid URL path").into_response(),
+    }
 }
 
 /// Matches `{mount}/{rest}` against [`TRANSIT_ROUTES`] for the configured mount.
@@ -259,13 +356,18 @@ async fn vault_api(
     req: Request,
 ) -> Response {
     let started = Instant::now();
-    let path = req
-        .uri()
-        .path()
-        .strip_prefix("/v1/")
-        .unwrap_or_default()
-        .to_string();
-    let op = route(&state.config.transit_mount, &path);
+    let (path, refused) = match target(req.uri()) {
+        Ok(Target::Redirect(location)) => {
+            state.count_request(Operation::Other, "", 307, started.elapsed());
+            return redirect(&location);
+        }
+        Ok(Target::Path(path)) => (path, None),
+        Err(e) => (String::new(), Some(e)),
+    };
+    let op = match refused {
+        Some(e) => Err(e),
+        None => route(&state.config.transit_mount, &path),
+    };
     let (operation, key) = match &op {
         Ok(op) => (op.operation(), op.key),
         Err(_) => (Operation::Other, ""),
@@ -320,7 +422,7 @@ async fn handle(state: &AppState, peer: Peer, op: Op<'_>, req: Request) -> Resul
         .await?;
     let warning = request.unknown_fields_warning();
     let data = if action == Action::Sign {
-        let data = state.signer.sign(key, hash, &request).await?;
+        let data = state.sign_audited(&caller, key, hash, &request).await?;
         let first = if request.batch {
             &data["batch_results"][0]
         } else {
@@ -329,7 +431,6 @@ async fn handle(state: &AppState, peer: Peer, op: Op<'_>, req: Request) -> Resul
         if let Some(v) = first["key_version"].as_i64() {
             tracing::Span::current().record("key_version", v);
         }
-        state.audit_sign(&caller, key, &request, &data).await;
         data
     } else {
         if let Some(v) = request.items[0]
@@ -443,6 +544,75 @@ mod tests {
                 status,
                 "{path}"
             );
+        }
+    }
+
+    /// Each case as OpenBao 2.7.2 answered it (raw requests with `curl --path-as-is`).
+    #[test]
+    fn paths_are_cleaned_decoded_and_refused_as_vault_does() {
+        let t = |p: &str| target(&p.parse::<axum::http::Uri>().unwrap()).ok();
+        let path = |p: &str| Some(Target::Path(p.to_string()));
+        let to = |p: &str| Some(Target::Redirect(p.to_string()));
+        assert_eq!(t("/v1/transit/sign/k%2Dx"), path("transit/sign/k-x"));
+        assert_eq!(t("/v1/transit/sign/%6B-x"), path("transit/sign/k-x"));
+        assert_eq!(t("/v1/transit/sign/k%2dx"), path("transit/sign/k-x"));
+        assert_eq!(
+            t("/v1/transit/sign/k%2Fsha2-256"),
+            path("transit/sign/k/sha2-256")
+        );
+        assert_eq!(t("/v1/transit/sign/k-x%2F"), path("transit/sign/k-x/"));
+        assert_eq!(
+            t("/v1/transit/sign/a/../k-x?q=1"),
+            to("/v1/transit/sign/k-x?q=1")
+        );
+        assert_eq!(t("/v1/transit/sign/./k-x"), to("/v1/transit/sign/k-x"));
+        assert_eq!(t("/v1/transit/sign/k-x/."), to("/v1/transit/sign/k-x"));
+        assert_eq!(t("/v1/transit/sign/.."), to("/v1/transit"));
+        assert_eq!(
+            t("/v1/transit/sign/k-x//sha2-256"),
+            to("/v1/transit/sign/k-x/sha2-256")
+        );
+        assert_eq!(t("/v1/transit/sign/k-x/"), path("transit/sign/k-x/"));
+        for (raw, message) in [
+            ("/v1/transit/sign/%2E%2E", "relative paths not supported"),
+            (
+                "/v1/transit/sign/a%2F..%2Fk-x",
+                "relative paths not supported",
+            ),
+            (
+                "/v1/transit/sign/k-x%2Fsha2-256%2F..",
+                "relative paths not supported",
+            ),
+            ("/v1/transit/sign/k-x%zz", "invalid URL escape \"%zz\""),
+            ("/v1/transit/sign/k-x%2", "invalid URL escape \"%2\""),
+            ("/v1/transit/sign/k%+1x", "invalid URL escape \"%+1\""),
+            (
+                "/v1/transit/sign/k-x%00",
+                "invalid URL path: not UTF-8, or a control character",
+            ),
+            (
+                "/v1/transit/sign/k%FFx",
+                "invalid URL path: not UTF-8, or a control character",
+            ),
+        ] {
+            let err = target(&raw.parse::<axum::http::Uri>().unwrap()).unwrap_err();
+            assert_eq!(
+                (err.status().as_u16(), err.to_string()),
+                (400, message.to_string()),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn key_names_are_vaults() {
+        for name in ["k", "k-x", "k.x", "k_x", "K9", "a..b", "_", "0"] {
+            assert!(crate::api::valid_key_name(name), "{name}");
+        }
+        for name in [
+            "", "-kx", "kx-", "k@x", "k x", "k%2Dx", "k/x", ".", "..", "k.", "é",
+        ] {
+            assert!(!crate::api::valid_key_name(name), "{name}");
         }
     }
 

@@ -64,31 +64,60 @@ impl Readiness {
 }
 
 impl AppState {
-    /// One audit event per signed item: the caller, the key, the version Vault signed
-    /// with and the SHA-256 of the input (never the input).
-    pub async fn audit_sign(&self, caller: &str, key: &str, req: &TransitRequest, data: &Value) {
-        if !self.auditor.is_enabled() {
-            return;
+    /// Signs `req` with `key` so that no signature is handed out without its audit
+    /// event: room for one event per item is reserved before Vault is asked (refused with
+    /// a 503 when the audit trail has none in time, unless it fails open), then each item
+    /// is audited with its outcome: the version Vault signed with, or Vault's (or the
+    /// sidecar's) refusal, and the SHA-256 of the input (never the input).
+    pub async fn sign_audited(
+        &self,
+        caller: &str,
+        key: &str,
+        hash: Option<&str>,
+        req: &TransitRequest,
+    ) -> Result<Value, Error> {
+        let mut room = self
+            .auditor
+            .reserve(req.items.len())
+            .await
+            .map_err(|e| Error::AuditUnavailable(e.to_string()))?;
+        let result = Box::pin(self.signer.sign(key, hash, req)).await;
+        if self.auditor.is_enabled() {
+            for event in self.sign_events(caller, key, req, &result) {
+                room.record(event);
+            }
         }
-        for (i, item) in req.items.iter().enumerate() {
-            let answer = if req.batch {
-                &data["batch_results"][i]
-            } else {
-                data
+        result
+    }
+
+    /// One sign event per item of `req`, with the item's outcome in `result`.
+    fn sign_events<'a>(
+        &'a self,
+        caller: &'a str,
+        key: &'a str,
+        req: &'a TransitRequest,
+        result: &'a Result<Value, Error>,
+    ) -> impl Iterator<Item = AuditEvent> + 'a {
+        req.items.iter().enumerate().map(move |(i, item)| {
+            let answer = match result {
+                Ok(data) if req.batch => &data["batch_results"][i],
+                Ok(data) => data,
+                Err(_) => &Value::Null,
             };
-            let result = match answer["error"].as_str().filter(|e| !e.is_empty()) {
-                Some(e) => Outcome::error(e),
-                None => Outcome::Ok,
+            let outcome = match (result, answer["error"].as_str().filter(|e| !e.is_empty())) {
+                (Err(e), _) => Outcome::error(e.messages().join("; ")),
+                (Ok(_), Some(e)) => Outcome::error(e),
+                (Ok(_), None) => Outcome::Ok,
             };
-            let mut event = self.event(EventKind::Sign, caller, key, result);
-            if let Some(v) = answer["key_version"].as_u64() {
+            let mut event = self.event(EventKind::Sign, caller, key, outcome);
+            if let Some(v) = answer["key_version"].as_u64().filter(|v| *v > 0) {
                 event = event.versions([v]);
             }
             if let Some(input) = &item.input {
                 event = event.input(&input_bytes(input));
             }
-            self.auditor.record(event).await;
-        }
+            event
+        })
     }
 
     /// One audit event per verify item that was refused: an invalid signature, or an
@@ -141,10 +170,11 @@ impl AppState {
         }
     }
 
-    /// Admits a Transit request or refuses it before Vault is asked: the request-forgery
-    /// guard, the caller's identity, the key allowlist, then the caller policy (its keys
-    /// and rate). A refusal is audited under the caller's identity (or its peer when it
-    /// could not be identified).
+    /// Admits a Transit request or refuses it before Vault is asked: the key name (a name
+    /// Vault has no route for is a 404, as Vault answers; see [`valid_key_name`]), the
+    /// request-forgery guard, the caller's identity, the key allowlist, then the caller
+    /// policy (its keys and rate). A refusal after the name check is audited under the
+    /// caller's identity (or its peer when it could not be identified).
     pub async fn admit(
         &self,
         peer: &Peer,
@@ -152,6 +182,9 @@ impl AppState {
         action: Action,
         key: &str,
     ) -> Result<Caller, Error> {
+        if !valid_key_name(key) {
+            return Err(Error::NotFound("unsupported path".into()));
+        }
         let caller = match self.policy.guard(headers).map_err(|e| (peer.describe(), e)) {
             Ok(()) => self.policy.identify(peer, headers.token),
             Err(refused) => Err(refused),
@@ -242,6 +275,21 @@ impl AppState {
             return Err(self.readiness.reason());
         }
         Ok(())
+    }
+}
+
+/// Whether Vault's Transit routes take `name` as a key name (OpenBao's
+/// `framework.GenericNameRegex`: `\w(([\w-.]+)?\w)?`, with Go's ASCII `\w`). Both faces
+/// check the name they were given (the HTTP face after percent-decoding the path, as Vault
+/// does), so one key has one name: one rate bucket, one cache entry, one audit name.
+pub fn valid_key_name(name: &str) -> bool {
+    let word = |b: &u8| b.is_ascii_alphanumeric() || *b == b'_';
+    let bytes = name.as_bytes();
+    match (bytes.first(), bytes.last()) {
+        (Some(first), Some(last)) => {
+            word(first) && word(last) && bytes.iter().all(|b| word(b) || matches!(b, b'-' | b'.'))
+        }
+        _ => false,
     }
 }
 

@@ -1,4 +1,6 @@
 //! The append-only audit file: one JSON event per line, `O_APPEND`, mode 0600 on creation.
+//! A FIFO or character device at the path (a log collector's pipe, `/dev/stdout`) is
+//! written the same way, without fsync (which they do not support).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -11,16 +13,21 @@ pub(super) struct AuditFile {
     /// The file may end in the middle of a line (a crash or a failed write): the next
     /// write starts with a newline so that line does not swallow the next event.
     torn: bool,
+    /// A regular file is fsynced after each write; a FIFO or a character device (a
+    /// container's `/dev/stdout`) cannot be, and is only written.
+    regular: bool,
 }
 
 impl AuditFile {
     pub(super) fn open(path: &Path) -> io::Result<Self> {
         let mut file = super::private_file(OpenOptions::new().read(true).append(true), path)?;
-        let torn = !ends_with_newline(&mut file)?;
+        let regular = file.metadata()?.file_type().is_file();
+        let torn = regular && !ends_with_newline(&mut file)?;
         Ok(AuditFile {
             path: path.to_owned(),
             file,
             torn,
+            regular,
         })
     }
 
@@ -46,7 +53,11 @@ impl AuditFile {
             return Err(e);
         }
         self.torn = false;
-        self.file.sync_data()
+        if self.regular {
+            self.file.sync_data()
+        } else {
+            Ok(())
+        }
     }
 }
 

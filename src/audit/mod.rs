@@ -30,15 +30,23 @@
 //!   delete, two processes sharing a spool), the event is sent again. Receivers
 //!   deduplicate by the event's `id` (a UUID v4). Order is preserved: the oldest spooled
 //!   event is retried until accepted before the next is sent.
-//! - **Group commit on the hot path.** All events go through one bounded queue to a
-//!   writer thread that takes up to 512 at a time and writes them with one fsync per sink.
-//!   [`Auditor::record`], used for every sign and refused verify, returns once the event
-//!   is queued, without waiting for the disk. If the queue stays full for `enqueue_wait`
-//!   (50 ms by default), a sign / verify_refused event is dropped, counted in
-//!   [`AuditStats::dropped`] and logged. A lifecycle event (rotate, retire) is never
-//!   dropped: `record` waits for room as long as it takes. With an HTTP sink each event
-//!   also costs its own spool file (write, fsync, rename); the directory fsync is shared
-//!   by the batch.
+//! - **Group commit on the hot path.** All events go through one bounded queue
+//!   (`AEGIS_AUDIT_QUEUE_SIZE`) to a writer thread that takes up to 512 at a time and
+//!   writes them with one fsync per sink. Nothing on the request path waits for the disk.
+//!   With an HTTP sink each event also costs its own spool file (write, fsync, rename);
+//!   the directory fsync is shared by the batch.
+//! - **No signature without its event.** A sign first takes room in the queue for one
+//!   event per item with [`Auditor::reserve`], waiting at most `enqueue_wait`
+//!   (`AEGIS_AUDIT_QUEUE_TIMEOUT`, 100 ms by default), *before* Vault is asked; the events
+//!   (with Vault's outcome, success or refusal) are then queued into that room without
+//!   waiting and cannot be dropped. If there is no room in time (a stalled disk or pipe),
+//!   the sign is refused and counted ([`AuditStats::refused_signs`],
+//!   `aegis_audit_refused_signs_total`), or, with `fail_open` (`AEGIS_AUDIT_FAIL_OPEN`),
+//!   made anyway with its events queued if room appears and otherwise dropped and counted
+//!   ([`AuditStats::dropped`], `aegis_audit_events_dropped_total`). Other request-path
+//!   events (verify_refused, refused) go through [`Auditor::record`], which drops them
+//!   (counted, logged) after `enqueue_wait`. A lifecycle event (rotate, retire) is never
+//!   dropped: `record` waits for room as long as it takes.
 //! - Events never hold a signed input or a token: [`AuditEvent`] has fixed, typed fields
 //!   only; an input can only be given to [`AuditEvent::input`], which keeps its SHA-256.
 //!
@@ -59,6 +67,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::time::Instant;
 
@@ -66,6 +75,7 @@ pub use crate::config::AuditConfig;
 pub use event::{Actor, AuditEvent, EventKind, InputDigest, Outcome};
 pub use stats::AuditStats;
 
+use crate::telemetry::metrics::{self, AuditDrop};
 use deliver::Deliverer;
 use stats::Counters;
 use writer::{Entry, Job, Writer};
@@ -95,6 +105,8 @@ pub enum AuditError {
     NoRuntime,
     #[error("the audit writer has stopped")]
     Stopped,
+    #[error("the audit queue had no room within {} ms", .waited.as_millis())]
+    QueueFull { waited: Duration },
 }
 
 impl AuditError {
@@ -136,6 +148,7 @@ struct Inner {
     shared: Arc<Shared>,
     spool_dir: Option<PathBuf>,
     enqueue_wait: Duration,
+    fail_open: bool,
     /// Dropped with the last handle: tells the deliverer to stop.
     _stop: watch::Sender<()>,
 }
@@ -182,6 +195,7 @@ impl Auditor {
                 shared,
                 spool_dir,
                 enqueue_wait: config.enqueue_wait,
+                fail_open: config.fail_open,
                 _stop: stop,
             })),
         })
@@ -192,25 +206,57 @@ impl Auditor {
     }
 
     /// Queues `event` for the background writer without waiting for the disk: for the
-    /// request path (sign, verify_refused). A full queue is waited on for at most
+    /// request path (verify_refused, refused). A full queue is waited on for at most
     /// `enqueue_wait`, then the event is dropped, counted and logged; lifecycle events
-    /// (rotate, retire) wait as long as it takes and are never dropped.
+    /// (rotate, retire) wait as long as it takes and are never dropped. Signs use
+    /// [`reserve`](Self::reserve) instead.
     pub async fn record(&self, event: AuditEvent) {
         let Some(inner) = &self.inner else { return };
         let kind = event.kind();
         let job = Job::Event(entry(&event, None));
         let queued = if kind.is_lifecycle() {
-            inner.jobs.send(job).await.is_ok()
+            inner
+                .jobs
+                .send(job)
+                .await
+                .map_err(|_| AuditDrop::WriterStopped)
         } else {
             inner
                 .jobs
                 .send_timeout(job, inner.enqueue_wait)
                 .await
-                .is_ok()
+                .map_err(|e| match e {
+                    mpsc::error::SendTimeoutError::Timeout(_) => AuditDrop::QueueFull,
+                    mpsc::error::SendTimeoutError::Closed(_) => AuditDrop::WriterStopped,
+                })
         };
-        if !queued {
-            inner.dropped(kind);
+        if let Err(reason) = queued {
+            inner.dropped(kind, reason);
         }
+    }
+
+    /// Takes room in the queue for `events` events (one per item of a sign), waiting at
+    /// most `enqueue_wait`; call it before Vault is asked. Events recorded through the
+    /// [`Reservation`] are then queued without waiting and never dropped. Without room in
+    /// time the sign is refused with the error (counted, logged), unless the auditor fails
+    /// open: then the reservation holds no room, and its events are queued only if there
+    /// is room when they are recorded (dropped and counted otherwise).
+    pub async fn reserve(&self, events: usize) -> Result<Reservation<'_>, AuditError> {
+        let Some(inner) = &self.inner else {
+            return Ok(Reservation::default());
+        };
+        let permits = match inner.reserve(events).await {
+            Ok(permits) => Some(permits),
+            Err(_) if inner.fail_open => None,
+            Err(e) => {
+                inner.refused(events, &e);
+                return Err(e);
+            }
+        };
+        Ok(Reservation {
+            inner: Some(inner),
+            permits,
+        })
     }
 
     /// Records `event` and returns once it is durably on disk in every local sink (see the
@@ -248,16 +294,84 @@ impl Auditor {
     }
 }
 
+/// Room in the audit queue for the events of one sign, taken by [`Auditor::reserve`]
+/// before Vault is asked. Room not used is given back when it is dropped.
+#[derive(Default)]
+pub struct Reservation<'a> {
+    /// None for a disabled auditor.
+    inner: Option<&'a Inner>,
+    /// None when failing open without room.
+    permits: Option<mpsc::PermitIterator<'a, Job>>,
+}
+
+impl Reservation<'_> {
+    /// Queues `event` into the reserved room, without waiting. Past the reserved room (or
+    /// failing open without any), the event is queued if there is room now, else dropped
+    /// and counted.
+    pub fn record(&mut self, event: AuditEvent) {
+        let Some(inner) = self.inner else { return };
+        let job = Job::Event(entry(&event, None));
+        match self.permits.as_mut().and_then(Iterator::next) {
+            Some(permit) => permit.send(job),
+            None => {
+                if let Err(e) = inner.jobs.try_send(job) {
+                    let reason = match e {
+                        TrySendError::Full(_) => AuditDrop::QueueFull,
+                        TrySendError::Closed(_) => AuditDrop::WriterStopped,
+                    };
+                    inner.dropped(event.kind(), reason);
+                }
+            }
+        }
+    }
+}
+
+/// Logged at the first time and then at every 1024th, so a disk stall cannot flood logs.
+fn worth_logging(total: u64) -> bool {
+    total == 1 || total % 1024 == 0
+}
+
 impl Inner {
-    fn dropped(&self, kind: EventKind) {
+    fn dropped(&self, kind: EventKind, reason: AuditDrop) {
         let total = Counters::bump(&self.shared.stats.dropped);
-        // Logged at the first drop and then at every 1024th, so a disk stall cannot flood logs.
-        if total == 1 || total % 1024 == 0 {
+        metrics::get().audit_dropped(reason);
+        if worth_logging(total) {
             tracing::warn!(
                 event = %kind,
+                reason = reason.as_str(),
                 dropped_total = total,
                 "audit queue full or writer stopped: audit event dropped"
             );
+        }
+    }
+
+    /// Counts `signs` signatures refused for want of room; logged the first time and then
+    /// about every 1024th.
+    fn refused(&self, signs: usize, err: &AuditError) {
+        let before = Counters::add(&self.shared.stats.refused_signs, signs);
+        metrics::get().audit_refused_signs(signs as u64);
+        let after = before + signs as u64;
+        if before == 0 || before / 1024 != after / 1024 {
+            tracing::error!(
+                error = %err,
+                refused_signs_total = after,
+                "audit trail has no room: signs refused before Vault was asked (AEGIS_AUDIT_FAIL_OPEN=false)"
+            );
+        }
+    }
+
+    /// Room for `events` events within `enqueue_wait`.
+    async fn reserve(&self, events: usize) -> Result<mpsc::PermitIterator<'_, Job>, AuditError> {
+        let full = AuditError::QueueFull {
+            waited: self.enqueue_wait,
+        };
+        if events > self.jobs.max_capacity() {
+            return Err(full);
+        }
+        match tokio::time::timeout(self.enqueue_wait, self.jobs.reserve_many(events)).await {
+            Ok(Ok(permits)) => Ok(permits),
+            Ok(Err(_)) => Err(AuditError::Stopped),
+            Err(_) => Err(full),
         }
     }
 
@@ -385,12 +499,17 @@ mod tests {
 
     /// An auditor whose queue the test holds instead of a writer thread.
     fn queue_only(capacity: usize) -> (Auditor, mpsc::Receiver<Job>) {
+        queue_only_failing(capacity, false)
+    }
+
+    fn queue_only_failing(capacity: usize, fail_open: bool) -> (Auditor, mpsc::Receiver<Job>) {
         let (jobs, queue) = mpsc::channel(capacity);
         let inner = Inner {
             jobs,
             shared: Arc::default(),
             spool_dir: None,
             enqueue_wait: Duration::from_millis(20),
+            fail_open,
             _stop: watch::channel(()).0,
         };
         let auditor = Auditor {
@@ -421,6 +540,44 @@ mod tests {
         tokio::time::timeout(WAIT, waiting).await.unwrap().unwrap();
         assert_eq!(auditor.stats().dropped, 1);
         assert!(matches!(queue.try_recv(), Ok(Job::Event(e)) if e.json.starts_with(b"{")));
+    }
+
+    #[tokio::test]
+    async fn a_sign_gets_room_for_all_its_events_or_is_refused() {
+        let (auditor, mut queue) = queue_only(3);
+        let mut room = auditor.reserve(2).await.unwrap();
+        let err = auditor.reserve(2).await.err().unwrap();
+        assert_eq!(err.to_string(), "the audit queue had no room within 20 ms");
+        assert!(matches!(
+            auditor.reserve(4).await,
+            Err(AuditError::QueueFull { .. })
+        ));
+        room.record(sign());
+        room.record(sign());
+        drop(room);
+        let stats = auditor.stats();
+        assert_eq!((stats.refused_signs, stats.dropped), (6, 0));
+        // Room not used is given back when the reservation goes.
+        let unused = auditor.reserve(1).await.unwrap();
+        drop(unused);
+        assert!(matches!(queue.try_recv(), Ok(Job::Event(_))));
+        assert!(matches!(queue.try_recv(), Ok(Job::Event(_))));
+        assert!(queue.try_recv().is_err());
+        assert!(auditor.reserve(3).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn failing_open_signs_without_room_and_counts_what_it_drops() {
+        let (auditor, mut queue) = queue_only_failing(1, true);
+        let mut first = auditor.reserve(1).await.unwrap();
+        let mut second = auditor.reserve(1).await.unwrap();
+        second.record(sign());
+        first.record(sign());
+        let stats = auditor.stats();
+        assert_eq!((stats.refused_signs, stats.dropped), (0, 1));
+        assert!(matches!(queue.try_recv(), Ok(Job::Event(_))));
+        second.record(sign());
+        assert_eq!(auditor.stats().dropped, 1);
     }
 
     #[tokio::test]

@@ -12,9 +12,13 @@ pub struct AuditStats {
     /// Events spooled and not yet delivered, including those an earlier process left
     /// (a gauge, recounted from the directory at every pass of the deliverer).
     pub pending: u64,
-    /// Sign / verify_refused events dropped because the queue stayed full for
-    /// `enqueue_wait`, or the writer had stopped.
+    /// Request-path events dropped because the queue stayed full for `enqueue_wait`, or
+    /// the writer had stopped: verify_refused and refused events, and sign events when
+    /// failing open (`fail_open`).
     pub dropped: u64,
+    /// Signatures refused (not made) because the queue had no room for their events
+    /// within `enqueue_wait` (or the writer had stopped), failing closed.
+    pub refused_signs: u64,
     /// Events at least one local sink failed to write (I/O errors).
     pub write_errors: u64,
     /// Delivery attempts that failed (each is retried).
@@ -27,6 +31,7 @@ pub(super) struct Counters {
     pub(super) delivered: AtomicU64,
     pub(super) pending: AtomicU64,
     pub(super) dropped: AtomicU64,
+    pub(super) refused_signs: AtomicU64,
     pub(super) write_errors: AtomicU64,
     pub(super) delivery_failures: AtomicU64,
 }
@@ -38,6 +43,7 @@ impl Counters {
             delivered: self.delivered.load(Relaxed),
             pending: self.pending.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
+            refused_signs: self.refused_signs.load(Relaxed),
             write_errors: self.write_errors.load(Relaxed),
             delivery_failures: self.delivery_failures.load(Relaxed),
         }
@@ -48,8 +54,9 @@ impl Counters {
         counter.fetch_add(1, Relaxed) + 1
     }
 
-    pub(super) fn add(counter: &AtomicU64, n: usize) {
-        counter.fetch_add(n as u64, Relaxed);
+    /// Adds `n`; returns the total before.
+    pub(super) fn add(counter: &AtomicU64, n: usize) -> u64 {
+        counter.fetch_add(n as u64, Relaxed)
     }
 
     pub(super) fn set_pending(&self, n: usize) {

@@ -32,12 +32,19 @@ pub struct AuditConfig {
     pub retry_initial: Duration,
     /// Longest wait between delivery attempts. Default 30 s.
     pub retry_max: Duration,
-    /// Events queued for the background writer. Default 8192.
+    /// `AEGIS_AUDIT_QUEUE_SIZE`: events queued for the background writer, including the
+    /// slots reserved by signs in flight at Vault. Default 16384 (at least
+    /// `AEGIS_MAX_BATCH_ITEMS`, so the largest batch fits).
     pub queue_capacity: usize,
-    /// How long [`Auditor::record`](crate::audit::Auditor::record) waits for room in a full queue
-    /// before it drops a sign or verify_refused event (counted, logged). Lifecycle events
-    /// always wait. Default 50 ms.
+    /// `AEGIS_AUDIT_QUEUE_TIMEOUT`: how long a sign waits for room for its events before
+    /// it is refused (or, failing open, made unaudited), and how long
+    /// [`Auditor::record`](crate::audit::Auditor::record) waits before it drops a verify_refused or
+    /// refused event (counted, logged). Lifecycle events always wait. Default 100 ms.
     pub enqueue_wait: Duration,
+    /// `AEGIS_AUDIT_FAIL_OPEN`: when the queue has no room for a sign's events within
+    /// `enqueue_wait`, sign anyway and count the events as dropped, instead of refusing the
+    /// sign with a 503. Default false (never a signature without its event).
+    pub fail_open: bool,
     /// `AEGIS_AUDIT_FLUSH_TIMEOUT`: how long a command (or shutdown) waits for the HTTP sink
     /// before exiting; what is left stays spooled for the next process. Default 10 s.
     pub flush_timeout: Duration,
@@ -53,8 +60,9 @@ impl Default for AuditConfig {
             http_timeout: Duration::from_secs(10),
             retry_initial: Duration::from_millis(200),
             retry_max: Duration::from_secs(30),
-            queue_capacity: 8192,
-            enqueue_wait: Duration::from_millis(50),
+            queue_capacity: 16384,
+            enqueue_wait: Duration::from_millis(100),
+            fail_open: false,
             flush_timeout: Duration::from_secs(10),
         }
     }
@@ -124,6 +132,10 @@ impl AuditConfig {
         let positive = [
             ("http_timeout", self.http_timeout),
             ("retry_initial", self.retry_initial),
+            (
+                "queue_timeout (AEGIS_AUDIT_QUEUE_TIMEOUT)",
+                self.enqueue_wait,
+            ),
         ];
         for (name, value) in positive {
             if value.is_zero() {
@@ -134,7 +146,7 @@ impl AuditConfig {
             problems.push("audit retry_max: must not be shorter than retry_initial".into());
         }
         if self.queue_capacity == 0 {
-            problems.push("audit queue_capacity: must be greater than zero".into());
+            problems.push("AEGIS_AUDIT_QUEUE_SIZE: must be greater than zero".into());
         }
     }
 }

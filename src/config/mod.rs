@@ -239,7 +239,8 @@ pub struct Config {
     /// `AEGIS_ROTATION_PERIOD`, default 90 days: when `keys status` says a rotation is due.
     pub rotation_period: Duration,
     /// The audit trail: `AEGIS_AUDIT_FILE`, `AEGIS_AUDIT_URL`, `AEGIS_AUDIT_SPOOL_DIR`,
-    /// `AEGIS_AUDIT_TOKEN_FILE` (see [`crate::audit`]).
+    /// `AEGIS_AUDIT_TOKEN_FILE`, `AEGIS_AUDIT_QUEUE_SIZE`, `AEGIS_AUDIT_QUEUE_TIMEOUT`,
+    /// `AEGIS_AUDIT_FAIL_OPEN` (see [`crate::audit`]).
     pub audit: AuditConfig,
     /// Traces and metrics export: the standard `OTEL_*` variables (see
     /// `config::telemetry`), and `AEGIS_METRICS_LISTEN`.
@@ -326,6 +327,9 @@ struct FileAudit {
     spool_dir: Option<String>,
     token_file: Option<String>,
     flush_timeout: Option<String>,
+    queue_size: Option<usize>,
+    queue_timeout: Option<String>,
+    fail_open: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -716,6 +720,11 @@ impl Config {
         let max_batch_items = number("AEGIS_MAX_BATCH_ITEMS", fc.max_batch_items, 10_000);
         let sign_max_batch = number("AEGIS_SIGN_MAX_BATCH", fc.sign_max_batch, 200);
         let sign_max_in_flight = number("AEGIS_SIGN_MAX_IN_FLIGHT", fc.sign_max_in_flight, 2);
+        let audit_queue_size = number(
+            "AEGIS_AUDIT_QUEUE_SIZE",
+            fc.audit.queue_size,
+            AuditConfig::default().queue_capacity,
+        );
 
         let mut duration = |name: &str, file: Option<String>, default: Duration| -> Duration {
             match pick(name, file) {
@@ -752,6 +761,11 @@ impl Config {
             "AEGIS_AUDIT_FLUSH_TIMEOUT",
             fc.audit.flush_timeout.clone(),
             Duration::from_secs(10),
+        );
+        let audit_queue_timeout = duration(
+            "AEGIS_AUDIT_QUEUE_TIMEOUT",
+            fc.audit.queue_timeout.clone(),
+            AuditConfig::default().enqueue_wait,
         );
         let rotation_period = duration(
             "AEGIS_ROTATION_PERIOD",
@@ -811,9 +825,16 @@ impl Config {
             http_bearer_token_file: pick("AEGIS_AUDIT_TOKEN_FILE", fc.audit.token_file)
                 .map(PathBuf::from),
             flush_timeout: audit_flush,
+            queue_capacity: audit_queue_size,
+            enqueue_wait: audit_queue_timeout,
             ..AuditConfig::default()
         };
         errors.extend(audit.validate());
+        if audit.is_enabled() && audit_queue_size < max_batch_items {
+            errors.push(format!(
+                "AEGIS_AUDIT_QUEUE_SIZE ({audit_queue_size}) must be at least AEGIS_MAX_BATCH_ITEMS ({max_batch_items}): a batch's audit events are reserved before it is signed"
+            ));
+        }
         let mut flag = |name: &str, file: Option<bool>| -> bool {
             match env.var(name) {
                 None => file.unwrap_or(false),
@@ -825,6 +846,10 @@ impl Config {
         };
         let skip_verify = flag("VAULT_SKIP_VERIFY", fc.vault.tls.skip_verify);
         let secret_id_wrapped = flag("AEGIS_SECRET_ID_WRAPPED", fc.vault.auth.secret_id_wrapped);
+        let audit = AuditConfig {
+            fail_open: flag("AEGIS_AUDIT_FAIL_OPEN", fc.audit.fail_open),
+            ..audit
+        };
         let require_request_header = match env.var("AEGIS_REQUIRE_REQUEST_HEADER") {
             None => fc.require_request_header.unwrap_or(true),
             Some(v) => parse_bool(&v).unwrap_or_else(|| {
@@ -1326,5 +1351,58 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("AEGIS_SHUTDOWN_DELAY"), "{err}");
+    }
+
+    #[test]
+    fn audit_backpressure_settings_default_set_and_refused() {
+        const VAULT: [(&str, &str); 3] = [
+            ("VAULT_ADDR", "http://127.0.0.1:8200"),
+            ("VAULT_TOKEN", "s.abc"),
+            ("AEGIS_AUDIT_FILE", "/var/log/aegis/audit.jsonl"),
+        ];
+        let c = Config::load(None, &VAULT).unwrap();
+        assert_eq!(
+            (
+                c.audit.queue_capacity,
+                c.audit.enqueue_wait,
+                c.audit.fail_open
+            ),
+            (16384, Duration::from_millis(100), false)
+        );
+        let [addr, token, file] = VAULT;
+        let set = [
+            addr,
+            token,
+            file,
+            ("AEGIS_AUDIT_QUEUE_SIZE", "64"),
+            ("AEGIS_MAX_BATCH_ITEMS", "64"),
+            ("AEGIS_AUDIT_QUEUE_TIMEOUT", "250ms"),
+            ("AEGIS_AUDIT_FAIL_OPEN", "true"),
+        ];
+        let c = Config::load(None, &set).unwrap();
+        assert_eq!(
+            (
+                c.audit.queue_capacity,
+                c.audit.enqueue_wait,
+                c.audit.fail_open
+            ),
+            (64, Duration::from_millis(250), true)
+        );
+        let bad = [
+            addr,
+            token,
+            file,
+            ("AEGIS_AUDIT_QUEUE_SIZE", "100"),
+            ("AEGIS_AUDIT_QUEUE_TIMEOUT", "0s"),
+            ("AEGIS_AUDIT_FAIL_OPEN", "maybe"),
+        ];
+        let err = Config::load(None, &bad).unwrap_err().to_string();
+        for expected in [
+            "AEGIS_AUDIT_QUEUE_SIZE (100) must be at least AEGIS_MAX_BATCH_ITEMS (10000)",
+            "AEGIS_AUDIT_QUEUE_TIMEOUT: must be greater than zero",
+            "AEGIS_AUDIT_FAIL_OPEN: expected true or false",
+        ] {
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
     }
 }

@@ -24,6 +24,8 @@
 //! | `aegis_keyset_age_seconds`, `aegis_keyset_max_age_seconds` | gauge (since the last successful read from Vault; `AEGIS_MAX_KEYSET_AGE`) | key |
 //! | `aegis_build_info` | gauge (1) | version |
 //! | `aegis_model_verify_failures_total` | counter (`aegis model verify`, pushed over OTLP) | key, reason |
+//! | `aegis_audit_events_dropped_total` | counter (events not recorded) | reason |
+//! | `aegis_audit_refused_signs_total` | counter (signatures not made: no room for their audit events) | |
 //!
 //! Label values come from closed enums, except `key`: see [`KeyLabels`].
 
@@ -229,6 +231,24 @@ const BATCH: [f64; 11] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 249.0, 500.0, 1000.0,
 ];
 
+/// Why an audit event was not recorded (`aegis_audit_events_dropped_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditDrop {
+    /// The queue stayed full for `AEGIS_AUDIT_QUEUE_TIMEOUT`.
+    QueueFull,
+    /// The writer thread is gone.
+    WriterStopped,
+}
+
+impl AuditDrop {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditDrop::QueueFull => "queue_full",
+            AuditDrop::WriterStopped => "writer_stopped",
+        }
+    }
+}
+
 /// The recording instruments.
 pub struct Metrics {
     requests: Counter<u64>,
@@ -242,6 +262,8 @@ pub struct Metrics {
     model_verify_failures: Counter<u64>,
     records_refused: Counter<u64>,
     record_trusted: Gauge<f64>,
+    audit_dropped: Counter<u64>,
+    audit_refused_signs: Counter<u64>,
 }
 
 /// The process's instruments.
@@ -313,12 +335,22 @@ impl Metrics {
                     "1 when the key's retention record last read was trusted, 0 when refused",
                 )
                 .build(),
+            audit_dropped: meter
+                .u64_counter("aegis_audit_events_dropped_total")
+                .with_description("Audit events not recorded, by reason")
+                .build(),
+            audit_refused_signs: meter
+                .u64_counter("aegis_audit_refused_signs_total")
+                .with_description(
+                    "Signatures refused before Vault was asked: the audit queue had no room for their events",
+                )
+                .build(),
         }
     }
 
     /// Creates the series alerts watch at 0, so that `increase()` sees their first event:
-    /// auth failures of `method`, keyset refresh outcomes, and each verify result of each
-    /// allowlisted key.
+    /// auth failures of `method`, keyset refresh outcomes, audit drops and refused signs,
+    /// and each verify result of each allowlisted key.
     pub fn start_series<'a>(&self, method: &'static str, keys: impl IntoIterator<Item = &'a str>) {
         self.auth_failures
             .add(0, &[KeyValue::new("method", method)]);
@@ -326,6 +358,11 @@ impl Metrics {
             self.keyset_refreshes
                 .add(0, &[KeyValue::new("outcome", outcome)]);
         }
+        for reason in [AuditDrop::QueueFull, AuditDrop::WriterStopped] {
+            self.audit_dropped
+                .add(0, &[KeyValue::new("reason", reason.as_str())]);
+        }
+        self.audit_refused_signs.add(0, &[]);
         for key in keys {
             for reason in crate::keys::trust::Refusal::ALL {
                 self.records_refused.add(
@@ -431,6 +468,17 @@ impl Metrics {
             if trusted { 1.0 } else { 0.0 },
             &[KeyValue::new("key", key.to_string())],
         );
+    }
+
+    /// One audit event not recorded.
+    pub fn audit_dropped(&self, reason: AuditDrop) {
+        self.audit_dropped
+            .add(1, &[KeyValue::new("reason", reason.as_str())]);
+    }
+
+    /// `signs` signatures refused because the audit queue had no room for their events.
+    pub fn audit_refused_signs(&self, signs: u64) {
+        self.audit_refused_signs.add(signs, &[]);
     }
 
     pub fn keyset_refresh(&self, ok: bool) {

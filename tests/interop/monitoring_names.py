@@ -58,6 +58,8 @@ CONTRACT: Dict[str, Tuple[str, FrozenSet[str]]] = {
     "aegis_build_info": (GAUGE, frozenset({"version"})),
     "aegis_retention_record_refused_total": (COUNTER, frozenset({"key", "reason"})),
     "aegis_retention_record_trusted": (GAUGE, frozenset({"key"})),
+    "aegis_audit_events_dropped_total": (COUNTER, frozenset({"reason"})),
+    "aegis_audit_refused_signs_total": (COUNTER, frozenset()),
 }
 CONTRACT_NAMES: FrozenSet[str] = frozenset(CONTRACT)
 
@@ -76,6 +78,7 @@ LABEL_VALUES: Dict[str, FrozenSet[str]] = {
         "lookup_self", "kv_read", "kv_write", "health", "other",
     }),
     "method": frozenset({"token", "approle", "kubernetes", "jwt", "cert"}),
+    "reason": frozenset({"queue_full", "writer_stopped"}),
 }
 # "outcome" has two vocabularies: requests (ok|client_error|...) and key set refreshes (ok|error).
 OUTCOME_VALUES: Dict[str, FrozenSet[str]] = {

@@ -236,6 +236,31 @@ def test_refusals_are_grpc_statuses(pb, channel, grpc_sidecar):
     ), metrics
 
 
+def test_a_key_name_vault_has_no_route_for_is_not_found_on_grpc(pb, channel, grpc_sidecar):
+    """Over HTTP, ``k%2Ded25519`` is percent-decoded to ``k-ed25519`` as Vault decodes it (one
+    key, one bucket); a gRPC key field is not a URL, so that spelling (or any name outside
+    Vault's name rule) is NOT_FOUND, never a second name for the same key."""
+    m = pb.messages
+    stub = pb.services.SignerStub(channel)
+    for key in ("k%2Ded25519", "-k", "k/x", "k ed25519"):
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Sign(m.SignRequest(key=key, items=[m.SignItem(input=b"x")]), metadata=METADATA, timeout=TIMEOUT)
+        assert refused.value.code() == grpc.StatusCode.NOT_FOUND, key
+        assert refused.value.details() == "unsupported path", key
+        with pytest.raises(grpc.RpcError) as read:
+            stub.GetKey(m.GetKeyRequest(key=key), metadata=METADATA, timeout=TIMEOUT)
+        assert read.value.code() == grpc.StatusCode.NOT_FOUND, key
+    _, sidecar = grpc_sidecar
+    r = requests.post(
+        f"{sidecar.addr}/v1/transit/sign/k%2Ded25519",
+        json={"input": "eA=="},
+        headers={"X-Vault-Request": "true"},
+        timeout=TIMEOUT,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["signature"].startswith("vault:v")
+
+
 def test_the_unix_socket_serves_grpc_too(pb, grpc_sidecar):
     _, sidecar = grpc_sidecar
     m = pb.messages

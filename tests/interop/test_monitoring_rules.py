@@ -280,7 +280,7 @@ def test_rules_and_dashboard_use_only_contract_metrics():
 PROMQL_WORDS = {
     "sum", "min", "max", "avg", "count", "by", "without", "on", "ignoring", "group_left", "group_right",
     "and", "or", "unless", "offset", "bool", "rate", "increase", "histogram_quantile", "max_over_time",
-    "le", "job", "instance", "namespace", "pod", "key", "endpoint", "method", "outcome", "result",
+    "le", "job", "instance", "namespace", "pod", "key", "endpoint", "method", "outcome", "result", "reason",
 }
 
 

@@ -151,10 +151,7 @@ impl GrpcSigner {
             .state
             .refused_if_err(&caller.actor, key, request)
             .await?;
-        let data = Box::pin(self.state.signer.sign(key, None, &request)).await?;
-        self.state
-            .audit_sign(&caller.actor, key, &request, &data)
-            .await;
+        let data = Box::pin(self.state.sign_audited(&caller.actor, key, None, &request)).await?;
         let results = answers(&request, &data)
             .map(|a| pb::SignResult {
                 signature: a["signature"].as_str().unwrap_or_default().to_string(),
