@@ -17,6 +17,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{grpc, http, AppState, Readiness};
 use crate::audit::Auditor;
+use crate::backoff::Backoff;
 use crate::config::{Config, ConfigErrors};
 use crate::keys::{snapshot, KeyCache};
 use crate::policy::{Peer, Policy};
@@ -333,8 +334,10 @@ async fn become_ready(state: Arc<AppState>) {
     let vault = state.keys.vault();
     vault.wait_authenticated().await;
     state.keys.refresh_all().await;
-    let mut delay = Duration::from_millis(50);
+    // Quick at first (Vault is usually just starting too), at most 5 s apart.
+    let mut pauses = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     loop {
+        let delay = pauses.next_pause();
         match load_allowlisted(&state).await {
             Ok(()) => {
                 state.readiness.set_ready();
@@ -347,7 +350,6 @@ async fn become_ready(state: Arc<AppState>) {
             }
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -31,6 +31,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::{info, warn};
 
+use crate::backoff::Backoff;
 use crate::config::RetentionLocation;
 use crate::keys::retention::{format_time, parse_time, RetentionRecord, RetiredVersion};
 use crate::vault::{CasWrite, TransitKeyInfo, VaultClient, VaultError};
@@ -240,6 +241,7 @@ impl KeyRef<'_> {
     where
         F: FnMut(&TransitKeyInfo, &mut RetentionRecord) -> Result<bool, LifecycleError>,
     {
+        let mut pauses = conflict_backoff();
         for attempt in 1..=CAS_ATTEMPTS {
             let info = self.read_key().await?;
             let (mut record, cas) = self.read_record().await?;
@@ -265,7 +267,7 @@ impl KeyRef<'_> {
                 key = self.key,
                 attempt, "retention record changed meanwhile; retrying"
             );
-            backoff(attempt).await;
+            tokio::time::sleep(pauses.next_pause()).await;
         }
         Err(LifecycleError::Contended)
     }
@@ -361,10 +363,10 @@ impl Plan {
     }
 }
 
-/// A short, jittered pause before attempt `attempt + 1` against concurrent writers.
-async fn backoff(attempt: u32) {
-    let pause = Duration::from_millis(20 * u64::from(attempt));
-    tokio::time::sleep(pause.mul_f64(0.5 + rand::random::<f64>())).await;
+/// Pauses between attempts against concurrent writers: short (they finish in
+/// milliseconds), jittered so that two jobs do not collide again.
+fn conflict_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(20), Duration::from_millis(500))
 }
 
 /// Runs `step` again while Vault refuses a write for a concurrent write to the same key
@@ -375,9 +377,10 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, LifecycleError>>,
 {
-    for attempt in 1..CAS_ATTEMPTS {
+    let mut pauses = conflict_backoff();
+    for _ in 1..CAS_ATTEMPTS {
         match step().await {
-            Err(LifecycleError::Conflict) => backoff(attempt).await,
+            Err(LifecycleError::Conflict) => tokio::time::sleep(pauses.next_pause()).await,
             other => return other,
         }
     }
