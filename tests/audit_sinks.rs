@@ -4,12 +4,13 @@
 //! is lost. Nothing here loses a 2xx (the receiver answers at once, on loopback), so every
 //! event must arrive exactly once.
 
+mod common;
+
 use std::collections::HashSet;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aegis::audit::{Actor, AuditConfig, AuditEvent, Auditor, EventKind, Outcome};
@@ -201,37 +202,6 @@ fn input_sha256() -> String {
         .collect()
 }
 
-// ---- captured logs ----
-
-static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct LogSink;
-
-impl Write for LogSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_writer(|| LogSink)
-            .with_max_level(tracing::Level::DEBUG)
-            .with_ansi(false)
-            .try_init();
-    });
-}
-
-fn logs() -> String {
-    String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
-}
-
 fn assert_no_secret(what: &str, text: &str) {
     assert!(
         !text.contains(std::str::from_utf8(SECRET_INPUT).unwrap()),
@@ -395,7 +365,7 @@ async fn a_new_auditor_delivers_what_an_earlier_one_left_in_the_spool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_input_or_token_text_reaches_any_output() {
-    capture_logs();
+    common::logs::capture(tracing::Level::DEBUG);
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
     let file = dir.path().join("audit.jsonl");
@@ -447,7 +417,7 @@ async fn no_input_or_token_text_reaches_any_output() {
     assert_eq!(file_text.matches(&input_sha256()).count(), 1);
     assert!(file_text.contains("\"result\":\"error: Vault answered 403\""));
     assert_no_secret("the request bodies", &receiver.raw.lock().unwrap());
-    let logs = logs();
+    let logs = common::logs::captured();
     assert!(
         logs.contains("audit event not delivered yet"),
         "logs were captured: {logs}"

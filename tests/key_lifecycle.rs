@@ -31,18 +31,6 @@ fn aegis_ok(bao: &Bao, args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
-async fn sign(bao: &Bao, key: &str, msg: &[u8]) -> String {
-    bao.api_ok(
-        "POST",
-        &format!("transit/sign/{key}"),
-        json!({ "input": b64(msg) }),
-    )
-    .await["signature"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// (status, body) of a verify through the sidecar.
 async fn verify(side: &Sidecar, key: &str, msg: &[u8], sig: &str) -> (u16, Value) {
     side.api(
@@ -70,7 +58,7 @@ const FAST_REFRESH: (&str, &str) = ("AEGIS_REFRESH_INTERVAL", "500ms");
 async fn retired_but_valid_until_retire_after_then_refused() {
     let bao = Bao::dev().await;
     bao.create_key("life", "ed25519").await;
-    let old = sign(&bao, "life", b"signed with v1").await;
+    let old = bao.sign("life", b"signed with v1").await;
     let side = Sidecar::start(&bao, &[FAST_REFRESH]).await;
     assert_eq!(
         verify(&side, "life", b"signed with v1", &old).await.1["data"]["valid"],
@@ -181,12 +169,12 @@ async fn retired_but_valid_until_retire_after_then_refused() {
 async fn revoke_now_reaches_a_running_sidecar_within_its_refresh_interval() {
     let bao = Bao::dev().await;
     bao.create_key("rev", "ecdsa-p256").await;
-    let v1 = sign(&bao, "rev", b"m").await;
+    let v1 = bao.sign("rev", b"m").await;
     aegis_ok(
         &bao,
         &["rotate", "--key", "rev", "--force", "--grace", "30d"],
     );
-    let v2 = sign(&bao, "rev", b"m").await;
+    let v2 = bao.sign("rev", b"m").await;
     aegis_ok(
         &bao,
         &["rotate", "--key", "rev", "--force", "--grace", "30d"],
@@ -348,7 +336,7 @@ async fn concurrent_rotations_lose_no_entry() {
 async fn verify_never_fails_while_rotation_jobs_run() {
     let bao = Bao::dev().await;
     bao.create_key("busy", "ed25519").await;
-    let first = sign(&bao, "busy", b"old").await;
+    let first = bao.sign("busy", b"old").await;
     let side = Sidecar::start(&bao, &[FAST_REFRESH]).await;
     let stop = Instant::now() + Duration::from_secs(20);
     let verifier = {

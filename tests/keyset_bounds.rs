@@ -8,9 +8,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
-use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use common::standins::{transit_policy, write_policy};
@@ -279,33 +277,8 @@ async fn unknown_keys_are_remembered_and_their_lookups_limited() {
 
 // ---- staleness ----
 
-static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
-struct LogSink;
-
-impl Write for LogSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        LOGS.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn capture_logs() {
-    static INIT: Once = Once::new();
-    INIT.call_once(|| {
-        let _ = tracing_subscriber::fmt()
-            .with_writer(|| LogSink)
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .try_init();
-    });
-}
-
 fn log_lines(containing: &str) -> usize {
-    String::from_utf8_lossy(&LOGS.lock().unwrap())
+    common::logs::captured()
         .lines()
         .filter(|l| l.contains(containing))
         .count()
@@ -363,7 +336,7 @@ fn keyset_age(side: &Sidecar) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyset_past_its_max_age_is_refused_saying_why() {
-    capture_logs();
+    common::logs::capture(tracing::Level::INFO);
     let bao = Bao::dev().await;
     let (side, sig) = stale_setup(&bao, &[]).await;
     assert!(keyset_age(&side) < Duration::from_secs(2));
@@ -424,7 +397,7 @@ async fn a_keyset_past_its_max_age_is_refused_saying_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_keyset_keeps_verifying_when_told_to_serve() {
-    capture_logs();
+    common::logs::capture(tracing::Level::INFO);
     let bao = Bao::dev().await;
     let (side, sig) = stale_setup(&bao, &[("AEGIS_STALE_KEYSET", "serve")]).await;
     revoke_key_read(&bao).await;

@@ -59,15 +59,7 @@ async fn rotate_at_vault(bao: &Bao, key: &str) {
 
 /// A signature by the latest version, made at Vault.
 async fn sign_at_vault(bao: &Bao, key: &str) -> String {
-    bao.api_ok(
-        "POST",
-        &format!("transit/sign/{key}"),
-        json!({ "input": b64(MSG) }),
-    )
-    .await["signature"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    bao.sign(key, MSG).await
 }
 
 /// (latest, min_decryption_version, min_encryption_version) at Vault.

@@ -67,18 +67,6 @@ fn job_raw(bao: &Bao, args: &[&str]) -> (i32, String, String) {
     common::aegis_cli(&bao.addr, &[("VAULT_TOKEN", bao.token.as_str())], &all)
 }
 
-async fn sign(bao: &Bao, key: &str, msg: &[u8]) -> String {
-    bao.api_ok(
-        "POST",
-        &format!("transit/sign/{key}"),
-        json!({ "input": b64(msg) }),
-    )
-    .await["signature"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// What the sidecar says of a signature: "valid", "invalid" or the 400 message.
 async fn verdict(side: &Sidecar, key: &str, msg: &[u8], sig: &str) -> String {
     let (status, body) = side
@@ -190,12 +178,12 @@ async fn a_kv_writer_cannot_add_widen_revive_or_erase_trust() {
         b"by v2".as_slice(),
         b"by v3".as_slice(),
     );
-    let s1 = sign(&bao, key, m1).await;
+    let s1 = bao.sign(key, m1).await;
     let r1 = job(&bao, &["rotate", "--key", key, "--force", "--grace", "1h"]);
     assert_eq!(r1["rotated_to"], 2, "{r1}");
-    let s2 = sign(&bao, key, m2).await;
+    let s2 = bao.sign(key, m2).await;
     job(&bao, &["rotate", "--key", key, "--force", "--grace", "1h"]);
-    let s3 = sign(&bao, key, m3).await;
+    let s3 = bao.sign(key, m3).await;
     // v1 retired early (its window already over), v2 retired but valid, v3 signing.
     let past =
         aegis::keys::retention::format_time(std::time::SystemTime::now() - Duration::from_secs(5));
@@ -414,7 +402,7 @@ async fn an_unendorsed_record_is_refused_until_aegis_retention_endorse() {
     let key = "tm-migrate";
     bao.create_key(key, "ed25519").await;
     let m1 = b"signed before the upgrade".as_slice();
-    let s1 = sign(&bao, key, m1).await;
+    let s1 = bao.sign(key, m1).await;
     let v1_pk = read(&bao, &format!("transit/keys/{key}")).await["keys"]["1"]["public_key"]
         .as_str()
         .unwrap()
@@ -500,7 +488,7 @@ async fn a_job_dying_between_the_write_and_the_raise_converges_on_the_next_run()
     let key = "tm-converge";
     bao.create_key(key, "ed25519").await;
     let m1 = b"by v1".as_slice();
-    let s1 = sign(&bao, key, m1).await;
+    let s1 = bao.sign(key, m1).await;
     job(&bao, &["rotate", "--key", key, "--force", "--grace", "1h"]);
     let older = read(&bao, &record_path(key)).await["data"].clone();
 

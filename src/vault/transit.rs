@@ -88,16 +88,21 @@ impl VaultClient {
 }
 
 impl VaultClient {
+    /// One key-management `POST` (rotate, config, trim, create) whose answer is not needed.
+    async fn post_key_op(&self, retry: Retry, path: &str, body: &Value) -> Result<(), VaultError> {
+        self.request_with(retry, Method::POST, path, Some(body))
+            .await
+            .map(drop)
+    }
+
     /// `POST {mount}/keys/{key}/rotate`: a new latest version (rotation jobs only).
     pub async fn transit_rotate(&self, mount: &str, key: &str) -> Result<(), VaultError> {
-        self.request_with(
+        self.post_key_op(
             Retry::IfNotSent,
-            Method::POST,
             &format!("{mount}/keys/{key}/rotate"),
-            Some(&Value::Object(Map::new())),
+            &Value::Object(Map::new()),
         )
         .await
-        .map(drop)
     }
 
     /// `POST {mount}/keys/{key}/config` with `min_decryption_version` (setting the same
@@ -131,14 +136,12 @@ impl VaultClient {
         field: &str,
         version: u32,
     ) -> Result<(), VaultError> {
-        self.request_with(
+        self.post_key_op(
             Retry::Idempotent,
-            Method::POST,
             &format!("{mount}/keys/{key}/config"),
-            Some(&serde_json::json!({ field: version })),
+            &serde_json::json!({ field: version }),
         )
         .await
-        .map(drop)
     }
 
     /// `POST {mount}/keys/{key}` with `type`: creates a key (an existing key of that name
@@ -149,14 +152,12 @@ impl VaultClient {
         key: &str,
         key_type: &str,
     ) -> Result<(), VaultError> {
-        self.request_with(
+        self.post_key_op(
             Retry::Idempotent,
-            Method::POST,
             &format!("{mount}/keys/{key}"),
-            Some(&serde_json::json!({ "type": key_type })),
+            &serde_json::json!({ "type": key_type }),
         )
         .await
-        .map(drop)
     }
 
     /// `POST {mount}/sign/{key}` of `input` with version `key_version` pinned; returns
@@ -188,17 +189,15 @@ impl VaultClient {
         key: &str,
         version: u32,
     ) -> Result<(), VaultError> {
-        self.request_with(
+        self.post_key_op(
             Retry::Idempotent,
-            Method::POST,
             &format!("{mount}/keys/{key}/config"),
-            Some(&serde_json::json!({
+            &serde_json::json!({
                 "min_decryption_version": version,
                 "min_encryption_version": version,
-            })),
+            }),
         )
         .await
-        .map(drop)
     }
 
     /// `POST {mount}/keys/{key}/trim` with `min_available_version`: Vault deletes the key
@@ -209,14 +208,12 @@ impl VaultClient {
         key: &str,
         min_available_version: u32,
     ) -> Result<(), VaultError> {
-        self.request_with(
+        self.post_key_op(
             Retry::Idempotent,
-            Method::POST,
             &format!("{mount}/keys/{key}/trim"),
-            Some(&serde_json::json!({ "min_available_version": min_available_version })),
+            &serde_json::json!({ "min_available_version": min_available_version }),
         )
         .await
-        .map(drop)
     }
 
     /// `LIST {mount}/keys`: every key name (empty when there is none).
