@@ -31,16 +31,6 @@ fn aegis_ok(bao: &Bao, args: &[&str]) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
-/// (status, body) of a verify through the sidecar.
-async fn verify(side: &Sidecar, key: &str, msg: &[u8], sig: &str) -> (u16, Value) {
-    side.api(
-        "POST",
-        &format!("transit/verify/{key}"),
-        Some(json!({ "input": b64(msg), "signature": sig })),
-    )
-    .await
-}
-
 async fn record(bao: &Bao, key: &str) -> Value {
     bao.api(
         "GET",
@@ -61,7 +51,7 @@ async fn retired_but_valid_until_retire_after_then_refused() {
     let old = bao.sign("life", b"signed with v1").await;
     let side = Sidecar::start(&bao, &[FAST_REFRESH]).await;
     assert_eq!(
-        verify(&side, "life", b"signed with v1", &old).await.1["data"]["valid"],
+        side.verify("life", b"signed with v1", &old).await.1["data"]["valid"],
         true
     );
 
@@ -127,12 +117,12 @@ async fn retired_but_valid_until_retire_after_then_refused() {
         },
     )
     .await;
-    let (s, body) = verify(&side, "life", b"signed with v1", &old).await;
+    let (s, body) = side.verify("life", b"signed with v1", &old).await;
     assert_eq!((s, &body["data"]["valid"]), (200, &json!(true)), "{body}");
 
     // Once retire_after passes: refused, naming the key, the version and the times.
     let (s, body) = eventually(Duration::from_secs(15), "v1's window to end", || async {
-        let r = verify(&side, "life", b"signed with v1", &old).await;
+        let r = side.verify("life", b"signed with v1", &old).await;
         (r.0 == 400).then_some(r)
     })
     .await;
@@ -181,10 +171,7 @@ async fn revoke_now_reaches_a_running_sidecar_within_its_refresh_interval() {
     );
     let side = Sidecar::start(&bao, &[("AEGIS_REFRESH_INTERVAL", "1s")]).await;
     for sig in [&v1, &v2] {
-        assert_eq!(
-            verify(&side, "rev", b"m", sig).await.1["data"]["valid"],
-            true
-        );
+        assert_eq!(side.verify("rev", b"m", sig).await.1["data"]["valid"], true);
     }
 
     // A refusal of the command itself: exit 65, nothing changed. (Revoking the signing
@@ -223,7 +210,7 @@ async fn revoke_now_reaches_a_running_sidecar_within_its_refresh_interval() {
         Duration::from_secs(5),
         "the revocation to reach the sidecar",
         || async {
-            let r = verify(&side, "rev", b"m", &v1).await;
+            let r = side.verify("rev", b"m", &v1).await;
             (r.0 == 400).then_some(r)
         },
     )
@@ -237,10 +224,7 @@ async fn revoke_now_reaches_a_running_sidecar_within_its_refresh_interval() {
         "{body}"
     );
     // v2 is untouched.
-    assert_eq!(
-        verify(&side, "rev", b"m", &v2).await.1["data"]["valid"],
-        true
-    );
+    assert_eq!(side.verify("rev", b"m", &v2).await.1["data"]["valid"], true);
 
     let status = aegis_ok(&bao, &["keys", "status", "--key", "rev"]);
     let states: Vec<_> = status[0]["versions"]
@@ -549,15 +533,15 @@ async fn audit_trail_in_a_file_and_over_http() {
         )
         .await;
     assert_eq!(s, 200, "{body}");
-    let (s, _) = verify(
-        &side,
-        "aud",
-        b"tampered",
-        body["data"]["batch_results"][0]["signature"]
-            .as_str()
-            .unwrap(),
-    )
-    .await;
+    let (s, _) = side
+        .verify(
+            "aud",
+            b"tampered",
+            body["data"]["batch_results"][0]["signature"]
+                .as_str()
+                .unwrap(),
+        )
+        .await;
     assert_eq!(s, 200);
     side.stop().await; // flushes the audit queue
     let text = std::fs::read_to_string(&side_log).unwrap();

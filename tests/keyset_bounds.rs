@@ -51,15 +51,6 @@ async fn sign(side: &Sidecar, key: &str, msg: &[u8]) -> String {
     body["data"]["signature"].as_str().unwrap().to_string()
 }
 
-async fn verify(side: &Sidecar, key: &str, msg: &[u8], sig: &str) -> (u16, Value) {
-    side.api(
-        "POST",
-        &format!("transit/verify/{key}"),
-        Some(json!({ "input": b64(msg), "signature": sig })),
-    )
-    .await
-}
-
 /// `vault:vN:<body>` of `sig` with version `n`.
 fn with_version(sig: &str, n: u32) -> String {
     let body = sig.splitn(3, ':').nth(2).unwrap();
@@ -158,7 +149,7 @@ async fn ever_new_versions_cost_at_most_one_read_per_second() {
         .to_string();
     assert!(v2.starts_with("vault:v2:"), "{v2}");
     eventually(Duration::from_secs(5), "v2 to verify", || async {
-        let (s, body) = verify(&side, "amp", b"new", &v2).await;
+        let (s, body) = side.verify("amp", b"new", &v2).await;
         (s == 200 && body["data"]["valid"] == true).then_some(())
     })
     .await;
@@ -168,7 +159,7 @@ async fn ever_new_versions_cost_at_most_one_read_per_second() {
         .await;
     let v3 = sign(&side, "amp", b"newer").await;
     assert!(v3.starts_with("vault:v3:"), "{v3}");
-    let (s, body) = verify(&side, "amp", b"newer", &v3).await;
+    let (s, body) = side.verify("amp", b"newer", &v3).await;
     assert_eq!((s, &body["data"]["valid"]), (200, &json!(true)), "{body}");
 
     // Sign answers showing a newer version trigger refreshes under the same rule: 60 signs
@@ -346,7 +337,7 @@ async fn a_keyset_past_its_max_age_is_refused_saying_why() {
     // ~1.1 s, plus the read, before the policy changed), then 503 naming the key, the
     // age and the cause.
     let refused = eventually(Duration::from_secs(10), "a 503", || async {
-        let (s, body) = verify(&side, "stale", b"model", &sig).await;
+        let (s, body) = side.verify("stale", b"model", &sig).await;
         match s {
             200 => {
                 assert_eq!(body["data"]["valid"], true);
@@ -385,7 +376,7 @@ async fn a_keyset_past_its_max_age_is_refused_saying_why() {
         Duration::from_secs(5),
         "verification to recover",
         || async {
-            let (s, body) = verify(&side, "stale", b"model", &sig).await;
+            let (s, body) = side.verify("stale", b"model", &sig).await;
             (s == 200 && body["data"]["valid"] == true).then_some(())
         },
     )
@@ -407,9 +398,9 @@ async fn a_stale_keyset_keeps_verifying_when_told_to_serve() {
         || async { (keyset_age(&side) > Duration::from_secs(5)).then_some(()) },
     )
     .await;
-    let (s, body) = verify(&side, "stale", b"model", &sig).await;
+    let (s, body) = side.verify("stale", b"model", &sig).await;
     assert_eq!((s, &body["data"]["valid"]), (200, &json!(true)), "{body}");
-    let (s, body) = verify(&side, "stale", b"other", &sig).await;
+    let (s, body) = side.verify("stale", b"other", &sig).await;
     assert_eq!((s, &body["data"]["valid"]), (200, &json!(false)), "{body}");
     // The tick after the keyset went stale says so, once; later ticks do not repeat it.
     let served = "still served (AEGIS_STALE_KEYSET=serve)";
@@ -475,7 +466,7 @@ async fn a_restored_snapshot_keeps_its_age() {
     );
     assert!(age >= Duration::from_secs(2), "restored as {age:?} old");
     let refused = eventually(Duration::from_secs(6), "a 503", || async {
-        let (s, body) = verify(&second, "stale", b"model", &sig).await;
+        let (s, body) = second.verify("stale", b"model", &sig).await;
         match s {
             200 => None,
             503 => Some(body),

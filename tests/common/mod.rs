@@ -468,6 +468,16 @@ impl Sidecar {
         .await
     }
 
+    /// (status, body) of a verify of `sig` over `msg` through the sidecar.
+    pub async fn verify(&self, key: &str, msg: &[u8], sig: &str) -> (u16, Value) {
+        self.api(
+            "POST",
+            &format!("transit/verify/{key}"),
+            Some(json!({ "input": b64(msg), "signature": sig })),
+        )
+        .await
+    }
+
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
