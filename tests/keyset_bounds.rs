@@ -304,11 +304,12 @@ async fn stale_setup(bao: &Bao, extra: &[(&str, &str)]) -> (Sidecar, String) {
     (side, sig)
 }
 
-/// The attack: the sidecar's policy keeps sign and verify but loses `read` on the key.
-async fn revoke_key_read(bao: &Bao) -> Instant {
+/// The attack: the sidecar's policy keeps sign and verify but loses `read` on the paths
+/// starting with `denied` (the key, or its retention record).
+async fn revoke_read(bao: &Bao, denied: &str) -> Instant {
     let without_read: String = transit_policy("stale")
         .lines()
-        .filter(|l| !l.starts_with("path \"transit/keys/"))
+        .filter(|l| !l.starts_with(&format!("path \"{denied}")))
         .map(|l| format!("{l}\n"))
         .collect();
     write_policy(bao, "side", &without_read).await;
@@ -327,11 +328,27 @@ fn keyset_age(side: &Sidecar) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_keyset_past_its_max_age_is_refused_saying_why() {
+    refused_past_max_age("transit/keys/", "permission denied").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyset_whose_record_cannot_be_read_is_refused_past_its_max_age() {
+    refused_past_max_age(
+        "secret/data/",
+        "reading the retention record secret/data/aegis/keys/transit/stale: permission denied",
+    )
+    .await;
+}
+
+/// Read access to paths starting with `denied` is revoked from the sidecar's policy:
+/// verification goes on from the cache until `AEGIS_MAX_KEYSET_AGE`, then answers 503
+/// with `cause` in its reason; failures are logged once; access back, it recovers.
+async fn refused_past_max_age(denied: &str, cause: &str) {
     common::logs::capture(tracing::Level::INFO);
     let bao = Bao::dev().await;
     let (side, sig) = stale_setup(&bao, &[]).await;
     assert!(keyset_age(&side) < Duration::from_secs(2));
-    let revoked = revoke_key_read(&bao).await;
+    let revoked = revoke_read(&bao, denied).await;
 
     // Verifies from the cache until the keyset is 4 s old (its last read was at most
     // ~1.1 s, plus the read, before the policy changed), then 503 naming the key, the
@@ -359,7 +376,7 @@ async fn a_keyset_past_its_max_age_is_refused_saying_why() {
     for part in [
         "the cached keyset of key \"stale\" is ",
         "past AEGIS_MAX_KEYSET_AGE (4 s): reading it from Vault fails since ",
-        "permission denied",
+        cause,
     ] {
         assert!(why.contains(part), "{part:?} not in {why:?}");
     }
@@ -391,7 +408,7 @@ async fn a_stale_keyset_keeps_verifying_when_told_to_serve() {
     common::logs::capture(tracing::Level::INFO);
     let bao = Bao::dev().await;
     let (side, sig) = stale_setup(&bao, &[("AEGIS_STALE_KEYSET", "serve")]).await;
-    revoke_key_read(&bao).await;
+    revoke_read(&bao, "transit/keys/").await;
     eventually(
         Duration::from_secs(10),
         "the keyset to be stale",
