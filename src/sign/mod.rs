@@ -3,7 +3,7 @@
 //! Input that would make Vault answer 500 (an unknown RSA signature algorithm, a
 //! `key_version` above the latest) is refused here with a 400, so callers never see a 5xx
 //! for their own mistakes. A `key_version` that may not sign (too old for Vault, revoked
-//! or past its retention window: [`version`]) is refused before Vault is asked. A
+//! or past its retention window: `sign::version`) is refused before Vault is asked. A
 //! signature made with a version newer than the cache knows triggers a keyset refresh as
 //! soon as the one-read-per-second rule of `keys::bounds` allows (at once, or at the end
 //! of that second).
