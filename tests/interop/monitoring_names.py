@@ -78,12 +78,24 @@ LABEL_VALUES: Dict[str, FrozenSet[str]] = {
         "lookup_self", "kv_read", "kv_write", "health", "other",
     }),
     "method": frozenset({"token", "approle", "kubernetes", "jwt", "cert"}),
-    "reason": frozenset({"queue_full", "writer_stopped"}),
 }
 # "outcome" has two vocabularies: requests (ok|client_error|...) and key set refreshes (ok|error).
 OUTCOME_VALUES: Dict[str, FrozenSet[str]] = {
     "aegis_requests_total": frozenset({"ok", "client_error", "vault_error", "unavailable", "internal_error"}),
     "aegis_keyset_refreshes_total": frozenset({"ok", "error"}),
+}
+# "reason" too: audit drops and retention record refusals (model verification's is open).
+REASON_VALUES: Dict[str, FrozenSet[str]] = {
+    "aegis_audit_events_dropped_total": frozenset({"queue_full", "writer_stopped"}),
+    "aegis_retention_record_refused_total": frozenset({
+        "unendorsed", "bad_signature", "superseded", "key_mismatch", "wrong_key",
+        "undecodable", "disappeared",
+    }),
+}
+# Labels whose vocabulary depends on the metric.
+PER_METRIC_VALUES: Dict[str, Dict[str, FrozenSet[str]]] = {
+    "outcome": OUTCOME_VALUES,
+    "reason": REASON_VALUES,
 }
 
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
@@ -209,7 +221,8 @@ def selector_label_problems(text: str) -> List[str]:
             if label not in labels:
                 problems.append(f"{name}: has no label {label!r} (contract: {sorted(labels)})")
                 continue
-            allowed = OUTCOME_VALUES.get(metric) if label == "outcome" else LABEL_VALUES.get(label)
+            per_metric = PER_METRIC_VALUES.get(label)
+            allowed = per_metric.get(metric) if per_metric is not None else LABEL_VALUES.get(label)
             if allowed is None or op in ("!=", "!~"):
                 continue
             if op == "=":
