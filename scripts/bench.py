@@ -356,8 +356,9 @@ listener "tcp" {{
         results["aegis_rss_peak_kib"] = rss_kib(aegis.pid, "VmHWM")
         results["bao_proxy_rss_peak_kib"] = rss_kib(proxy.pid, "VmHWM")
         stop(aegis)
+        limit = args.memory_limit_mib or pod_memory_limit_mib()
+        results["pod_memory_limit_mib"] = limit
         if not args.no_memory:
-            limit = args.memory_limit_mib or pod_memory_limit_mib()
             results["memory"] = memory_run(args, base_env, memory_env, keys[key_types[0]], limit, start, stop)
         results["summary"] = summary(results, args.ratio_concurrency)
         report(results)
@@ -522,7 +523,7 @@ def report(results: dict) -> None:
         f"{kt}: " + ", ".join(f"c={cc} {b if b is not None else '-'}" for cc, b in k["batch_items_per_call"].items())
         for kt, k in s["per_key"].items()))
     print(f"\naegis: ready {results['aegis_ready_ms']} ms after start (Vault up); RSS idle {results['aegis_rss_idle_kib']/1024:.1f} MiB, "
-          f"peak under wrk load {results['aegis_rss_peak_kib']/1024:.1f} MiB; bao proxy peak {results['bao_proxy_rss_peak_kib']/1024:.1f} MiB")
+          f"peak under wrk load {results['aegis_rss_peak_kib']/1024:.1f} MiB (pod limit {results['pod_memory_limit_mib']} MiB); bao proxy peak {results['bao_proxy_rss_peak_kib']/1024:.1f} MiB")
     mem = results.get("memory")
     if mem:
         print(f"\nMemory run (fresh aegis per case; AEGIS_MAX_BODY_BYTES={mem['max_body_bytes']}, sign bodies of {mem['body_bytes']} bytes"
