@@ -206,18 +206,17 @@ def per_check_ns(entry: dict) -> float:
     return entry["cpu_ns"] if entry.get("cpu_ns") is not None else entry["wall_ns"]
 
 
-def post_raw(addr: str, path: str, body: bytes) -> int | str:
-    """One POST with a raw body; the status, or how the connection failed."""
+def post_raw(addr: str, path: str, body: bytes) -> tuple[int | str, str]:
+    """One POST with a raw body: (status, the start of the answer), or how the connection failed."""
     host, port = addr.removeprefix("http://").split(":")
     conn = httpclient.HTTPConnection(host, int(port), timeout=120)
     try:
         conn.request("POST", path, body=body, headers={
             "Content-Type": "application/json", "X-Vault-Request": "true", "Content-Length": str(len(body))})
         resp = conn.getresponse()
-        resp.read()
-        return resp.status
+        return resp.status, resp.read()[:300].decode(errors="replace")
     except (ConnectionError, httpclient.HTTPException, TimeoutError) as e:
-        return type(e).__name__
+        return type(e).__name__, str(e)
     finally:
         conn.close()
 
@@ -384,7 +383,8 @@ def memory_run(args, base_env: dict, extra_env: dict, key: str, limit_mib: int, 
         port = free_port()
         addr = f"http://127.0.0.1:{port}"
         env = dict(base_env, AEGIS_LISTEN_ADDR=f"127.0.0.1:{port}", AEGIS_KEYS=key,
-                   AEGIS_MAX_BODY_BYTES=str(args.max_body_bytes), **extra_env)
+                   AEGIS_MAX_BODY_BYTES=str(args.max_body_bytes))
+        env.update(extra_env)
         p = start(f"aegis-memory-{n}", [str(args.aegis), "serve"], env=env)
         wait_until("aegis /readyz (memory run)", lambda: status_ok(f"{addr}/readyz"), p)
         idle = rss_kib(p.pid, "VmRSS")
@@ -396,7 +396,7 @@ def memory_run(args, base_env: dict, extra_env: dict, key: str, limit_mib: int, 
             try:
                 answers[i] = post_raw(addr, f"/v1/transit/sign/{key}", body)
             except Exception as e:  # counted with the answers, by name
-                answers[i] = type(e).__name__
+                answers[i] = type(e).__name__, str(e)
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
         began = time.monotonic()
@@ -405,7 +405,9 @@ def memory_run(args, base_env: dict, extra_env: dict, key: str, limit_mib: int, 
         for t in threads:
             t.join()
         case = {"case": name, "requests": n, "seconds": round(time.monotonic() - began, 2),
-                "statuses": dict(sorted(Counter(str(a) for a in answers).items())),
+                "statuses": dict(sorted(Counter(str(a[0]) for a in answers).items())),
+                # The first answer of each status that is not a signature, as said.
+                "answers": {str(st): text for st, text in reversed(answers) if st != 200},
                 "rss_idle_kib": idle, "rss_peak_kib": rss_kib(p.pid, "VmHWM")}
         out["cases"].append(case)
         print(f"  memory: {name}: {case['statuses']} in {case['seconds']} s, peak RSS {case['rss_peak_kib']/1024:.1f} MiB"
@@ -534,6 +536,9 @@ def report(results: dict) -> None:
             statuses = ", ".join(f"{k}: {v}" for k, v in case["statuses"].items())
             print(f"| {case['case']} | {statuses} | {case['seconds']} | {case['rss_idle_kib']/1024:.1f} | {case['rss_peak_kib']/1024:.1f}"
                   f" | {case['rss_peak_kib']/1024/mem['limit_mib']:.2f} of {mem['limit_mib']} MiB |")
+        for case in mem["cases"]:
+            for st, text in case["answers"].items():
+                print(f"\n{case['case']}, {st}: {text.strip()}")
 
 
 if __name__ == "__main__":
