@@ -507,7 +507,7 @@ def report(results: dict) -> None:
     c = s["ratio_concurrency"]
     print(f"\nFigures of issue 16, each from this run (throughput and CPU at c={c}):\n")
     print("| key | sign aegis/direct | sign/verify via aegis | OpenBao CPU/sig via aegis / direct (us) "
-          "| aegis CPU/sign us | aegis CPU/verify us | verify CPU / floor | verify aegis/direct | sign p50 added at c=1 ms (proxy) |")
+          "| aegis CPU/sign us | aegis CPU/verify us | verify CPU / floor | verify aegis/direct | sign p50 added at c=1, ms: aegis (bao proxy) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for kt, k in s["per_key"].items():
         v = k["vault_cpu_per_signature_us"]
