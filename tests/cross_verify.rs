@@ -2,13 +2,71 @@
 //! marshaling/padding x prehashed, Vault's signature is verified by the sidecar (locally),
 //! the sidecar's signature by Vault, and a flipped bit or another input is refused on
 //! both sides; the sidecar's answer equals Vault's own answer in every case.
+//!
+//! Every one of those answers is the sidecar's own: OpenBao's file audit log, where the
+//! sidecar's requests are told apart by its token's display name, shows no Vault request
+//! at all while it verifies a case of the matrix, and exactly one `transit/verify` per
+//! request that only Vault can answer (an HMAC).
 
 mod common;
+
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::path::{Path, PathBuf};
 
 use aegis::crypto::HashAlgorithm;
 use base64::Engine as _;
 use common::{b64, Bao, Sidecar};
 use serde_json::{json, Map, Value};
+
+/// The display name OpenBao records for the sidecar's token (`token-` + the name given).
+const SIDECAR_TOKEN_NAME: &str = "token-aegis-under-test";
+
+/// The Vault requests the sidecar makes, read from OpenBao's file audit log as it grows.
+struct VaultCalls {
+    log: PathBuf,
+    /// Bytes of the log already read (whole lines only).
+    read: u64,
+}
+
+impl VaultCalls {
+    fn new(log: &Path) -> Self {
+        VaultCalls {
+            log: log.to_path_buf(),
+            read: 0,
+        }
+    }
+
+    /// The paths of the sidecar's requests logged since the last call. OpenBao writes a
+    /// request's audit entries before it answers, so a request the sidecar has answered
+    /// has all its Vault requests in the log.
+    fn since_last(&mut self) -> Vec<String> {
+        let mut file = std::fs::File::open(&self.log).expect("OpenBao's audit log");
+        file.seek(SeekFrom::Start(self.read)).unwrap();
+        let mut text = String::new();
+        file.read_to_string(&mut text).unwrap();
+        let whole = text.rfind('\n').map_or(0, |i| i + 1);
+        self.read += whole as u64;
+        text[..whole]
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("an audit entry is JSON"))
+            .filter(|e| e["type"] == "request" && e["auth"]["display_name"] == SIDECAR_TOKEN_NAME)
+            .map(|e| e["request"]["path"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+/// A token of its own for the sidecar, so that the audit log tells its requests apart.
+async fn sidecar_token(bao: &Bao) -> String {
+    let (s, body) = bao
+        .api(
+            "POST",
+            "auth/token/create",
+            Some(json!({"display_name": "aegis-under-test", "policies": ["root"]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{body}");
+    body["auth"]["client_token"].as_str().unwrap().to_string()
+}
 
 const HASHES: [&str; 9] = [
     "sha1", "sha2-224", "sha2-256", "sha2-384", "sha2-512", "sha3-224", "sha3-256", "sha3-384",
@@ -39,8 +97,15 @@ fn flip_bit(sig: &str, jws: bool) -> String {
     format!("{prefix}:{}", engine.encode(raw))
 }
 
-/// Runs every case for one key and returns how many verify comparisons were made.
-async fn matrix(bao: &Bao, side: &Sidecar, key: &str, cases: &[Map<String, Value>]) -> usize {
+/// Runs every case for one key and returns how many verify comparisons were made. Each
+/// of the sidecar's answers must have been made without a single Vault request.
+async fn matrix(
+    bao: &Bao,
+    side: &Sidecar,
+    calls: &mut VaultCalls,
+    key: &str,
+    cases: &[Map<String, Value>],
+) -> usize {
     let msg = b"model-weights-digest-0001";
     let mut compared = 0;
     for opts in cases {
@@ -96,9 +161,15 @@ async fn matrix(bao: &Bao, side: &Sidecar, key: &str, cases: &[Map<String, Value
                 let from_vault = bao
                     .api("POST", &format!("transit/verify/{key}"), Some(body.clone()))
                     .await;
+                calls.since_last();
                 let from_side = side
                     .api("POST", &format!("transit/verify/{key}"), Some(body.clone()))
                     .await;
+                assert_eq!(
+                    calls.since_last(),
+                    Vec::<String>::new(),
+                    "the sidecar called Vault for a case it verifies locally: {key} {body}"
+                );
                 assert_eq!(essence(&from_side), essence(&from_vault), "{key} {body}");
                 match expect_valid {
                     Some(v) => assert_eq!(
@@ -127,12 +198,28 @@ fn case(pairs: &[(&str, Value)]) -> Map<String, Value> {
 }
 
 async fn run_for(key_type: &str, cases: Vec<Map<String, Value>>) {
-    let bao = Bao::dev().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("bao-audit.log");
+    let bao = Bao::dev_audited(&log).await;
     let key = format!("k-{key_type}");
     bao.create_key(&key, key_type).await;
-    let side = Sidecar::start(&bao, &[("AEGIS_KEYS", &key)]).await;
-    let n = matrix(&bao, &side, &key, &cases).await;
+    let token = sidecar_token(&bao).await;
+    // No periodic keyset refresh while the matrix runs: every Vault request the sidecar
+    // makes during a verify is then one that verify made.
+    let side = Sidecar::start(
+        &bao,
+        &[
+            ("AEGIS_KEYS", &key),
+            ("VAULT_TOKEN", &token),
+            ("AEGIS_REFRESH_INTERVAL", "1h"),
+            ("AEGIS_MAX_KEYSET_AGE", "2h"),
+        ],
+    )
+    .await;
+    let mut calls = VaultCalls::new(&log);
+    let n = matrix(&bao, &side, &mut calls, &key, &cases).await;
     assert_eq!(n, cases.len() * 6);
+    forwarded_hmac_is_one_vault_call(&bao, &side, &mut calls, &key).await;
     // The sidecar's answers are its own: with OpenBao frozen, it still verifies.
     let input = b64(b"local");
     let sig = bao
@@ -154,6 +241,45 @@ async fn run_for(key_type: &str, cases: Vec<Map<String, Value>>) {
     bao.resume();
     assert_eq!(essence(&verdict), (200, json!({"valid": true})));
     side.stop().await;
+}
+
+/// What only Vault can answer, an HMAC of the same key, is forwarded: one `transit/verify`
+/// per request, and nothing else (the count above is not blind).
+async fn forwarded_hmac_is_one_vault_call(
+    bao: &Bao,
+    side: &Sidecar,
+    calls: &mut VaultCalls,
+    key: &str,
+) {
+    let input = b64(b"hmac input");
+    let hmac = bao
+        .api_ok(
+            "POST",
+            &format!("transit/hmac/{key}"),
+            json!({"input": input}),
+        )
+        .await["hmac"]
+        .clone();
+    for (hmac, valid) in [
+        (hmac.clone(), true),
+        (json!(flip_bit(hmac.as_str().unwrap(), false)), false),
+    ] {
+        let body = json!({"input": input, "hmac": hmac});
+        calls.since_last();
+        let from_side = side
+            .api("POST", &format!("transit/verify/{key}"), Some(body.clone()))
+            .await;
+        assert_eq!(
+            calls.since_last(),
+            vec![format!("transit/verify/{key}")],
+            "{body}"
+        );
+        assert_eq!(
+            essence(&from_side),
+            (200, json!({"valid": valid})),
+            "{body}"
+        );
+    }
 }
 
 fn ecdsa_cases() -> Vec<Map<String, Value>> {
