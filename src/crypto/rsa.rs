@@ -1,6 +1,6 @@
 //! RSA signature verification for every combination Transit signs with.
 //!
-//! Two implementations, chosen per verification by [`route`]:
+//! Two implementations, chosen per verification by `route`:
 //!
 //! - aws-lc-rs, where it decides exactly what Go's `crypto/rsa` (OpenBao) decides: PKCS#1
 //!   v1.5 with SHA-1 or SHA-2 256/384/512, and PSS with those SHA-2 hashes when the salt
@@ -11,7 +11,7 @@
 //!   decides.
 //! - Everything else (SHA-224, SHA-3, `none` = raw PKCS#1 v1.5, other salt lengths, PSS
 //!   with SHA-1, and the `auto` fallback): the public operation s^e mod n here, with a
-//!   Montgomery context precomputed once per key ([`Monty`]; public data only, so variable
+//!   Montgomery context precomputed once per key (`Monty`; public data only, so variable
 //!   time is fine), and the EMSA encodings of RFC 8017 checked by hand, with PSS salt-length
 //!   recovery as Go's `rsa.VerifyPSS` does for `PSSSaltLengthAuto`.
 //!
