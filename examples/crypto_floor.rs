@@ -27,7 +27,8 @@ use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{
-    self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, ParsedPublicKey, RsaKeyPair, VerificationAlgorithm,
+    self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, ParsedPublicKey, RsaKeyPair, RsaPssSaltLength,
+    VerificationAlgorithm,
 };
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
@@ -149,8 +150,13 @@ fn cases(msg: &[u8]) -> Vec<Case> {
             key_type: KeyType::Rsa(2048),
             transit_public_key: rsa_spki,
             raw_public_key: rsa.public_key().as_ref().to_vec(),
-            algorithm: &signature::RSA_PSS_2048_8192_SHA256,
-            signature: rsa_sig(&signature::RSA_PSS_SHA256),
+            // Transit signs PSS with the largest salt (Go's PSSSaltLengthAuto on sign).
+            algorithm: &const {
+                signature::RSA_PSS_2048_8192_SHA256.with_pss_salt_length(RsaPssSaltLength::Max)
+            },
+            signature: rsa_sig(
+                &const { signature::RSA_PSS_SHA256.with_pss_salt_length(RsaPssSaltLength::Max) },
+            ),
             params: params(RsaScheme::Pss(SaltLength::Auto)),
         },
     ]
