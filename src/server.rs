@@ -5,14 +5,18 @@
 //! (HTTP/2 with prior knowledge), and gRPC (by its paths), are served on the same port, and on the Unix socket of
 //! `AEGIS_LISTEN_UNIX` (mode 0660 from the moment it is reachable; removed at exit only
 //! if the path still names it) when set, where callers are known by their peer
-//! credentials.
+//! credentials. Accepted TCP connections have `TCP_NODELAY` set: an answer is written once
+//! and leaves at once, never held back by Nagle's algorithm.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, UnixListener};
+use axum::extract::connect_info::Connected;
+use axum::serve::{IncomingStream, Listener};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tracing::{error, info, warn};
 
 use crate::api::{grpc, http, AppState, Readiness};
@@ -130,7 +134,7 @@ pub async fn run(
     let app = control.track(http::router(state.clone()).merge(grpc_routes));
     servers.spawn(serve(
         axum::serve(
-            listener,
+            no_delay(listener),
             app.clone().into_make_service_with_connect_info::<Peer>(),
         )
         .with_graceful_shutdown(control.draining()),
@@ -185,6 +189,37 @@ pub async fn run(
         );
     }
     Ok(())
+}
+
+/// The TCP listener with `TCP_NODELAY` set on each accepted connection (axum's `serve`
+/// leaves Nagle's algorithm on).
+struct NoDelay(TcpListener);
+
+fn no_delay(listener: TcpListener) -> NoDelay {
+    NoDelay(listener)
+}
+
+impl Listener for NoDelay {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        let (stream, addr) = Listener::accept(&mut self.0).await;
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on an accepted connection");
+        }
+        (stream, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        Listener::local_addr(&self.0)
+    }
+}
+
+impl Connected<IncomingStream<'_, NoDelay>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, NoDelay>) -> Self {
+        Peer::Tcp(*stream.remote_addr())
+    }
 }
 
 /// Serves one listener until its graceful shutdown completes (axum's serve only ends

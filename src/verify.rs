@@ -410,7 +410,7 @@ impl Verifier {
         if results.is_empty() {
             return;
         }
-        let label = self.keys.metric_label(&self.labels, key);
+        let label = self.labels.value(key, || self.keys.contains(key));
         let mut tally: Vec<(VerifyResult, u64)> = Vec::new();
         for r in results {
             match tally.iter_mut().find(|(seen, _)| seen == r) {
@@ -419,7 +419,7 @@ impl Verifier {
             }
         }
         for (result, n) in tally {
-            metrics::get().verify_results(&label, result, n);
+            metrics::get().verify_results(label.clone(), result, n);
         }
     }
 

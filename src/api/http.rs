@@ -132,32 +132,47 @@ impl Connected<IncomingStream<'_, tokio::net::UnixListener>> for Peer {
     }
 }
 
-/// Vault's response envelope around `data`, serialized in one pass (no intermediate
-/// JSON tree; the request id from a user-space RNG, not a syscall).
-#[derive(serde::Serialize)]
-struct Envelope {
-    request_id: uuid::Uuid,
-    lease_id: &'static str,
-    renewable: bool,
-    lease_duration: u32,
-    data: Value,
-    wrap_info: Option<()>,
-    warnings: Option<[String; 1]>,
-    auth: Option<()>,
-}
+/// Room for a typical answer (a sign or verify envelope is 150 to 300 bytes; a key read
+/// grows the buffer once or twice).
+const ENVELOPE_CAPACITY: usize = 512;
 
+/// Vault's response envelope around `data`, written in one pass into one buffer: the
+/// fixed fields are literal text in Vault's order (`request_id`, `lease_id`, `renewable`,
+/// `lease_duration`, `data`, `wrap_info`, `warnings`, `auth`), only the request id (from a
+/// user-space RNG, not a syscall), `data` and the warning are serialized.
 fn envelope(data: Value, warnings: Option<String>) -> Response {
-    let body = Envelope {
-        request_id: crate::ids::uuid_v4(),
-        lease_id: "",
-        renewable: false,
-        lease_duration: 0,
-        data,
-        wrap_info: None,
-        warnings: warnings.map(|w| [w]),
-        auth: None,
-    };
-    (StatusCode::OK, axum::Json(body)).into_response()
+    let mut body = Vec::with_capacity(ENVELOPE_CAPACITY);
+    body.extend_from_slice(br#"{"request_id":""#);
+    let mut id = uuid::Uuid::encode_buffer();
+    body.extend_from_slice(
+        crate::ids::uuid_v4()
+            .hyphenated()
+            .encode_lower(&mut id)
+            .as_bytes(),
+    );
+    body.extend_from_slice(br#"","lease_id":"","renewable":false,"lease_duration":0,"data":"#);
+    let written = serde_json::to_writer(&mut body, &data).and_then(|()| {
+        body.extend_from_slice(br#","wrap_info":null,"warnings":"#);
+        match &warnings {
+            Some(w) => serde_json::to_writer(&mut body, &[w]),
+            None => {
+                body.extend_from_slice(b"null");
+                Ok(())
+            }
+        }
+    });
+    if let Err(e) = written {
+        return Error::Internal(format!("cannot encode the answer: {e}")).into_response();
+    }
+    body.extend_from_slice(br#","auth":null}"#);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -614,6 +629,34 @@ mod tests {
         ] {
             assert!(!crate::api::valid_key_name(name), "{name}");
         }
+    }
+
+    /// The envelope is Vault's, field for field and in Vault's order.
+    #[test]
+    fn the_envelope_is_vaults() {
+        let body = |r: Response| {
+            let bytes =
+                futures::executor::block_on(axum::body::to_bytes(r.into_body(), usize::MAX))
+                    .unwrap();
+            String::from_utf8(bytes.to_vec()).unwrap()
+        };
+        let response = envelope(json!({"valid": true}), Some("w \"1\"".into()));
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let text = body(response);
+        let id = text
+            .strip_prefix(r#"{"request_id":""#)
+            .and_then(|t| t.get(..36))
+            .unwrap();
+        assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 4);
+        assert_eq!(
+            text.replace(id, "ID"),
+            r#"{"request_id":"ID","lease_id":"","renewable":false,"lease_duration":0,"data":{"valid":true},"wrap_info":null,"warnings":["w \"1\""],"auth":null}"#
+        );
+        let text = body(envelope(json!({"k": 1}), None));
+        assert!(
+            text.ends_with(r#""data":{"k":1},"wrap_info":null,"warnings":null,"auth":null}"#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -98,16 +98,21 @@ impl AppState {
         req: &'a TransitRequest,
         result: &'a Result<Value, Error>,
     ) -> impl Iterator<Item = AuditEvent> + 'a {
+        // A refusal of the whole request is described once, whatever the number of items.
+        let refused = result
+            .as_ref()
+            .err()
+            .map(|e| Outcome::error(e.messages().join("; ")));
         req.items.iter().enumerate().map(move |(i, item)| {
             let answer = match result {
                 Ok(data) if req.batch => &data["batch_results"][i],
                 Ok(data) => data,
                 Err(_) => &Value::Null,
             };
-            let outcome = match (result, answer["error"].as_str().filter(|e| !e.is_empty())) {
-                (Err(e), _) => Outcome::error(e.messages().join("; ")),
-                (Ok(_), Some(e)) => Outcome::error(e),
-                (Ok(_), None) => Outcome::Ok,
+            let outcome = match (&refused, answer["error"].as_str().filter(|e| !e.is_empty())) {
+                (Some(refused), _) => refused.clone(),
+                (None, Some(e)) => Outcome::error(e),
+                (None, None) => Outcome::Ok,
             };
             let mut event = self.event(EventKind::Sign, caller, key, outcome);
             if let Some(v) = answer["key_version"].as_u64().filter(|v| *v > 0) {
@@ -219,10 +224,10 @@ impl AppState {
     ) {
         use crate::telemetry::metrics;
         // An empty key (no route) is never held by the cache: it counts as `_other`.
-        let label = self.keys.metric_label(&self.key_labels, key);
+        let label = self.key_labels.value(key, || self.keys.contains(key));
         metrics::get().request(
             operation,
-            &label,
+            label,
             metrics::Outcome::from_status(status),
             took,
         );

@@ -14,6 +14,8 @@ use serde::{Serialize, Serializer};
 const MAX_TEXT: usize = 1024;
 /// Longest kept request id or actor.
 const MAX_LABEL: usize = 256;
+/// Room for a typical event's JSON (a sign event is about 300 bytes).
+const JSON_CAPACITY: usize = 512;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -131,9 +133,16 @@ impl Serialize for Outcome {
 pub struct InputDigest(String);
 
 impl InputDigest {
+    /// Hashes `input` once and writes the digest's hex into one string of its final size.
     pub fn of(input: &[u8]) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, input);
-        InputDigest(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+        let mut hex = String::with_capacity(2 * digest.as_ref().len());
+        for b in digest.as_ref() {
+            hex.push(char::from(HEX[usize::from(b >> 4)]));
+            hex.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        InputDigest(hex)
     }
 
     pub fn as_hex(&self) -> &str {
@@ -230,9 +239,17 @@ impl AuditEvent {
         self.event
     }
 
-    /// The JSON object, without a trailing newline.
+    /// The JSON object, without a trailing newline, in one buffer sized for a typical event.
     pub(super) fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an audit event has only strings and numbers")
+        let mut json = Vec::with_capacity(JSON_CAPACITY);
+        serde_json::to_writer(&mut json, self)
+            .expect("an audit event has only strings and numbers");
+        json
+    }
+
+    /// The event's id, taken out of it (its JSON is already written).
+    pub(super) fn into_id(self) -> String {
+        self.id
     }
 }
 

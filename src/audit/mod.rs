@@ -213,7 +213,7 @@ impl Auditor {
     pub async fn record(&self, event: AuditEvent) {
         let Some(inner) = &self.inner else { return };
         let kind = event.kind();
-        let job = Job::Event(entry(&event, None));
+        let job = Job::Event(entry(event, None));
         let queued = if kind.is_lifecycle() {
             inner
                 .jobs
@@ -269,7 +269,7 @@ impl Auditor {
         let (ack, written) = oneshot::channel();
         inner
             .jobs
-            .send(Job::Event(entry(&event, Some(ack))))
+            .send(Job::Event(entry(event, Some(ack))))
             .await
             .map_err(|_| AuditError::Stopped)?;
         written.await.map_err(|_| AuditError::Stopped)?
@@ -310,7 +310,8 @@ impl Reservation<'_> {
     /// and counted.
     pub fn record(&mut self, event: AuditEvent) {
         let Some(inner) = self.inner else { return };
-        let job = Job::Event(entry(&event, None));
+        let kind = event.kind();
+        let job = Job::Event(entry(event, None));
         match self.permits.as_mut().and_then(Iterator::next) {
             Some(permit) => permit.send(job),
             None => {
@@ -319,7 +320,7 @@ impl Reservation<'_> {
                         TrySendError::Full(_) => AuditDrop::QueueFull,
                         TrySendError::Closed(_) => AuditDrop::WriterStopped,
                     };
-                    inner.dropped(event.kind(), reason);
+                    inner.dropped(kind, reason);
                 }
             }
         }
@@ -409,10 +410,12 @@ impl Inner {
     }
 }
 
-fn entry(event: &AuditEvent, ack: Option<writer::Ack>) -> Entry {
+/// The queued form of `event`: its JSON, and its id (moved, not copied).
+fn entry(event: AuditEvent, ack: Option<writer::Ack>) -> Entry {
+    let json = event.to_json();
     Entry {
-        id: event.id().to_owned(),
-        json: event.to_json(),
+        id: event.into_id(),
+        json,
         ack,
     }
 }

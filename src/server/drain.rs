@@ -205,7 +205,10 @@ impl Drop for InFlight {
 async fn track(State(drain): State<Drain>, request: Request, next: Next) -> Response {
     let grpc = is_grpc(request.headers());
     let _in_flight = InFlight::enter(&drain.counts);
+    // The request first: one answered at its first poll (a local verify) never registers
+    // with the phase channel.
     tokio::select! {
+        biased;
         response = next.run(request) => if grpc {
             response.map(|body| Body::new(EndOnDrain::new(body, drain.clone().reached(Phase::Draining))))
         } else {

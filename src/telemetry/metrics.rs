@@ -29,12 +29,12 @@
 //!
 //! Label values come from closed enums, except `key`: see [`KeyLabels`].
 
-use std::collections::{BTreeSet, HashSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, ObservableGauge};
-use opentelemetry::KeyValue;
+use opentelemetry::{KeyValue, StringValue, Value};
 
 /// What a caller asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,9 +184,13 @@ impl VaultEndpoint {
 /// Bounds the `key` label: a key is named when the allowlist names it, or, without an
 /// allowlist, when it exists in Vault, up to [`KeyLabels::MAX`] distinct names. Anything
 /// else (a caller's typo, a scan of random names) is counted as `_other`.
+///
+/// Labels are handed out as shared values ([`KeyLabels::value`]): a request clones a
+/// reference count, never a string. With an allowlist the table is fixed at start and read
+/// without a lock; without one, names already seen are read under a shared lock.
 pub struct KeyLabels {
-    allowlist: Option<BTreeSet<String>>,
-    seen: Mutex<HashSet<String>>,
+    allowlist: Option<HashMap<String, Value>>,
+    seen: RwLock<HashMap<String, Value>>,
 }
 
 impl KeyLabels {
@@ -195,30 +199,57 @@ impl KeyLabels {
 
     pub fn new(allowlist: Option<BTreeSet<String>>) -> Self {
         KeyLabels {
-            allowlist,
-            seen: Mutex::new(HashSet::new()),
+            allowlist: allowlist.map(|names| {
+                names
+                    .into_iter()
+                    .map(|name| {
+                        let value = shared(&name);
+                        (name, value)
+                    })
+                    .collect()
+            }),
+            seen: RwLock::new(HashMap::new()),
         }
     }
 
     /// The label for `key`; `exists` says whether Vault has such a key.
     pub fn label(&self, key: &str, exists: bool) -> String {
-        if let Some(allow) = &self.allowlist {
-            return if allow.contains(key) {
-                key.to_string()
-            } else {
-                Self::OTHER.to_string()
-            };
-        }
-        let mut seen = self.seen.lock().expect("key labels lock");
-        if seen.contains(key) {
-            return key.to_string();
-        }
-        if exists && seen.len() < Self::MAX {
-            seen.insert(key.to_string());
-            return key.to_string();
-        }
-        Self::OTHER.to_string()
+        self.value(key, || exists).as_str().into_owned()
     }
+
+    /// The label for `key` as a metric attribute value; `exists` (asked only when the
+    /// answer depends on it) says whether Vault has such a key.
+    pub fn value(&self, key: &str, exists: impl FnOnce() -> bool) -> Value {
+        if let Some(allow) = &self.allowlist {
+            return allow.get(key).cloned().unwrap_or_else(other);
+        }
+        if let Some(value) = self.seen.read().expect("key labels lock").get(key) {
+            return value.clone();
+        }
+        if !exists() {
+            return other();
+        }
+        let mut seen = self.seen.write().expect("key labels lock");
+        if let Some(value) = seen.get(key) {
+            return value.clone();
+        }
+        if seen.len() < Self::MAX {
+            let value = shared(key);
+            seen.insert(key.to_string(), value.clone());
+            return value;
+        }
+        other()
+    }
+}
+
+/// The `_other` key label (static text: no allocation).
+fn other() -> Value {
+    Value::from(KeyLabels::OTHER)
+}
+
+/// A label value shared by reference count.
+fn shared(text: &str) -> Value {
+    Value::String(StringValue::from(Arc::<str>::from(text)))
 }
 
 /// Buckets for latencies: 100 µs (a local verify) to 10 s (the Vault total timeout).
@@ -381,18 +412,18 @@ impl Metrics {
                 VerifyResult::UnknownVersion,
                 VerifyResult::TooNew,
             ] {
-                self.verify_results(key, result, 0);
+                self.verify_results(key.to_string(), result, 0);
             }
         }
     }
 
-    /// One answered request.
-    pub fn request(&self, op: Operation, key: &str, outcome: Outcome, took: Duration) {
+    /// One answered request; `key` is its label (see [`KeyLabels::value`]).
+    pub fn request(&self, op: Operation, key: impl Into<Value>, outcome: Outcome, took: Duration) {
         self.requests.add(
             1,
             &[
                 KeyValue::new("operation", op.as_str()),
-                KeyValue::new("key", key.to_string()),
+                KeyValue::new("key", key),
                 KeyValue::new("outcome", outcome.as_str()),
             ],
         );
@@ -402,12 +433,12 @@ impl Metrics {
         );
     }
 
-    /// `n` signatures of `key` judged `result`.
-    pub fn verify_results(&self, key: &str, result: VerifyResult, n: u64) {
+    /// `n` signatures of `key` (a label, see [`KeyLabels::value`]) judged `result`.
+    pub fn verify_results(&self, key: impl Into<Value>, result: VerifyResult, n: u64) {
         self.verify_results.add(
             n,
             &[
-                KeyValue::new("key", key.to_string()),
+                KeyValue::new("key", key),
                 KeyValue::new("result", result.as_str()),
             ],
         );
@@ -420,7 +451,7 @@ impl Metrics {
 
     /// One attempt at a Vault request: its HTTP status, or `None` when no answer came.
     pub fn vault_request(&self, endpoint: VaultEndpoint, status: Option<u16>, took: Duration) {
-        let status = status.map_or_else(|| "unreachable".to_string(), |s| s.to_string());
+        let status = status_label(status);
         self.vault_requests.add(
             1,
             &[
@@ -487,6 +518,26 @@ impl Metrics {
             &[KeyValue::new("outcome", if ok { "ok" } else { "error" })],
         );
     }
+}
+
+/// The `status` label of `aegis_vault_requests_total`: the HTTP status, or `unreachable`;
+/// the statuses Vault commonly answers are static text, others are formatted.
+fn status_label(status: Option<u16>) -> Value {
+    let text = match status {
+        None => "unreachable",
+        Some(200) => "200",
+        Some(204) => "204",
+        Some(307) => "307",
+        Some(400) => "400",
+        Some(403) => "403",
+        Some(404) => "404",
+        Some(429) => "429",
+        Some(500) => "500",
+        Some(502) => "502",
+        Some(503) => "503",
+        Some(other) => return Value::from(other.to_string()),
+    };
+    Value::from(text)
 }
 
 /// What the state gauges read at each collection.
@@ -676,5 +727,20 @@ mod tests {
         assert_eq!(open.label("one-too-many", true), KeyLabels::OTHER);
         // Names already labelled stay labelled.
         assert_eq!(open.label("k0", false), "k0");
+        assert_eq!(open.value("k1", || false).as_str(), "k1");
+        assert_eq!(allow.value("a", || false).as_str(), "a");
+        assert_eq!(allow.value("b", || true).as_str(), KeyLabels::OTHER);
+    }
+
+    #[test]
+    fn vault_statuses_are_labelled_by_their_number() {
+        for (status, want) in [
+            (None, "unreachable"),
+            (Some(200), "200"),
+            (Some(503), "503"),
+            (Some(418), "418"),
+        ] {
+            assert_eq!(status_label(status).as_str(), want);
+        }
     }
 }

@@ -6,7 +6,9 @@
 //!   crate, at info and above whatever `RUST_LOG` says, go through `tracing-opentelemetry`
 //!   to a batch exporter (gRPC or HTTP/protobuf). Export runs on the SDK's own thread with
 //!   a bounded queue: a slow or dead receiver drops spans, never delays a request. A
-//!   caller's W3C `traceparent` continues into the request span ([`trace`]).
+//!   caller's W3C `traceparent` continues into the request span ([`trace`]). Without an
+//!   endpoint no span is built at all (the log layer takes events only), so a request
+//!   pays nothing for tracing; with one, log lines also carry their spans.
 //! - **Metrics** ([`metrics`]): OpenTelemetry instruments, read by the Prometheus text
 //!   exporter behind `GET /metrics`, and pushed over OTLP when configured.
 //!
@@ -18,6 +20,7 @@ pub mod trace;
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -28,7 +31,7 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing::Level;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{filter_fn, FilterExt as _, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
@@ -63,6 +66,15 @@ struct Installed {
 
 static INSTALLED: OnceLock<Installed> = OnceLock::new();
 
+/// Whether spans are exported (set once by [`init`]). Without it no span is built, and
+/// the trace context is neither read from callers nor sent to Vault.
+static EXPORTING_TRACES: AtomicBool = AtomicBool::new(false);
+
+/// True when spans are exported over OTLP: only then are trace contexts propagated.
+pub fn exporting_traces() -> bool {
+    EXPORTING_TRACES.load(Ordering::Relaxed)
+}
+
 type BoxedLayer = Box<dyn Layer<Registry> + Send + Sync>;
 
 /// Installs logging, tracing export and the meter provider. Safe to call more than once
@@ -82,8 +94,9 @@ pub fn init(format: LogFormat, filter: Option<&str>, telemetry: &TelemetryConfig
     let registry = prometheus::Registry::new();
     let meter_provider = meter_provider(telemetry, &registry, resource, &mut problems);
 
-    let mut layers: Vec<BoxedLayer> = vec![log_layer(format, filter)];
+    let mut layers: Vec<BoxedLayer> = vec![log_layer(format, filter, tracer_provider.is_some())];
     if let Some(provider) = &tracer_provider {
+        EXPORTING_TRACES.store(true, Ordering::Relaxed);
         let tracer = provider.tracer("aegis");
         layers.push(
             tracing_opentelemetry::layer()
@@ -154,9 +167,14 @@ pub fn shutdown() {
     }
 }
 
-fn log_layer(format: LogFormat, filter: Option<&str>) -> BoxedLayer {
+/// The stderr log layer. With `spans` false (no trace export) it takes events only: no
+/// layer then wants a span, so `tracing` builds none and a request's spans cost nothing
+/// (its log lines carry no span list). With trace export the spans exist anyway and log
+/// lines list them as before.
+fn log_layer(format: LogFormat, filter: Option<&str>, spans: bool) -> BoxedLayer {
     let filter =
         EnvFilter::try_new(log_filter(filter)).unwrap_or_else(|_| EnvFilter::new(log_filter(None)));
+    let filter = filter.and(filter_fn(move |meta| spans || meta.is_event()));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,

@@ -165,6 +165,8 @@ impl VaultClient {
             .timeout(cfg.timeout)
             .connect_timeout(cfg.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
+            // Said, not assumed: a request (or a batch) leaves in one write, at once.
+            .tcp_nodelay(true)
             // Standby redirects are followed by `execute`, which knows the cluster's nodes.
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("aegis/", env!("CARGO_PKG_VERSION")))
