@@ -24,6 +24,7 @@ use axum::Router;
 use serde_json::{json, Value};
 use tracing::{error, warn, Instrument as _};
 
+use super::budget::{BodyBudget, Held};
 use super::AppState;
 use crate::error::Error;
 use crate::policy::{Action, Headers, Peer};
@@ -417,7 +418,8 @@ async fn handle(state: &AppState, peer: Peer, op: Op<'_>, req: Request) -> Resul
         })?;
         return Ok(envelope(set.to_vault_json(), None));
     }
-    let request = state
+    // `_held`: the body's bytes in the budget, given back when this request ends.
+    let (request, _held) = state
         .refused_if_err(&caller, key, read_request(state, req).await)
         .await?;
     let warning = request.unknown_fields_warning();
@@ -447,15 +449,20 @@ async fn handle(state: &AppState, peer: Peer, op: Op<'_>, req: Request) -> Resul
     Ok(envelope(data, warning))
 }
 
-/// The body, read within `AEGIS_HTTP_READ_TIMEOUT` and `AEGIS_MAX_BODY_BYTES`, decoded.
-async fn read_request(state: &AppState, req: Request) -> Result<TransitRequest, Error> {
+/// The body, read within `AEGIS_HTTP_READ_TIMEOUT`, `AEGIS_MAX_BODY_BYTES` and the budget
+/// of bytes in flight, decoded; with its bytes held in the budget.
+async fn read_request(state: &AppState, req: Request) -> Result<(TransitRequest, Held<'_>), Error> {
     let read_timeout = state.config.http_read_timeout;
-    let body = tokio::time::timeout(read_timeout, read_body(req, state.config.max_body_bytes))
+    let read = read_body(req, state.config.max_body_bytes, &state.body_budget);
+    let (body, held) = tokio::time::timeout(read_timeout, read)
         .await
         .map_err(|_| Error::RequestTimeout {
             after: read_timeout,
         })??;
-    TransitRequest::parse(&body, state.config.max_batch_items)
+    Ok((
+        TransitRequest::parse(body, state.config.max_batch_items)?,
+        held,
+    ))
 }
 
 /// Past the limit, up to this much more is read and discarded before answering 413, so a
@@ -463,30 +470,52 @@ async fn read_request(state: &AppState, req: Request) -> Result<TransitRequest, 
 /// net/http does the same). Beyond it the connection is simply closed.
 const DRAIN_AFTER_LIMIT: usize = 1024 * 1024;
 
-/// Reads the body, refusing more than `limit` bytes (by Content-Length first, then as read).
-async fn read_body(req: Request, limit: usize) -> Result<Bytes, Error> {
+/// Reads the body, refusing more than `limit` bytes (by Content-Length first, then as
+/// read). Its bytes are taken from `budget` before they are held: the declared length
+/// before reading (refused at once when not free), or as read when none is declared. The
+/// body is one buffer of its exact size (or the one frame it came in): no copy grows.
+async fn read_body(
+    req: Request,
+    limit: usize,
+    budget: &BodyBudget,
+) -> Result<(Bytes, Held<'_>), Error> {
     use http_body_util::BodyExt as _;
     let too_large = Error::PayloadTooLarge { limit };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > (limit + DRAIN_AFTER_LIMIT) as u64) {
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    if declared.is_some_and(|n| n > limit.saturating_add(DRAIN_AFTER_LIMIT)) {
         return Err(too_large);
     }
+    let mut held = budget.take(declared.unwrap_or(0).min(limit))?;
     let mut body = req.into_body();
+    let mut first: Option<Bytes> = None;
     let mut buf = Vec::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
         let frame =
             frame.map_err(|e| Error::bad_request(format!("cannot read the request body: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            seen += data.len();
-            if seen > limit + DRAIN_AFTER_LIMIT {
-                return Err(too_large);
-            }
-            if seen <= limit {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen > limit.saturating_add(DRAIN_AFTER_LIMIT) {
+            return Err(too_large);
+        }
+        if seen > limit {
+            continue;
+        }
+        let more = seen.saturating_sub(held.bytes());
+        budget.grow(&mut held, more)?;
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            None => buf.extend_from_slice(&data),
+            Some(one) => {
+                buf.reserve_exact(declared.unwrap_or(seen).min(limit));
+                buf.extend_from_slice(&one);
                 buf.extend_from_slice(&data);
             }
         }
@@ -494,7 +523,7 @@ async fn read_body(req: Request, limit: usize) -> Result<Bytes, Error> {
     if seen > limit {
         return Err(too_large);
     }
-    Ok(Bytes::from(buf))
+    Ok((first.unwrap_or_else(|| Bytes::from(buf)), held))
 }
 
 #[cfg(test)]
