@@ -35,6 +35,11 @@ impl BodyBudget {
         }
     }
 
+    /// The bytes free now.
+    pub fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+
     /// Takes `n` bytes, or refuses (and counts the refusal) when fewer are free now.
     pub fn take(&self, n: usize) -> Result<Held<'_>, Error> {
         let mut held = Held {
