@@ -131,6 +131,7 @@ impl LaneState {
             bytes += w.size();
             n += 1;
         }
+        metrics::get().sign_queued(-i64::try_from(n).unwrap_or(i64::MAX));
         self.queue.drain(..n).collect()
     }
 }
@@ -191,6 +192,7 @@ impl Coalescer {
                 Some(state) if state.in_flight >= self.limits.max_in_flight => {
                     let (reply, answer) = oneshot::channel();
                     state.queue.push_back(Waiter::new(req, reply));
+                    metrics::get().sign_queued(1);
                     Some(answer)
                 }
                 Some(state) => {
