@@ -490,8 +490,11 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit.saturating_add(DRAIN_AFTER_LIMIT)) {
         return Err(too_large);
     }
-    let mut held = budget.take(declared.unwrap_or(0).min(limit))?;
     let mut body = req.into_body();
+    let mut held = match budget.take(declared.unwrap_or(0).min(limit)) {
+        Ok(held) => held,
+        Err(busy) => return Err(drained(body, limit, busy).await),
+    };
     let mut first: Option<Bytes> = None;
     let mut buf = Vec::new();
     let mut seen = 0usize;
@@ -509,7 +512,10 @@ async fn read_body(
             continue;
         }
         let more = seen.saturating_sub(held.bytes());
-        budget.grow(&mut held, more)?;
+        if let Err(busy) = budget.grow(&mut held, more) {
+            drop(held);
+            return Err(drained(body, limit - seen, busy).await);
+        }
         match first.take() {
             None if buf.is_empty() => first = Some(data),
             None => buf.extend_from_slice(&data),
@@ -524,6 +530,21 @@ async fn read_body(
         return Err(too_large);
     }
     Ok((first.unwrap_or_else(|| Bytes::from(buf)), held))
+}
+
+/// `refusal`, once the rest of `body` (up to `limit` and [`DRAIN_AFTER_LIMIT`] more) is
+/// read and thrown away, so that a client still writing reads the answer (a 503 with
+/// `Retry-After`) instead of a reset connection. Nothing read is kept.
+async fn drained(mut body: axum::body::Body, limit: usize, refusal: Error) -> Error {
+    use http_body_util::BodyExt as _;
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        seen += frame.data_ref().map_or(0, Bytes::len);
+        if seen > limit.saturating_add(DRAIN_AFTER_LIMIT) {
+            break;
+        }
+    }
+    refusal
 }
 
 #[cfg(test)]
