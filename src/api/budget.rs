@@ -14,10 +14,15 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use crate::error::Error;
 use crate::telemetry::metrics;
 
+/// Refused bodies read and thrown away at once, at most: each costs its connection's read
+/// buffer (hyper's, up to about 400 KiB), which the budget does not count.
+const DRAINS: usize = 4;
+
 /// Request bytes in flight, all requests together (see the module docs).
 pub struct BodyBudget {
     bytes: Semaphore,
     limit: usize,
+    drains: Semaphore,
 }
 
 /// Bytes taken from a [`BodyBudget`], given back when dropped.
@@ -32,7 +37,14 @@ impl BodyBudget {
         BodyBudget {
             bytes: Semaphore::new(limit),
             limit,
+            drains: Semaphore::new(DRAINS),
         }
+    }
+
+    /// Leave to read a refused body to its end and throw it away (so its client reads the
+    /// refusal), while fewer than [`DRAINS`] are; `None`: close the connection instead.
+    pub fn drain(&self) -> Option<SemaphorePermit<'_>> {
+        self.drains.try_acquire().ok()
     }
 
     /// The bytes free now.

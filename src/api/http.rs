@@ -493,7 +493,7 @@ async fn read_body(
     let mut body = req.into_body();
     let mut held = match budget.take(declared.unwrap_or(0).min(limit)) {
         Ok(held) => held,
-        Err(busy) => return Err(drained(body, limit, busy).await),
+        Err(busy) => return Err(drained(body, limit, budget, busy).await),
     };
     let mut first: Option<Bytes> = None;
     let mut buf = Vec::new();
@@ -514,7 +514,7 @@ async fn read_body(
         let more = seen.saturating_sub(held.bytes());
         if let Err(busy) = budget.grow(&mut held, more) {
             drop(held);
-            return Err(drained(body, limit - seen, busy).await);
+            return Err(drained(body, limit - seen, budget, busy).await);
         }
         match first.take() {
             None if buf.is_empty() => first = Some(data),
@@ -534,9 +534,19 @@ async fn read_body(
 
 /// `refusal`, once the rest of `body` (up to `limit` and [`DRAIN_AFTER_LIMIT`] more) is
 /// read and thrown away, so that a client still writing reads the answer (a 503 with
-/// `Retry-After`) instead of a reset connection. Nothing read is kept.
-async fn drained(mut body: axum::body::Body, limit: usize, refusal: Error) -> Error {
+/// `Retry-After`) instead of a reset connection. Nothing read is kept; a few bodies are
+/// drained at once ([`BodyBudget::drain`]), others answered at once (their connection is
+/// then closed, as for a body far over the limit).
+async fn drained(
+    mut body: axum::body::Body,
+    limit: usize,
+    budget: &BodyBudget,
+    refusal: Error,
+) -> Error {
     use http_body_util::BodyExt as _;
+    let Some(_draining) = budget.drain() else {
+        return refusal;
+    };
     let mut seen = 0usize;
     while let Some(Ok(frame)) = body.frame().await {
         seen += frame.data_ref().map_or(0, Bytes::len);
