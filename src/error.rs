@@ -43,6 +43,10 @@ pub enum Error {
     /// The body is over the configured limit.
     #[error("request body too large: the limit is {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// Taking this body would go over `AEGIS_MAX_BODY_BYTES_IN_FLIGHT` (all requests'
+    /// bytes together): refused before it is read, to be retried shortly.
+    #[error("too many request bytes in flight (the limit is {limit} bytes): retry later")]
+    OverBodyBudget { limit: usize },
     /// The caller did not finish sending its body within `AEGIS_HTTP_READ_TIMEOUT`.
     #[error("timed out reading the request body: the limit is {} s", after.as_secs_f64())]
     RequestTimeout { after: std::time::Duration },
@@ -80,9 +84,10 @@ impl Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Error::Unavailable(_) | Error::StaleKeyset(_) | Error::AuditUnavailable(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Error::Unavailable(_)
+            | Error::StaleKeyset(_)
+            | Error::AuditUnavailable(_)
+            | Error::OverBodyBudget { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Vault { status, .. } => match StatusCode::from_u16(*status) {
                 Ok(s) if s.is_client_error() => s,
                 Ok(s) if s == StatusCode::SERVICE_UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
@@ -103,6 +108,8 @@ impl Error {
                 Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
                     .map(|s| s.max(1))
             }
+            // Bodies in flight are done within moments (or the read timeout).
+            Error::OverBodyBudget { .. } => Some(1),
             _ => None,
         }
     }
@@ -293,6 +300,15 @@ mod tests {
             502
         );
         assert_eq!(Error::PayloadTooLarge { limit: 1 }.status(), 413);
+        let busy = Error::OverBodyBudget { limit: 1 };
+        assert_eq!(
+            (
+                busy.status().as_u16(),
+                busy.retry_after_secs(),
+                busy.grpc_code()
+            ),
+            (503, Some(1), tonic::Code::Unavailable)
+        );
         let slow = Error::RequestTimeout {
             after: std::time::Duration::from_millis(1500),
         };

@@ -19,6 +19,7 @@ use axum::serve::{IncomingStream, Listener};
 use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tracing::{error, info, warn};
 
+use crate::api::budget::BodyBudget;
 use crate::api::{grpc, http, AppState, Readiness};
 use crate::audit::Auditor;
 use crate::backoff::Backoff;
@@ -60,12 +61,8 @@ pub fn build_state(config: Config) -> Result<Arc<AppState>, ConfigErrors> {
     Ok(Arc::new(AppState {
         policy,
         auditor,
-        signer: Signer::new(
-            keys.clone(),
-            vault.clone(),
-            config.sign_max_batch,
-            config.sign_max_in_flight,
-        ),
+        signer: Signer::new(keys.clone(), vault.clone(), config.sign_limits()),
+        body_budget: BodyBudget::new(config.max_body_bytes_in_flight),
         verifier: Verifier::new(keys.clone(), vault, key_labels.clone()),
         key_labels,
         keys,

@@ -22,6 +22,7 @@ use crate::keys::{KeyCache, KeySet, VersionStatus};
 use crate::telemetry::metrics::{self, KeyLabels, VerifyResult};
 use crate::transit::{Item, Options, TransitRequest};
 use crate::vault::VaultClient;
+use axum::body::Bytes;
 
 /// Decodes a caller's base64 input with Vault's error message.
 pub fn decode_input(item: &Item) -> Result<Vec<u8>, Error> {
@@ -552,28 +553,17 @@ impl Verifier {
         req: &TransitRequest,
         checks: &[ItemCheck],
     ) -> Result<Vec<Value>, Error> {
-        let items: Vec<Value> = req.body["batch_input"]
-            .as_array()
-            .map(|all| {
-                all.iter()
-                    .zip(checks)
-                    .filter(|(_, c)| matches!(c, ItemCheck::Forward))
-                    .map(|(item, _)| item.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut body = req.body.clone();
+        let items: Vec<&str> = checks
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| matches!(c, ItemCheck::Forward))
+            .map(|(i, _)| req.batch_item(i))
+            .collect();
         let expected = items.len();
-        body.insert("batch_input".into(), Value::Array(items));
+        let body = Bytes::from(req.with_batch(items));
         let data = self
             .vault
-            .transit_write(
-                "verify",
-                self.keys.mount(),
-                key,
-                path_hash,
-                &Value::Object(body),
-            )
+            .transit_write_raw("verify", self.keys.mount(), key, path_hash, &body)
             .await?;
         match data["batch_results"].as_array() {
             Some(r) if r.len() == expected => Ok(r.clone()),
@@ -589,10 +579,9 @@ impl Verifier {
         path_hash: Option<&str>,
         req: &TransitRequest,
     ) -> Result<Value, Error> {
-        let body = Value::Object(req.body.clone());
         Ok(self
             .vault
-            .transit_write("verify", self.keys.mount(), key, path_hash, &body)
+            .transit_write_raw("verify", self.keys.mount(), key, path_hash, req.raw())
             .await?)
     }
 }
@@ -670,7 +659,7 @@ mod tests {
     }
 
     fn req(body: &str) -> TransitRequest {
-        TransitRequest::parse(body.as_bytes(), 100).unwrap()
+        TransitRequest::parse(Bytes::from(body.to_string()), 100).unwrap()
     }
 
     #[test]

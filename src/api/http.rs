@@ -24,6 +24,7 @@ use axum::Router;
 use serde_json::{json, Value};
 use tracing::{error, warn, Instrument as _};
 
+use super::budget::{BodyBudget, Held};
 use super::AppState;
 use crate::error::Error;
 use crate::policy::{Action, Headers, Peer};
@@ -432,7 +433,8 @@ async fn handle(state: &AppState, peer: Peer, op: Op<'_>, req: Request) -> Resul
         })?;
         return Ok(envelope(set.to_vault_json(), None));
     }
-    let request = state
+    // `_held`: the body's bytes in the budget, given back when this request ends.
+    let (request, _held) = state
         .refused_if_err(&caller, key, read_request(state, req).await)
         .await?;
     let warning = request.unknown_fields_warning();
@@ -462,15 +464,20 @@ async fn handle(state: &AppState, peer: Peer, op: Op<'_>, req: Request) -> Resul
     Ok(envelope(data, warning))
 }
 
-/// The body, read within `AEGIS_HTTP_READ_TIMEOUT` and `AEGIS_MAX_BODY_BYTES`, decoded.
-async fn read_request(state: &AppState, req: Request) -> Result<TransitRequest, Error> {
+/// The body, read within `AEGIS_HTTP_READ_TIMEOUT`, `AEGIS_MAX_BODY_BYTES` and the budget
+/// of bytes in flight, decoded; with its bytes held in the budget.
+async fn read_request(state: &AppState, req: Request) -> Result<(TransitRequest, Held<'_>), Error> {
     let read_timeout = state.config.http_read_timeout;
-    let body = tokio::time::timeout(read_timeout, read_body(req, state.config.max_body_bytes))
+    let read = read_body(req, state.config.max_body_bytes, &state.body_budget);
+    let (body, held) = tokio::time::timeout(read_timeout, read)
         .await
         .map_err(|_| Error::RequestTimeout {
             after: read_timeout,
         })??;
-    TransitRequest::parse(&body, state.config.max_batch_items)
+    Ok((
+        TransitRequest::parse(body, state.config.max_batch_items)?,
+        held,
+    ))
 }
 
 /// Past the limit, up to this much more is read and discarded before answering 413, so a
@@ -478,30 +485,58 @@ async fn read_request(state: &AppState, req: Request) -> Result<TransitRequest, 
 /// net/http does the same). Beyond it the connection is simply closed.
 const DRAIN_AFTER_LIMIT: usize = 1024 * 1024;
 
-/// Reads the body, refusing more than `limit` bytes (by Content-Length first, then as read).
-async fn read_body(req: Request, limit: usize) -> Result<Bytes, Error> {
+/// Reads the body, refusing more than `limit` bytes (by Content-Length first, then as
+/// read). Its bytes are taken from `budget` before they are held: the declared length
+/// before reading (refused at once when not free), or as read when none is declared. The
+/// body is one buffer of its exact size (or the one frame it came in): no copy grows.
+async fn read_body(
+    req: Request,
+    limit: usize,
+    budget: &BodyBudget,
+) -> Result<(Bytes, Held<'_>), Error> {
     use http_body_util::BodyExt as _;
     let too_large = Error::PayloadTooLarge { limit };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > (limit + DRAIN_AFTER_LIMIT) as u64) {
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    if declared.is_some_and(|n| n > limit.saturating_add(DRAIN_AFTER_LIMIT)) {
         return Err(too_large);
     }
     let mut body = req.into_body();
+    let mut held = match budget.take(declared.unwrap_or(0).min(limit)) {
+        Ok(held) => held,
+        Err(busy) => return Err(drained(body, limit, budget, busy).await),
+    };
+    let mut first: Option<Bytes> = None;
     let mut buf = Vec::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
         let frame =
             frame.map_err(|e| Error::bad_request(format!("cannot read the request body: {e}")))?;
-        if let Ok(data) = frame.into_data() {
-            seen += data.len();
-            if seen > limit + DRAIN_AFTER_LIMIT {
-                return Err(too_large);
-            }
-            if seen <= limit {
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen > limit.saturating_add(DRAIN_AFTER_LIMIT) {
+            return Err(too_large);
+        }
+        if seen > limit {
+            continue;
+        }
+        let more = seen.saturating_sub(held.bytes());
+        if let Err(busy) = budget.grow(&mut held, more) {
+            drop(held);
+            return Err(drained(body, limit - seen, budget, busy).await);
+        }
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            None => buf.extend_from_slice(&data),
+            Some(one) => {
+                buf.reserve_exact(declared.unwrap_or(seen).min(limit));
+                buf.extend_from_slice(&one);
                 buf.extend_from_slice(&data);
             }
         }
@@ -509,7 +544,32 @@ async fn read_body(req: Request, limit: usize) -> Result<Bytes, Error> {
     if seen > limit {
         return Err(too_large);
     }
-    Ok(Bytes::from(buf))
+    Ok((first.unwrap_or_else(|| Bytes::from(buf)), held))
+}
+
+/// `refusal`, once the rest of `body` (up to `limit` and [`DRAIN_AFTER_LIMIT`] more) is
+/// read and thrown away, so that a client still writing reads the answer (a 503 with
+/// `Retry-After`) instead of a reset connection. Nothing read is kept; a few bodies are
+/// drained at once ([`BodyBudget::drain`]), others answered at once (their connection is
+/// then closed, as for a body far over the limit).
+async fn drained(
+    mut body: axum::body::Body,
+    limit: usize,
+    budget: &BodyBudget,
+    refusal: Error,
+) -> Error {
+    use http_body_util::BodyExt as _;
+    let Some(_draining) = budget.drain() else {
+        return refusal;
+    };
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        seen += frame.data_ref().map_or(0, Bytes::len);
+        if seen > limit.saturating_add(DRAIN_AFTER_LIMIT) {
+            break;
+        }
+    }
+    refusal
 }
 
 #[cfg(test)]

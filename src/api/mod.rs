@@ -7,6 +7,7 @@
 //! identity, the allowlist, the caller policy) before anything else is done, and audits
 //! the refusals.
 
+pub mod budget;
 pub mod grpc;
 pub mod http;
 
@@ -342,4 +343,6 @@ pub struct AppState {
     pub key_labels: Arc<KeyLabels>,
     /// The request-forgery guard and the caller policy.
     pub policy: Policy,
+    /// Request bytes in flight (`AEGIS_MAX_BODY_BYTES_IN_FLIGHT`), both faces.
+    pub body_budget: budget::BodyBudget,
 }

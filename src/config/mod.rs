@@ -23,6 +23,8 @@ pub use keyset::{KeysetBounds, StaleKeyset};
 pub use policy_file::PolicyFile;
 pub use telemetry::{OtlpExport, OtlpProtocol, Sampler, TelemetryConfig};
 
+const MIB: usize = 1024 * 1024;
+
 /// A secret string (a Vault token): never printed by `Debug` or `Display`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
@@ -205,8 +207,14 @@ pub struct Config {
     pub transit_mount: String,
     /// `AEGIS_KEYS`: the keys served; others get 403 before Vault is asked.
     pub keys: KeyScope,
-    /// `AEGIS_MAX_BODY_BYTES`, default 32 MiB (Vault's own default).
+    /// `AEGIS_MAX_BODY_BYTES`, default 8 MiB: the largest request body (HTTP) or gRPC
+    /// message. Sized with [`max_body_bytes_in_flight`](Self::max_body_bytes_in_flight)
+    /// for the shipped 64 MiB memory limit (README, "Memory bounds").
     pub max_body_bytes: usize,
+    /// `AEGIS_MAX_BODY_BYTES_IN_FLIGHT`, default 16 MiB: request bytes held at once, all
+    /// requests together; a request that would go over it is refused with 503 and
+    /// `Retry-After`. At least `AEGIS_MAX_BODY_BYTES`.
+    pub max_body_bytes_in_flight: usize,
     /// `AEGIS_HTTP_READ_TIMEOUT`, default 30 s (Vault's listener `http_read_timeout`):
     /// a caller that has not sent its whole body by then gets 408.
     pub http_read_timeout: Duration,
@@ -219,6 +227,10 @@ pub struct Config {
     /// `AEGIS_SIGN_MAX_IN_FLIGHT`, default 2: concurrent Transit sign calls per key and
     /// options before requests queue to be coalesced.
     pub sign_max_in_flight: usize,
+    /// `AEGIS_SIGN_MAX_BATCH_BYTES`, default 1 MiB: body bytes per coalesced Transit sign
+    /// call (and per part of a caller's batch that is split); a single request larger
+    /// than this goes alone. Keep it under Vault's `max_request_size` (32 MiB).
+    pub sign_max_batch_bytes: usize,
     /// `AEGIS_REFRESH_INTERVAL`, default 30 s, jittered by up to 10 %.
     pub refresh_interval: Duration,
     /// `AEGIS_MAX_KEYSET_AGE`, `AEGIS_STALE_KEYSET`, `AEGIS_KEY_LOOKUP_RATE` (see
@@ -282,10 +294,12 @@ struct FileConfig {
     transit_mount: Option<String>,
     keys: Option<Vec<String>>,
     max_body_bytes: Option<usize>,
+    max_body_bytes_in_flight: Option<usize>,
     http_read_timeout: Option<String>,
     max_batch_items: Option<usize>,
     sign_max_batch: Option<usize>,
     sign_max_in_flight: Option<usize>,
+    sign_max_batch_bytes: Option<usize>,
     refresh_interval: Option<String>,
     log_format: Option<LogFormat>,
     cache_dir: Option<String>,
@@ -633,6 +647,15 @@ fn auth_config(
 }
 
 impl Config {
+    /// The limits of each Transit sign call the signer makes.
+    pub fn sign_limits(&self) -> crate::sign::coalesce::Limits {
+        crate::sign::coalesce::Limits {
+            max_batch: self.sign_max_batch,
+            max_batch_bytes: self.sign_max_batch_bytes,
+            max_in_flight: self.sign_max_in_flight,
+        }
+    }
+
     /// Reads `file` (if any), then applies the environment. All problems are reported together.
     pub fn load(file: Option<&Path>, env: &dyn Env) -> Result<Config, ConfigErrors> {
         Self::load_with(file, env, Credential::Required)
@@ -716,7 +739,14 @@ impl Config {
                 None => file.unwrap_or(default),
             }
         };
-        let max_body_bytes = number("AEGIS_MAX_BODY_BYTES", fc.max_body_bytes, 32 * 1024 * 1024);
+        let max_body_bytes = number("AEGIS_MAX_BODY_BYTES", fc.max_body_bytes, 8 * MIB);
+        let max_body_bytes_in_flight = number(
+            "AEGIS_MAX_BODY_BYTES_IN_FLIGHT",
+            fc.max_body_bytes_in_flight,
+            16 * MIB,
+        );
+        let sign_max_batch_bytes =
+            number("AEGIS_SIGN_MAX_BATCH_BYTES", fc.sign_max_batch_bytes, MIB);
         let max_batch_items = number("AEGIS_MAX_BATCH_ITEMS", fc.max_batch_items, 10_000);
         let sign_max_batch = number("AEGIS_SIGN_MAX_BATCH", fc.sign_max_batch, 200);
         let sign_max_in_flight = number("AEGIS_SIGN_MAX_IN_FLIGHT", fc.sign_max_in_flight, 2);
@@ -725,6 +755,11 @@ impl Config {
             fc.audit.queue_size,
             AuditConfig::default().queue_capacity,
         );
+        if max_body_bytes_in_flight < max_body_bytes {
+            errors.push(format!(
+                "AEGIS_MAX_BODY_BYTES_IN_FLIGHT ({max_body_bytes_in_flight}) must be at least AEGIS_MAX_BODY_BYTES ({max_body_bytes}): a body of the largest size could never be read"
+            ));
+        }
 
         let mut duration = |name: &str, file: Option<String>, default: Duration| -> Duration {
             match pick(name, file) {
@@ -899,10 +934,12 @@ impl Config {
             transit_mount,
             keys,
             max_body_bytes,
+            max_body_bytes_in_flight,
             http_read_timeout,
             max_batch_items,
             sign_max_batch,
             sign_max_in_flight,
+            sign_max_batch_bytes,
             refresh_interval,
             keyset,
             log_format,
@@ -1021,7 +1058,9 @@ mod tests {
         assert_eq!(c.listen_addr.to_string(), "127.0.0.1:8201");
         assert_eq!(c.transit_mount, "transit");
         assert_eq!(c.keys, KeyScope::Unset);
-        assert_eq!(c.max_body_bytes, 32 * 1024 * 1024);
+        assert_eq!(c.max_body_bytes, 8 * 1024 * 1024);
+        assert_eq!(c.max_body_bytes_in_flight, 16 * 1024 * 1024);
+        assert_eq!(c.sign_max_batch_bytes, 1024 * 1024);
         assert_eq!(c.http_read_timeout, Duration::from_secs(30));
         assert_eq!(c.refresh_interval, Duration::from_secs(30));
         assert_eq!(c.vault.addrs, ["http://127.0.0.1:8200"]);

@@ -36,15 +36,9 @@ pub struct Signer {
 }
 
 impl Signer {
-    /// `max_batch`: items per Transit call; `max_in_flight`: concurrent calls per key and
-    /// options (see [`coalesce`]).
-    pub fn new(
-        keys: Arc<KeyCache>,
-        vault: Arc<VaultClient>,
-        max_batch: usize,
-        max_in_flight: usize,
-    ) -> Self {
-        let coalescer = Coalescer::new(vault, keys.mount().to_string(), max_batch, max_in_flight);
+    /// `limits`: of each Transit sign call (see [`coalesce`]).
+    pub fn new(keys: Arc<KeyCache>, vault: Arc<VaultClient>, limits: coalesce::Limits) -> Self {
+        let coalescer = Coalescer::new(vault, keys.mount().to_string(), limits);
         Signer { keys, coalescer }
     }
 
@@ -82,9 +76,9 @@ impl Signer {
             refuse_what_vault_fails_on(&set, &res, req)?;
         }
         let data = if req.batch {
-            self.coalescer.sign_batch(key, path_hash, &req.body).await?
+            self.coalescer.sign_batch(key, path_hash, req).await?
         } else {
-            match self.coalescer.sign_one(key, path_hash, &req.body).await {
+            match self.coalescer.sign_one(key, path_hash, req).await {
                 Ok(data) => data,
                 Err(e) => return Err(self.stale_version_refusal(key, req, e, started).await),
             }

@@ -91,7 +91,7 @@ mod tests {
 
     fn item(input: Option<&str>, context: Option<&str>) -> Item {
         Item {
-            input: input.map(str::to_string),
+            input: input.map(Into::into),
             context: context.map(str::to_string),
             reference: "r".into(),
             ..Item::default()

@@ -26,6 +26,8 @@
 //! | `aegis_model_verify_failures_total` | counter (`aegis model verify`, pushed over OTLP) | key, reason |
 //! | `aegis_audit_events_dropped_total` | counter (events not recorded) | reason |
 //! | `aegis_audit_refused_signs_total` | counter (signatures not made: no room for their audit events) | |
+//! | `aegis_sign_queued` | up-down counter (single signs waiting for a coalesced Transit call now) | |
+//! | `aegis_body_budget_refusals_total` | counter (requests refused with 503: over `AEGIS_MAX_BODY_BYTES_IN_FLIGHT`) | |
 //!
 //! Label values come from closed enums, except `key`: see [`KeyLabels`].
 
@@ -33,7 +35,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, ObservableGauge};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, ObservableGauge, UpDownCounter};
 use opentelemetry::{KeyValue, StringValue, Value};
 
 /// What a caller asked for.
@@ -295,6 +297,8 @@ pub struct Metrics {
     record_trusted: Gauge<f64>,
     audit_dropped: Counter<u64>,
     audit_refused_signs: Counter<u64>,
+    body_budget_refusals: Counter<u64>,
+    sign_queued: UpDownCounter<i64>,
 }
 
 /// The process's instruments.
@@ -376,6 +380,16 @@ impl Metrics {
                     "Signatures refused before Vault was asked: the audit queue had no room for their events",
                 )
                 .build(),
+            sign_queued: meter
+                .i64_up_down_counter("aegis_sign_queued")
+                .with_description("Single sign requests waiting for a coalesced Transit call")
+                .build(),
+            body_budget_refusals: meter
+                .u64_counter("aegis_body_budget_refusals_total")
+                .with_description(
+                    "Requests refused with 503: their body would take the request bytes in flight over AEGIS_MAX_BODY_BYTES_IN_FLIGHT",
+                )
+                .build(),
         }
     }
 
@@ -394,6 +408,8 @@ impl Metrics {
                 .add(0, &[KeyValue::new("reason", reason.as_str())]);
         }
         self.audit_refused_signs.add(0, &[]);
+        self.body_budget_refusals.add(0, &[]);
+        self.sign_queued.add(0, &[]);
         for key in keys {
             for reason in crate::keys::trust::Refusal::ALL {
                 self.records_refused.add(
@@ -510,6 +526,16 @@ impl Metrics {
     /// `signs` signatures refused because the audit queue had no room for their events.
     pub fn audit_refused_signs(&self, signs: u64) {
         self.audit_refused_signs.add(signs, &[]);
+    }
+
+    /// `n` more (or, negative, fewer) single signs waiting for a coalesced Transit call.
+    pub fn sign_queued(&self, n: i64) {
+        self.sign_queued.add(n, &[]);
+    }
+
+    /// One request refused: its body would go over the request bytes in flight.
+    pub fn body_budget_refusal(&self) {
+        self.body_budget_refusals.add(1, &[]);
     }
 
     pub fn keyset_refresh(&self, ok: bool) {

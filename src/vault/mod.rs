@@ -142,6 +142,14 @@ struct Target {
     token: Option<Secret>,
 }
 
+/// A request body for Vault: JSON to encode, or JSON text already encoded (a caller's
+/// body forwarded as received, or a batch built from callers' texts) sent as it is.
+#[derive(Debug, Clone, Copy)]
+pub enum Body<'a> {
+    Json(&'a Value),
+    Raw(&'a hyper::body::Bytes),
+}
+
 /// The Vault client shared by the whole process.
 pub struct VaultClient {
     http: reqwest::Client,
@@ -220,6 +228,19 @@ impl VaultClient {
         method: reqwest::Method,
         path: &str,
         body: Option<&Value>,
+    ) -> Result<Value, VaultError> {
+        self.request_body(retry, method, path, body.map(Body::Json))
+            .await
+    }
+
+    /// [`request_with`](Self::request_with) with a [`Body`] (JSON to encode, or JSON
+    /// text sent as it is).
+    pub async fn request_body(
+        &self,
+        retry: Retry,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Body<'_>>,
     ) -> Result<Value, VaultError> {
         let endpoint = VaultEndpoint::from_request(&method, path);
         self.with_relogin(retry, endpoint, |t| {
@@ -374,7 +395,7 @@ impl VaultClient {
         target: Target,
         method: reqwest::Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<Body<'_>>,
     ) -> Result<Value, VaultError> {
         let url = format!("{}/v1/{}", target.addr, path);
         let mut trace_headers = http::HeaderMap::new();
@@ -390,8 +411,15 @@ impl VaultClient {
         if let Some(ns) = &self.namespace {
             req = req.header("X-Vault-Namespace", ns);
         }
-        if let Some(b) = body {
-            req = req.json(b);
+        match body {
+            Some(Body::Json(b)) => req = req.json(b),
+            // A clone of `Bytes` shares the buffer: a retry sends the same bytes again.
+            Some(Body::Raw(b)) => {
+                req = req
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(b.clone());
+            }
+            None => {}
         }
         let resp = req.send().await.map_err(transport_error)?;
         let version = if resp.version() == reqwest::Version::HTTP_2 {

@@ -6,7 +6,9 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::{Retry, VaultClient, VaultError};
+use hyper::body::Bytes;
+
+use super::{Body, Retry, VaultClient, VaultError};
 
 /// `GET {mount}/keys/{name}` as Transit answers it.
 #[derive(Debug, Clone, Deserialize)]
@@ -84,6 +86,30 @@ impl VaultClient {
         };
         self.request_with(retry, Method::POST, &path(mount, op, key, hash), Some(body))
             .await
+    }
+
+    /// [`transit_write`](Self::transit_write) with a body of JSON text sent as it is (a
+    /// caller's body as received, or a batch built from callers' texts).
+    pub async fn transit_write_raw(
+        &self,
+        op: &str,
+        mount: &str,
+        key: &str,
+        hash: Option<&str>,
+        body: &Bytes,
+    ) -> Result<Value, VaultError> {
+        let retry = if op == "verify" {
+            Retry::Idempotent
+        } else {
+            Retry::IfNotSent
+        };
+        self.request_body(
+            retry,
+            Method::POST,
+            &path(mount, op, key, hash),
+            Some(Body::Raw(body)),
+        )
+        .await
     }
 }
 

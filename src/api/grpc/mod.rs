@@ -24,6 +24,7 @@ use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 
+use super::budget::Held;
 use super::AppState;
 use crate::error::Error;
 use crate::keys::{KeySet, VersionStatus};
@@ -54,7 +55,8 @@ pub fn routes(state: Arc<AppState>) -> (Router, tonic_health::server::HealthRepo
     let decodes = "the committed descriptor set decodes (tests/proto_drift.rs)";
     let reflection_v1 = reflection().build_v1().expect(decodes);
     let reflection_v1alpha = reflection().build_v1alpha().expect(decodes);
-    // The same bound on a request as the HTTP body limit (AEGIS_MAX_BODY_BYTES).
+    // The same bound on a request as the HTTP body limit (AEGIS_MAX_BODY_BYTES); the
+    // budget of bytes in flight is taken in each call (`GrpcSigner::hold`).
     let max_message = state.config.max_body_bytes;
     let signer = SignerServer::new(GrpcSigner { state }).max_decoding_message_size(max_message);
     let router = Router::new()
@@ -138,6 +140,20 @@ impl GrpcSigner {
         result.map(Response::new).map_err(Status::from)
     }
 
+    /// Takes the message's bytes from the budget of bytes in flight (see `api::budget`),
+    /// held until the call ends; a refusal is audited. tonic has decoded the message
+    /// already (at most `AEGIS_MAX_BODY_BYTES`); what the budget bounds is the work and
+    /// copies made from it.
+    async fn hold(
+        &self,
+        caller: &Caller,
+        key: &str,
+        message: &impl prost::Message,
+    ) -> Result<Held<'_>, Error> {
+        let held = self.state.body_budget.take(message.encoded_len());
+        self.state.refused_if_err(&caller.actor, key, held).await
+    }
+
     async fn sign_items(
         &self,
         caller: &Caller,
@@ -217,7 +233,7 @@ fn transit_request(
         );
     }
     let bytes = serde_json::to_vec(&body).map_err(|e| Error::Internal(e.to_string()))?;
-    TransitRequest::parse(&bytes, state.config.max_batch_items)
+    TransitRequest::parse(bytes.into(), state.config.max_batch_items)
 }
 
 fn b64(bytes: &[u8]) -> Value {
@@ -318,6 +334,7 @@ impl Signer for GrpcSigner {
         self.observed(Operation::Sign, &key, request.metadata(), async {
             let caller = self.admit(&request, Action::Sign, &key).await?;
             let req = request.get_ref();
+            let _held = self.hold(&caller, &key, req).await?;
             let items = req
                 .items
                 .iter()
@@ -337,6 +354,7 @@ impl Signer for GrpcSigner {
         self.observed(Operation::Sign, &key, request.metadata(), async {
             let caller = self.admit(&request, Action::Sign, &key).await?;
             let req = request.get_ref();
+            let _held = self.hold(&caller, &key, req).await?;
             if req.digest.is_empty() {
                 return Err(Error::bad_request("digest is required"));
             }
@@ -355,6 +373,7 @@ impl Signer for GrpcSigner {
         self.observed(Operation::Verify, &key, request.metadata(), async {
             let caller = self.admit(&request, Action::Verify, &key).await?;
             let req = request.get_ref();
+            let _held = self.hold(&caller, &key, req).await?;
             let items = req
                 .items
                 .iter()
