@@ -56,7 +56,7 @@ VENV_BIN = REPO / ".venv/bin"
 KEY_TYPES = ["ed25519", "ecdsa-p256", "rsa-2048"]
 CONCURRENCY = [1, 16, 64, 256]
 # The config default at the time of writing (src/config: AEGIS_MAX_BODY_BYTES).
-MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_BODY_BYTES = 8 * 1024 * 1024
 MANIFEST = REPO / "deploy/kubernetes/base/deployment.yaml"
 # Which check of examples/crypto_floor.rs a default Transit verify of each key type is.
 FLOOR_CASE = {"ed25519": "ed25519", "ecdsa-p256": "ecdsa-p256", "rsa-2048": "rsa-2048-pss"}
@@ -235,7 +235,7 @@ def main() -> None:
     ap.add_argument("--floor-ms", type=int, default=500, help="milliseconds of checks per crypto floor figure (default 500; smoke: 30)")
     ap.add_argument("--floor-bin", type=Path, help="a built examples/crypto_floor binary (default: cargo builds it)")
     ap.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
-                    help="AEGIS_MAX_BODY_BYTES for the memory run, passed to aegis (default: the config default, 32 MiB; smoke: 256 KiB)")
+                    help="AEGIS_MAX_BODY_BYTES for the memory run, passed to aegis (default: the config default, 8 MiB; smoke: 256 KiB)")
     ap.add_argument("--parallel", type=int, default=40, help="signs in parallel in the memory run (default 40; smoke: 8)")
     ap.add_argument("--memory-env", action="append", default=[], metavar="NAME=VALUE",
                     help="extra aegis settings for the memory run (e.g. a global in-flight budget); repeatable")

@@ -15,8 +15,9 @@ use crate::error::Error;
 use crate::telemetry::metrics;
 
 /// Refused bodies read and thrown away at once, at most: each costs its connection's read
-/// buffer (hyper's, up to about 400 KiB), which the budget does not count.
-const DRAINS: usize = 4;
+/// buffer (hyper's, up to about 400 KiB), which the budget does not count: 16 of them
+/// are about 6 MiB, and a burst of up to 16 refused uploads still reads its 503.
+const DRAINS: usize = 16;
 
 /// Request bytes in flight, all requests together (see the module docs).
 pub struct BodyBudget {
@@ -42,7 +43,7 @@ impl BodyBudget {
     }
 
     /// Leave to read a refused body to its end and throw it away (so its client reads the
-    /// refusal), while fewer than [`DRAINS`] are; `None`: close the connection instead.
+    /// refusal), while fewer than `DRAINS` are; `None`: close the connection instead.
     pub fn drain(&self) -> Option<SemaphorePermit<'_>> {
         self.drains.try_acquire().ok()
     }

@@ -664,16 +664,6 @@ impl KeyCache {
         self.sets.contains_key(name)
     }
 
-    /// The metrics' `key` label for `name`, bounded by `labels` (a key is named only when
-    /// allowlisted or, without an allowlist, when this cache holds it).
-    pub fn metric_label(
-        &self,
-        labels: &crate::telemetry::metrics::KeyLabels,
-        name: &str,
-    ) -> String {
-        labels.label(name, self.contains(name))
-    }
-
     /// The cached keyset, without asking Vault.
     pub async fn cached(&self, name: &str) -> Option<Arc<KeySet>> {
         self.sets.get(name).await

@@ -13,7 +13,7 @@
 //! Batches are driven by a task of their own, so a caller that goes away never cancels
 //! the others' answers. A lone call driven on its caller's task carries that caller only;
 //! when it ends (answered, or its caller gone) the lane's queue, if any, is handed to a new
-//! driver task (the [`Turn`] guard does this in both cases).
+//! driver task (the `Turn` guard does this in both cases).
 //!
 //! What goes to Vault is the callers' own JSON text: a lone request's body as received;
 //! a batch made of the lane's options and each caller's `input`/`context` texts, never
