@@ -17,7 +17,7 @@ use libfuzzer_sys::fuzz_target;
 const MAX_BATCH_ITEMS: usize = 64;
 
 fuzz_target!(|data: &[u8]| {
-    let req = match TransitRequest::parse(data, MAX_BATCH_ITEMS) {
+    let req = match TransitRequest::parse(data.to_vec().into(), MAX_BATCH_ITEMS) {
         Ok(r) => r,
         Err(e) => return assert_client_error(&e),
     };
