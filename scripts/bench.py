@@ -420,6 +420,17 @@ def find(runs: list, kt: str, op: str, c: int, target: str) -> dict | None:
     return next((r for r in runs if (r["key_type"], r["op"], r["concurrency"], r["target"]) == (kt, op, c, target)), None)
 
 
+def points(runs: list):
+    """Each measured point as (key type, op, c, direct, proxy, aegis), in run order; points
+    without both a direct and an Aegis run are skipped (the proxy is sign-only)."""
+    for kt in dict.fromkeys(r["key_type"] for r in runs):
+        for op in ("sign", "verify"):
+            for c in dict.fromkeys(r["concurrency"] for r in runs):
+                d, p, a = (find(runs, kt, op, c, t) for t in ("direct", "bao-proxy", "aegis"))
+                if d and a:
+                    yield kt, op, c, d, p, a
+
+
 def summary(results: dict, want_c: int) -> dict:
     """The issue's figures, each a ratio (or difference) of two measurements of this run."""
     runs = results["runs"]
@@ -461,38 +472,26 @@ def summary(results: dict, want_c: int) -> dict:
 def report(results: dict) -> None:
     runs = results["runs"]
     m = results["machine"]
-    concurrencies = list(dict.fromkeys(r["concurrency"] for r in runs))
-    key_types = list(dict.fromkeys(r["key_type"] for r in runs))
     print(f"\nmachine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB, {m['date']}, {results['duration_s']} s per run")
     print(f"command: {results['command']}")
     print("\nThroughput and latency (requests/s; p50/p99 in ms; c = wrk connections):\n")
     print("| key | op | c | direct /s | bao proxy /s | aegis /s | aegis/direct | aegis/proxy | p50 direct | p50 proxy | p50 aegis | p99 aegis |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     ms = lambda r: f"{r['p50_us']/1000:.3f}" if r else "-"  # noqa: E731
-    for kt in key_types:
-        for op in ("sign", "verify"):
-            for c in concurrencies:
-                d, p, a = find(runs, kt, op, c, "direct"), find(runs, kt, op, c, "bao-proxy"), find(runs, kt, op, c, "aegis")
-                if not (d and a):
-                    continue
-                print(f"| {kt} | {op} | {c} | {d['rps']:.0f} | " + (f"{p['rps']:.0f}" if p else "-")
-                      + f" | {a['rps']:.0f} | {a['rps']/d['rps']:.2f}x | " + (f"{a['rps']/p['rps']:.2f}x" if p else "-")
-                      + f" | {ms(d)} | {ms(p)} | {ms(a)} | {a['p99_us']/1000:.3f} |")
+    for kt, op, c, d, p, a in points(runs):
+        print(f"| {kt} | {op} | {c} | {d['rps']:.0f} | " + (f"{p['rps']:.0f}" if p else "-")
+              + f" | {a['rps']:.0f} | {a['rps']/d['rps']:.2f}x | " + (f"{a['rps']/p['rps']:.2f}x" if p else "-")
+              + f" | {ms(d)} | {ms(p)} | {ms(a)} | {a['p99_us']/1000:.3f} |")
 
     print("\nCPU per request in us (utime+stime over the point / requests completed; OpenBao's is per signature on sign),"
           "\nand Aegis's batch size (items per Transit sign call):\n")
     print("| key | op | c | OpenBao, direct | OpenBao, via proxy | bao proxy | OpenBao, via aegis | aegis | aegis batch |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for kt in key_types:
-        for op in ("sign", "verify"):
-            for c in concurrencies:
-                d, p, a = find(runs, kt, op, c, "direct"), find(runs, kt, op, c, "bao-proxy"), find(runs, kt, op, c, "aegis")
-                if not (d and a):
-                    continue
-                cell = lambda r, proc: f"{r['cpu_us_per_request'][proc]:.0f}" if r else "-"  # noqa: E731
-                batch = a.get("batch_items_per_call")
-                print(f"| {kt} | {op} | {c} | {cell(d, 'bao')} | {cell(p, 'bao')} | {cell(p, 'bao-proxy')} | {cell(a, 'bao')}"
-                      f" | {cell(a, 'aegis')} | {batch if batch is not None else '-'} |")
+    for kt, op, c, d, p, a in points(runs):
+        cell = lambda r, proc: f"{r['cpu_us_per_request'][proc]:.0f}" if r else "-"  # noqa: E731
+        batch = a.get("batch_items_per_call")
+        print(f"| {kt} | {op} | {c} | {cell(d, 'bao')} | {cell(p, 'bao')} | {cell(p, 'bao-proxy')} | {cell(a, 'bao')}"
+              f" | {cell(a, 'aegis')} | {batch if batch is not None else '-'} |")
 
     floor = results["crypto_floor"]
     print(f"\nCrypto floor (in-process, {floor['min_ms_per_figure']} ms of checks each, CPU us per check"
