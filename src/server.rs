@@ -108,6 +108,12 @@ pub async fn run(
                 .run_refresher(state.config.refresh_interval),
         ),
     ];
+    if let Some(every) = state.config.keyset.watch_interval {
+        let keys = state.keys.clone();
+        tasks.push(tokio::spawn(
+            keys.run_watcher(every, state.config.refresh_interval),
+        ));
+    }
     if let Some(dir) = &state.config.cache_dir {
         tasks.push(tokio::spawn(
             state
@@ -321,7 +327,7 @@ fn register_gauges(state: &Arc<AppState>) {
             .map(String::as_str),
     );
     let weak = Arc::downgrade(state);
-    let (w1, w2) = (weak.clone(), weak.clone());
+    let (w1, w2, w3) = (weak.clone(), weak.clone(), weak.clone());
     metrics::register_gauges(GaugeSources {
         ready: Box::new(move || w1.upgrade().is_some_and(|s| s.ready().is_ok())),
         auth: Box::new(move || match w2.upgrade() {
@@ -334,6 +340,8 @@ fn register_gauges(state: &Arc<AppState>) {
         keys: Box::new(move || weak.upgrade().map(|s| s.keys.gauges()).unwrap_or_default()),
         rotation_period: state.config.rotation_period,
         max_keyset_age: state.config.keyset.max_age,
+        refresh_interval: state.config.refresh_interval,
+        watch: Box::new(move || w3.upgrade().and_then(|s| s.keys.watch_status())),
     });
 }
 

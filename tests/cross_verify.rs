@@ -10,63 +10,11 @@
 
 mod common;
 
-use std::io::{Read as _, Seek as _, SeekFrom};
-use std::path::{Path, PathBuf};
-
 use aegis::crypto::HashAlgorithm;
 use base64::Engine as _;
+use common::audit_log::{sidecar_token, VaultCalls};
 use common::{b64, Bao, Sidecar};
 use serde_json::{json, Map, Value};
-
-/// The display name OpenBao records for the sidecar's token (`token-` + the name given).
-const SIDECAR_TOKEN_NAME: &str = "token-aegis-under-test";
-
-/// The Vault requests the sidecar makes, read from OpenBao's file audit log as it grows.
-struct VaultCalls {
-    log: PathBuf,
-    /// Bytes of the log already read (whole lines only).
-    read: u64,
-}
-
-impl VaultCalls {
-    fn new(log: &Path) -> Self {
-        VaultCalls {
-            log: log.to_path_buf(),
-            read: 0,
-        }
-    }
-
-    /// The paths of the sidecar's requests logged since the last call. OpenBao writes a
-    /// request's audit entries before it answers, so a request the sidecar has answered
-    /// has all its Vault requests in the log.
-    fn since_last(&mut self) -> Vec<String> {
-        let mut file = std::fs::File::open(&self.log).expect("OpenBao's audit log");
-        file.seek(SeekFrom::Start(self.read)).unwrap();
-        let mut text = String::new();
-        file.read_to_string(&mut text).unwrap();
-        let whole = text.rfind('\n').map_or(0, |i| i + 1);
-        self.read += whole as u64;
-        text[..whole]
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).expect("an audit entry is JSON"))
-            .filter(|e| e["type"] == "request" && e["auth"]["display_name"] == SIDECAR_TOKEN_NAME)
-            .map(|e| e["request"]["path"].as_str().unwrap().to_string())
-            .collect()
-    }
-}
-
-/// A token of its own for the sidecar, so that the audit log tells its requests apart.
-async fn sidecar_token(bao: &Bao) -> String {
-    let (s, body) = bao
-        .api(
-            "POST",
-            "auth/token/create",
-            Some(json!({"display_name": "aegis-under-test", "policies": ["root"]})),
-        )
-        .await;
-    assert_eq!(s, 200, "{body}");
-    body["auth"]["client_token"].as_str().unwrap().to_string()
-}
 
 const HASHES: [&str; 9] = [
     "sha1", "sha2-224", "sha2-256", "sha2-384", "sha2-512", "sha3-224", "sha3-256", "sha3-384",

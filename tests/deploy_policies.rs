@@ -421,9 +421,43 @@ async fn policies_are_sufficient_and_least_privilege() {
         ),
         ("GET", "secret/data/unrelated", &rotate),
         ("LIST", "secret/metadata/aegis/keys/transit", &rotate),
+        // The watch lists one folder's metadata; nothing above it, no data.
+        ("LIST", "secret/detailed-metadata/aegis/keys/", &rotate),
+        ("LIST", "secret/detailed-metadata/", &rotate),
+        (
+            "GET",
+            "secret/detailed-metadata/aegis/keys/transit/model-sign",
+            &rotate,
+        ),
     ] {
         denied(&bao, &sidecar, who, method, path, body.clone()).await;
     }
+    // The watch's one listing: the record's metadata, never its data.
+    let listed = allowed(
+        &bao,
+        &sidecar,
+        who,
+        "LIST",
+        "secret/detailed-metadata/aegis/keys/transit/",
+        json!({}),
+    )
+    .await;
+    assert_eq!(listed["data"]["keys"], json!([KEY]), "{listed}");
+    let meta = bao
+        .api_ok(
+            "GET",
+            "secret/metadata/aegis/keys/transit/model-sign",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        listed["data"]["key_info"][KEY]["current_version"], meta["current_version"],
+        "{listed}"
+    );
+    assert!(
+        listed["data"]["key_info"][KEY].get("data").is_none(),
+        "{listed}"
+    );
 
     // --- Rotator token, directly against OpenBao: no sign, no delete, no other key, and
     // of the config endpoint only min_decryption_version.

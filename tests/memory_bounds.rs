@@ -15,20 +15,8 @@ const MAX_BODY: usize = 1024 * 1024;
 const BUDGET: usize = MAX_BODY + MAX_BODY / 2;
 const BATCH_BYTES: usize = 256 * 1024;
 
-/// Installs the meter provider once, before any instrument is created.
-fn metrics_on() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        aegis::telemetry::init(
-            aegis::config::LogFormat::Text,
-            Some("warn"),
-            &aegis::config::TelemetryConfig::default(),
-        )
-    });
-}
-
 async fn start(bao: &Bao, extra: &[(&str, &str)]) -> Sidecar {
-    metrics_on();
+    common::metrics_on();
     let max_body = MAX_BODY.to_string();
     let budget = BUDGET.to_string();
     let batch = BATCH_BYTES.to_string();
@@ -64,22 +52,7 @@ async fn post(side: &Sidecar, body: Vec<u8>) -> reqwest::Response {
 
 /// The sum of a metric's samples (all label sets) in `/metrics`.
 async fn metric(side: &Sidecar, name: &str) -> f64 {
-    let text = side
-        .client
-        .get(format!("{}/metrics", side.addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with([' ', '{']))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    side.metric(name, "").await
 }
 
 /// Transit sign calls so far and the items in them (`aegis_sign_batch_size`).

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::sync::Once;
 use std::time::Duration;
 
 use aegis::keys::trust::Refusal;
@@ -18,18 +17,6 @@ use serde_json::{json, Value};
 
 const FAST_REFRESH: (&str, &str) = ("AEGIS_REFRESH_INTERVAL", "200ms");
 const SOON: Duration = Duration::from_secs(20);
-
-/// Installs the meter provider once, before any instrument is created.
-fn metrics_on() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        aegis::telemetry::init(
-            aegis::config::LogFormat::Text,
-            Some("warn"),
-            &aegis::config::TelemetryConfig::default(),
-        )
-    });
-}
 
 /// `aegis_retention_record_refused_total{key, reason}` as the registry shows it now.
 fn refused(key: &str, reason: Refusal) -> u64 {
@@ -169,7 +156,7 @@ async fn wait_refusal(side: &Sidecar, key: &str, want: Option<Refusal>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kv_writer_cannot_add_widen_revive_or_erase_trust() {
-    metrics_on();
+    common::metrics_on();
     let bao = Bao::dev().await;
     let key = "tm-attack";
     bao.create_key(key, "ed25519").await;
@@ -397,7 +384,7 @@ async fn a_kv_writer_cannot_add_widen_revive_or_erase_trust() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unendorsed_record_is_refused_until_aegis_retention_endorse() {
-    metrics_on();
+    common::metrics_on();
     let bao = Bao::dev().await;
     let key = "tm-migrate";
     bao.create_key(key, "ed25519").await;
@@ -483,7 +470,7 @@ async fn an_unendorsed_record_is_refused_until_aegis_retention_endorse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_dying_between_the_write_and_the_raise_converges_on_the_next_run() {
-    metrics_on();
+    common::metrics_on();
     let bao = Bao::dev().await;
     let key = "tm-converge";
     bao.create_key(key, "ed25519").await;

@@ -16,6 +16,13 @@
 #              the sidecar verifies the record's endorsement locally; required like the
 #              record: unreadable fails closed). Read only: the sidecar can never sign
 #              a record, so a stolen sidecar token cannot endorse a forged one.
+#   - watch:   LIST secret/detailed-metadata/aegis/keys/transit/ (OpenBao 2.2+), once per
+#              AEGIS_KEYSET_WATCH_INTERVAL (8 s): the metadata (versions, times, never the
+#              data) of every record in the folder, so one call shows a rotation, retirement
+#              or revocation of any key within seconds. It also shows the names of the
+#              other keys that have records there (use one AEGIS_RETENTION_PREFIX per team
+#              to keep them apart). Without it the sidecar logs an error once and sees those
+#              changes only at the full refresh (AEGIS_REFRESH_INTERVAL, 10 min).
 # It never rotates, never changes key configuration, never exports, never writes KV.
 #
 # Token housekeeping (auth/token/lookup-self, auth/token/renew-self) comes from the
@@ -31,7 +38,9 @@
 #     the first five paths AND the "/transit/" segment of the record path (the record of
 #     key K lives at {kv_mount}/data/{prefix}/{transit_mount}/{K}).
 #   - another KV mount or prefix (AEGIS_RETENTION_KV_MOUNT, AEGIS_RETENTION_PREFIX):
-#     change "secret/data/aegis/keys" accordingly; KV v2 paths always carry "/data/".
+#     change "secret/data/aegis/keys" and "secret/detailed-metadata/aegis/keys"
+#     accordingly; KV v2 paths always carry "/data/" (reads) or "/detailed-metadata/"
+#     (the watch's listing).
 #   - Vault Enterprise / OpenBao namespaces: policies are written inside the namespace,
 #     paths stay relative to it.
 #
@@ -65,4 +74,9 @@ path "secret/data/aegis/keys/transit/model-sign" {
 # The record's endorsement key ({AEGIS_RETENTION_ENDORSEMENT_PREFIX}{key}): read only.
 path "transit/keys/aegis-retention.model-sign" {
   capabilities = ["read"]
+}
+
+# The keyset watch: one listing of the records' metadata for every key of the mount.
+path "secret/detailed-metadata/aegis/keys/transit/" {
+  capabilities = ["list"]
 }

@@ -117,6 +117,7 @@ RETENTION_PREFIX="${RETENTION_PREFIX%/}"
 # secret/data/aegis/keys; render them for the configured key and mounts.
 render() {
     sed -e "s|\"secret/data/aegis/keys/transit/model-sign\"|\"${KV_MOUNT}/data/${RETENTION_PREFIX}/${TRANSIT_MOUNT}/${KEY}\"|" \
+        -e "s|\"secret/detailed-metadata/aegis/keys/transit/\"|\"${KV_MOUNT}/detailed-metadata/${RETENTION_PREFIX}/${TRANSIT_MOUNT}/\"|" \
         -e "s|\"transit/keys\"|\"${TRANSIT_MOUNT}/keys\"|" \
         -e "s|\"transit/\\([a-z]*\\)/aegis-retention\\.model-sign|\"${TRANSIT_MOUNT}/\\1/${ENDORSEMENT_PREFIX}${KEY}|" \
         -e "s|\"transit/\\([a-z]*\\)/model-sign|\"${TRANSIT_MOUNT}/\\1/${KEY}|" \

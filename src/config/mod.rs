@@ -231,7 +231,8 @@ pub struct Config {
     /// call (and per part of a caller's batch that is split); a single request larger
     /// than this goes alone. Keep it under Vault's `max_request_size` (32 MiB).
     pub sign_max_batch_bytes: usize,
-    /// `AEGIS_REFRESH_INTERVAL`, default 30 s, jittered by up to 10 %.
+    /// `AEGIS_REFRESH_INTERVAL`, default 10 min, jittered by up to 10 %: the full read of
+    /// every key (what the keyset watcher cannot see, changes made outside Aegis).
     pub refresh_interval: Duration,
     /// `AEGIS_MAX_KEYSET_AGE`, `AEGIS_STALE_KEYSET`, `AEGIS_KEY_LOOKUP_RATE` (see
     /// `config::keyset`).
@@ -780,7 +781,7 @@ impl Config {
         let refresh_interval = duration(
             "AEGIS_REFRESH_INTERVAL",
             fc.refresh_interval,
-            Duration::from_secs(30),
+            Duration::from_secs(600),
         );
         let timeout = duration(
             "AEGIS_VAULT_TIMEOUT",
@@ -1062,7 +1063,7 @@ mod tests {
         assert_eq!(c.max_body_bytes_in_flight, 16 * 1024 * 1024);
         assert_eq!(c.sign_max_batch_bytes, 1024 * 1024);
         assert_eq!(c.http_read_timeout, Duration::from_secs(30));
-        assert_eq!(c.refresh_interval, Duration::from_secs(30));
+        assert_eq!(c.refresh_interval, Duration::from_secs(600));
         assert_eq!(c.vault.addrs, ["http://127.0.0.1:8200"]);
         assert_eq!(
             c.vault.auth,

@@ -17,6 +17,7 @@ pub mod bounds;
 pub mod retention;
 pub mod snapshot;
 pub mod trust;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{Mutex, Notify};
 use tracing::{debug, error, info, warn};
 
+use crate::backoff::Backoff;
 pub use crate::config::RetentionLocation;
 use crate::crypto::{KeyType, PublicKey};
 use crate::vault::{TransitKeyInfo, VaultClient, VaultError};
@@ -75,6 +77,9 @@ pub struct KeySet {
     pub retention: BTreeMap<u32, Retention>,
     pub fetched_at: SystemTime,
     fetched_instant: Instant,
+    /// The KV version of the record last read (0: none, or restored from a snapshot), for
+    /// the [`watch`]er's first comparison.
+    pub record_kv_version: u64,
 }
 
 /// What this sidecar knows of a key's retention record's trustworthiness.
@@ -304,6 +309,7 @@ impl KeySet {
             retention,
             fetched_at: SystemTime::now(),
             fetched_instant: Instant::now(),
+            record_kv_version: 0,
         }
     }
 
@@ -346,6 +352,7 @@ impl KeySet {
         };
         let mut set = KeySet::merge(info, record, prev);
         set.trust = trust;
+        set.record_kv_version = fetched.kv_version;
         set
     }
 
@@ -447,6 +454,8 @@ pub struct KeyCache {
     updates: tokio::sync::watch::Sender<u64>,
     /// Where retention records live; `None`: the retention rule is off (Vault's rule only).
     retention: Option<RetentionLocation>,
+    /// The [`watch`]er's progress, for the gauges.
+    watch: watch::WatchStatus,
 }
 
 impl KeyCache {
@@ -464,6 +473,7 @@ impl KeyCache {
             bounds: bounds::Bounds::default(),
             changed: Notify::new(),
             updates: tokio::sync::watch::Sender::new(0),
+            watch: watch::WatchStatus::default(),
         }
     }
 
@@ -811,15 +821,19 @@ impl KeyCache {
     }
 
     /// Refreshes every cached key once (the background refresher's tick). Failures are
-    /// logged by [`bounds`] when they start and stop, and a key going stale once.
-    pub async fn refresh_all(&self) {
+    /// logged by [`bounds`] when they start and stop, and a key going stale once. True
+    /// when every read succeeded.
+    pub async fn refresh_all(&self) -> bool {
         let names: Vec<String> = self.sets.iter().map(|(k, _)| (*k).clone()).collect();
+        let mut all_ok = true;
         for name in names {
             if let Err(e) = self.refresh(&name, Instant::now()).await {
                 debug!(key = %name, error = %e, "background refresh failed");
+                all_ok = false;
             }
             self.bounds.log_if_newly_stale(&name);
         }
+        all_ok
     }
 
     /// Whether local verification may use `name`'s keyset now: `Err` when it is older
@@ -932,15 +946,32 @@ impl KeyCache {
     }
 
     /// Runs [`refresh_all`](Self::refresh_all) every `interval`, jittered by up to 10 %.
+    /// The first round comes after a random part of the interval (sidecars started
+    /// together, or back after an outage, spread over it); a failed round is tried again
+    /// after a backoff from 30 s up to the interval, never sooner.
     pub async fn run_refresher(self: Arc<Self>, interval: Duration) {
+        let mut failures = Backoff::new(FAILED_REFRESH_RETRY.min(interval), interval);
+        tokio::time::sleep(interval.mul_f64(rand::random::<f64>())).await;
         loop {
-            // 90 % to 110 % of the interval, so sidecars started together spread out.
-            let jittered = interval.mul_f64(0.9 + rand::random::<f64>() * 0.2);
-            tokio::time::sleep(jittered.max(Duration::from_millis(10))).await;
-            self.refresh_all().await;
+            // PACE: self.vault.pace().await;
+            let wait = if self.refresh_all().await {
+                failures.reset();
+                interval.mul_f64(0.9 + rand::random::<f64>() * 0.2)
+            } else {
+                failures.next_pause()
+            };
+            tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
         }
     }
+
+    /// What the watcher gauges read.
+    pub fn watch_status(&self) -> Option<(Duration, Duration)> {
+        self.watch.age()
+    }
 }
+
+/// The first retry of a failed full refresh (doubling up to the refresh interval).
+const FAILED_REFRESH_RETRY: Duration = Duration::from_secs(30);
 
 /// One snapshot entry as a keyset: Transit's fields, the record accepted, the highest
 /// generation accepted and the versions whose validity ended.

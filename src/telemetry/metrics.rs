@@ -15,13 +15,16 @@
 //! | `aegis_vault_request_duration_seconds` | histogram | endpoint |
 //! | `aegis_vault_auth_failures_total` | counter | method |
 //! | `aegis_keyset_refreshes_total` | counter | outcome |
+//! | `aegis_keyset_watch_total` | counter (listings of the retention records' metadata) | outcome |
+//! | `aegis_keyset_watch_changes_total` | counter (keys read because their record changed) | |
+//! | `aegis_keyset_watch_age_seconds`, `aegis_keyset_watch_interval_seconds` | gauge (since the last successful listing; `AEGIS_KEYSET_WATCH_INTERVAL`) | |
 //! | `aegis_retention_record_refused_total` | counter (once per refused record) | key, reason |
 //! | `aegis_retention_record_trusted` | gauge (0/1, at each refresh) | key |
 //! | `aegis_ready`, `aegis_vault_authenticated` | gauge (0/1) | |
 //! | `aegis_vault_token_ttl_seconds` | gauge | |
 //! | `aegis_key_latest_version`, `aegis_key_oldest_valid_version` | gauge | key |
 //! | `aegis_key_age_seconds`, `aegis_key_rotation_period_seconds` | gauge | key |
-//! | `aegis_keyset_age_seconds`, `aegis_keyset_max_age_seconds` | gauge (since the last successful read from Vault; `AEGIS_MAX_KEYSET_AGE`) | key |
+//! | `aegis_keyset_age_seconds`, `aegis_keyset_max_age_seconds`, `aegis_keyset_refresh_interval_seconds` | gauge (since the last successful read from Vault; `AEGIS_MAX_KEYSET_AGE`; `AEGIS_REFRESH_INTERVAL`) | key |
 //! | `aegis_build_info` | gauge (1) | version |
 //! | `aegis_model_verify_failures_total` | counter (`aegis model verify`, pushed over OTLP) | key, reason |
 //! | `aegis_audit_events_dropped_total` | counter (events not recorded) | reason |
@@ -137,6 +140,7 @@ pub enum VaultEndpoint {
     LookupSelf,
     KvRead,
     KvWrite,
+    KvList,
     Health,
     Other,
 }
@@ -158,6 +162,7 @@ impl VaultEndpoint {
             [.., "keys", _] if read => VaultEndpoint::ReadKey,
             _ if has("sign") => VaultEndpoint::Sign,
             _ if has("verify") => VaultEndpoint::Verify,
+            _ if has("detailed-metadata") && read => VaultEndpoint::KvList,
             _ if has("data") && read => VaultEndpoint::KvRead,
             _ if has("data") => VaultEndpoint::KvWrite,
             _ => VaultEndpoint::Other,
@@ -177,6 +182,7 @@ impl VaultEndpoint {
             VaultEndpoint::LookupSelf => "lookup_self",
             VaultEndpoint::KvRead => "kv_read",
             VaultEndpoint::KvWrite => "kv_write",
+            VaultEndpoint::KvList => "kv_list",
             VaultEndpoint::Health => "health",
             VaultEndpoint::Other => "other",
         }
@@ -292,6 +298,8 @@ pub struct Metrics {
     vault_duration: Histogram<f64>,
     auth_failures: Counter<u64>,
     keyset_refreshes: Counter<u64>,
+    keyset_watch: Counter<u64>,
+    keyset_watch_changes: Counter<u64>,
     model_verify_failures: Counter<u64>,
     records_refused: Counter<u64>,
     record_trusted: Gauge<f64>,
@@ -360,6 +368,14 @@ impl Metrics {
                 .u64_counter("aegis_keyset_refreshes_total")
                 .with_description("Reads of a key's public keys and retention record from Vault")
                 .build(),
+            keyset_watch: meter
+                .u64_counter("aegis_keyset_watch_total")
+                .with_description("Listings of the retention records' metadata, by outcome")
+                .build(),
+            keyset_watch_changes: meter
+                .u64_counter("aegis_keyset_watch_changes_total")
+                .with_description("Keys read from Vault because their retention record changed")
+                .build(),
             records_refused: meter
                 .u64_counter("aegis_retention_record_refused_total")
                 .with_description("Retention records refused (once per record), by key and reason")
@@ -402,7 +418,10 @@ impl Metrics {
         for outcome in ["ok", "error"] {
             self.keyset_refreshes
                 .add(0, &[KeyValue::new("outcome", outcome)]);
+            self.keyset_watch
+                .add(0, &[KeyValue::new("outcome", outcome)]);
         }
+        self.keyset_watch_changes.add(0, &[]);
         for reason in [AuditDrop::QueueFull, AuditDrop::WriterStopped] {
             self.audit_dropped
                 .add(0, &[KeyValue::new("reason", reason.as_str())]);
@@ -538,6 +557,18 @@ impl Metrics {
         self.body_budget_refusals.add(1, &[]);
     }
 
+    /// One listing of the retention records' metadata by the keyset watcher.
+    pub fn keyset_watch(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.keyset_watch
+            .add(1, &[KeyValue::new("outcome", outcome)]);
+    }
+
+    /// The watcher read a key because its record changed.
+    pub fn keyset_watch_change(&self) {
+        self.keyset_watch_changes.add(1, &[]);
+    }
+
     pub fn keyset_refresh(&self, ok: bool) {
         self.keyset_refreshes.add(
             1,
@@ -586,6 +617,11 @@ pub struct GaugeSources {
     pub rotation_period: Duration,
     /// `AEGIS_MAX_KEYSET_AGE`.
     pub max_keyset_age: Duration,
+    /// `AEGIS_REFRESH_INTERVAL`.
+    pub refresh_interval: Duration,
+    /// The keyset watcher: (since its last successful listing, its interval); `None`
+    /// when it does not run.
+    pub watch: Box<dyn Fn() -> Option<(Duration, Duration)> + Send + Sync>,
 }
 
 /// Reads a gauge's points (value, labels) at a collection.
@@ -674,6 +710,21 @@ pub fn register_gauges(sources: GaugeSources) {
                 per_key(|_, s| Some(s.max_keyset_age.as_secs_f64())),
             ),
             gauge(
+                "aegis_keyset_refresh_interval_seconds",
+                "The configured full refresh interval (AEGIS_REFRESH_INTERVAL)",
+                per_key(|_, s| Some(s.refresh_interval.as_secs_f64())),
+            ),
+            gauge(
+                "aegis_keyset_watch_age_seconds",
+                "Time since the keyset watcher last listed the retention records' metadata successfully",
+                Box::new(|s| (s.watch)().map(|(age, _)| (age.as_secs_f64(), vec![])).into_iter().collect()),
+            ),
+            gauge(
+                "aegis_keyset_watch_interval_seconds",
+                "The configured keyset watch interval (AEGIS_KEYSET_WATCH_INTERVAL)",
+                Box::new(|s| (s.watch)().map(|(_, i)| (i.as_secs_f64(), vec![])).into_iter().collect()),
+            ),
+            gauge(
                 "aegis_build_info",
                 "Always 1; the version label names the build",
                 Box::new(|_| {
@@ -716,6 +767,11 @@ mod tests {
                 Method::POST,
                 "secret/data/aegis/keys/transit/k",
                 VaultEndpoint::KvWrite,
+            ),
+            (
+                list.clone(),
+                "secret/detailed-metadata/aegis/keys/transit/",
+                VaultEndpoint::KvList,
             ),
             (Method::GET, "sys/health", VaultEndpoint::Health),
             (Method::POST, "auth/approle/login", VaultEndpoint::Login),

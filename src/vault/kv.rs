@@ -1,4 +1,7 @@
-//! KV v2 reads and check-and-set writes (the retention record lives there).
+//! KV v2 reads, check-and-set writes (the retention record lives there) and the
+//! metadata listing of a folder that the keyset watcher polls.
+
+use std::collections::BTreeMap;
 
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -21,6 +24,14 @@ pub enum CasWrite {
     Conflict,
 }
 
+/// The entries of a `key_info` object, sub-folders left out.
+fn detailed_entries(key_info: Value) -> BTreeMap<String, Value> {
+    match key_info {
+        Value::Object(m) => m.into_iter().filter(|(k, _)| !k.ends_with('/')).collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
 fn data_path(mount: &str, path: &str) -> String {
     format!(
         "{}/data/{}",
@@ -29,7 +40,49 @@ fn data_path(mount: &str, path: &str) -> String {
     )
 }
 
+/// What one `LIST {mount}/detailed-metadata/{folder}` showed: each entry's name and its
+/// full metadata (`current_version`, `updated_time`, per-version deletion times...).
+#[derive(Debug, Clone)]
+pub enum KvListing {
+    /// The entries of the folder (none: an empty or absent folder, which Vault answers 404).
+    Entries(BTreeMap<String, Value>),
+    /// The server has no `detailed-metadata` endpoint (HashiCorp Vault, OpenBao before
+    /// 2.2): Vault's answer.
+    Unsupported(VaultError),
+}
+
 impl VaultClient {
+    /// Lists the entries of a KV v2 folder with their metadata in one call (OpenBao 2.2+).
+    /// Sub-folders (`name/`) are left out. Needs `list` on `{mount}/detailed-metadata/{folder}`.
+    pub async fn kv2_list_detailed(
+        &self,
+        mount: &str,
+        folder: &str,
+    ) -> Result<KvListing, VaultError> {
+        let path = format!(
+            "{}/detailed-metadata/{}/",
+            mount.trim_matches('/'),
+            folder.trim_matches('/')
+        );
+        let list = Method::from_bytes(b"LIST").expect("LIST is a valid method");
+        match self
+            .request_with(Retry::Idempotent, list, &path, None)
+            .await
+        {
+            Ok(mut d) => Ok(KvListing::Entries(detailed_entries(d["key_info"].take()))),
+            Err(VaultError::Status {
+                status: 404,
+                errors,
+            }) if errors.is_empty() => Ok(KvListing::Entries(BTreeMap::new())),
+            Err(
+                e @ VaultError::Status {
+                    status: 404 | 405, ..
+                },
+            ) => Ok(KvListing::Unsupported(e)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reads `mount/data/path`. A missing (or deleted) secret is `version: 0`, `data: null`.
     pub async fn kv2_read(&self, mount: &str, path: &str) -> Result<KvEntry, VaultError> {
         match self

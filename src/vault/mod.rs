@@ -39,7 +39,7 @@ use crate::config::{ConfigErrors, Secret, VaultConfig};
 use crate::telemetry::{self, metrics, metrics::VaultEndpoint};
 
 pub use auth::{AuthStatus, TokenInfo};
-pub use kv::{CasWrite, KvEntry};
+pub use kv::{CasWrite, KvEntry, KvListing};
 pub use transit::TransitKeyInfo;
 
 /// A failed Vault call.

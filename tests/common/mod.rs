@@ -3,6 +3,7 @@
 //! polled, never slept for. OpenBao missing is a failure, never a skip.
 #![allow(dead_code)]
 
+pub mod audit_log;
 pub mod cluster;
 pub mod logs;
 pub mod standins;
@@ -478,6 +479,29 @@ impl Sidecar {
         .await
     }
 
+    /// The sum of a metric's samples in `/metrics` whose line contains `labels` (every
+    /// label set when empty). Needs [`metrics_on`].
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let url = format!("{}/metrics", self.addr);
+        let text = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|r| r.starts_with([' ', '{']))
+            })
+            .filter(|l| l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -597,4 +621,17 @@ pub fn aegis_cli(addr: &str, env: &[(&str, &str)], args: &[&str]) -> (i32, Strin
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Installs the process's meter provider once, before any instrument is created, so that
+/// `/metrics` (and `aegis::telemetry::render_metrics`) show the sidecar's metrics.
+pub fn metrics_on() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        aegis::telemetry::init(
+            aegis::config::LogFormat::Text,
+            Some("warn"),
+            &aegis::config::TelemetryConfig::default(),
+        )
+    });
 }

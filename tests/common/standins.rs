@@ -65,6 +65,7 @@ path "transit/verify/{key}/*" {{ capabilities = ["update"] }}
 path "transit/keys/{key}" {{ capabilities = ["read"] }}
 path "secret/data/aegis/keys/transit/{key}" {{ capabilities = ["read"] }}
 path "transit/keys/aegis-retention.{key}" {{ capabilities = ["read"] }}
+path "secret/detailed-metadata/aegis/keys/transit/" {{ capabilities = ["list"] }}
 "#
     )
 }
