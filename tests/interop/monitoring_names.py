@@ -55,6 +55,9 @@ CONTRACT: Dict[str, Tuple[str, FrozenSet[str]]] = {
     "aegis_key_rotation_period_seconds": (GAUGE, frozenset({"key"})),
     "aegis_keyset_age_seconds": (GAUGE, frozenset({"key"})),
     "aegis_keyset_max_age_seconds": (GAUGE, frozenset({"key"})),
+    "aegis_keyset_refresh_interval_seconds": (GAUGE, frozenset({"key"})),
+    "aegis_keyset_watch_age_seconds": (GAUGE, frozenset()),
+    "aegis_keyset_watch_interval_seconds": (GAUGE, frozenset()),
     "aegis_build_info": (GAUGE, frozenset({"version"})),
     "aegis_retention_record_refused_total": (COUNTER, frozenset({"key", "reason"})),
     "aegis_retention_record_trusted": (GAUGE, frozenset({"key"})),
@@ -75,7 +78,7 @@ LABEL_VALUES: Dict[str, FrozenSet[str]] = {
     "result": frozenset({"valid", "invalid", "retired", "revoked", "unknown_version", "too_new"}),
     "endpoint": frozenset({
         "sign", "verify", "read_key", "list_keys", "rotate", "config", "login", "renew",
-        "lookup_self", "kv_read", "kv_write", "health", "other",
+        "lookup_self", "kv_read", "kv_write", "kv_list", "health", "other",
     }),
     "method": frozenset({"token", "approle", "kubernetes", "jwt", "cert"}),
 }
