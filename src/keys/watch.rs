@@ -5,9 +5,9 @@
 //! `aegis retention endorse`) writes the key's retention record in KV v2. So instead of
 //! reading every key every few seconds, the watcher lists the records' folder with their
 //! metadata in one call (`LIST {kv_mount}/detailed-metadata/{prefix}/{transit_mount}/`,
-//! OpenBao 2.2+) every `AEGIS_KEYSET_WATCH_INTERVAL` (default 8 s, each wait jittered by
-//! ±10 %, the first one a random part of the interval so sidecars started together do not
-//! poll together). A cached key whose record metadata differs from what the watcher saw
+//! OpenBao 2.2+) at most `AEGIS_KEYSET_WATCH_INTERVAL` apart (default 8 s; each wait is
+//! 80 % to 100 % of it, the first one a random part of it, so sidecars started together do
+//! not poll together). A cached key whose record metadata differs from what the watcher saw
 //! last (a new version, a deletion, a destroyed version: the whole metadata is compared)
 //! is read in full at once: Transit key, endorsement key and record, through the same
 //! [`KeyCache::refresh`] as every other read, so the one-read-per-second rule holds.
@@ -104,7 +104,9 @@ impl KeyCache {
                     self.watch.succeeded();
                     (
                         State::Ok,
-                        interval.mul_f64(0.9 + rand::random::<f64>() * 0.2),
+                        // 80 % to 100 %: the interval is the longest gap, so it bounds how
+                        // long a change takes to be seen; sidecars drift apart.
+                        interval.mul_f64(0.8 + rand::random::<f64>() * 0.2),
                     )
                 }
                 Err(Failure::Unsupported(e)) => report(state, State::Unsupported, fallback, &e),
