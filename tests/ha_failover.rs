@@ -350,14 +350,7 @@ async fn failover_under_sign_load(opts: ClusterOptions) {
     };
     let mut cluster = BaoCluster::start_with(3, opts).await;
     cluster.create_key(KEY, "ecdsa-p256").await;
-    let old = cluster.active_index().await.expect("an active node");
-    let mut addrs = vec![cluster.addr(old).to_string()];
-    addrs.extend(
-        (0..cluster.len())
-            .filter(|&i| i != old)
-            .map(|i| cluster.addr(i).to_string()),
-    );
-    let addrs = addrs.join(",");
+    let (old, addrs) = cluster.addrs_active_first().await;
     let total = format!("{}s", TOTAL_TIMEOUT.as_secs());
     let side = Sidecar::start(
         cluster.node(old),
@@ -561,6 +554,7 @@ async fn signing_survives_active_node_kill_with_standby_reads() {
 async fn signing_survives_active_node_kill_with_standby_reads_disabled() {
     failover_under_sign_load(ClusterOptions {
         disable_standby_reads: true,
+        ..ClusterOptions::default()
     })
     .await;
 }
