@@ -8,6 +8,8 @@
 //!   next configured address. After each full round of nodes a call pauses (100 ms,
 //!   doubling up to 400 ms), so one waiting out an election uses the new leader soon
 //!   after it wins.
+//! - **Rate limits:** a 429 fails the call at once (a caller gets 429 with `Retry-After`);
+//!   the client then asks background loops to hold back (`pace`).
 //! - **Retries:** reads (and Transit verify, which changes nothing) are retried on any
 //!   transport failure; sign is retried only when the request provably never reached a
 //!   Vault that acted on it (connect failed, redirect, sealed or non-active node).
@@ -17,13 +19,15 @@
 //!   again; a 403 on a request leads to one check of the token, one re-login if it was
 //!   revoked, and one retry (`VaultClient::with_relogin`).
 //!
-//! vaultrs models the auth endpoints; Transit calls on the request path are sent as raw
-//! JSON so that every Transit parameter passes through unchanged. This module never sees
-//! a caller's token.
+//! Logins and renewals are sent as raw JSON through `send` (so Vault's `Retry-After` is
+//! seen); vaultrs models the token lookup and unwrap; Transit calls on the request path are
+//! sent as raw JSON so that every Transit parameter passes through unchanged. This module
+//! never sees a caller's token.
 
 mod auth;
 mod kv;
 mod nodes;
+mod pace;
 mod tls;
 mod transit;
 
@@ -48,6 +52,13 @@ pub enum VaultError {
     /// Vault answered with an error status and its `errors` list.
     #[error("Vault answered {status}: {}", status_text(*.status, .errors))]
     Status { status: u16, errors: Vec<String> },
+    /// Vault answered 429 (a rate-limit quota). `retry_after` is how long to wait: Vault's
+    /// `Retry-After` as `send` read it, raised by `execute` to the client's pace (`pace`).
+    #[error("Vault answered 429: {}", status_text(429, .errors))]
+    RateLimited {
+        errors: Vec<String>,
+        retry_after: Option<Duration>,
+    },
     /// No answer in time, connection refused or reset: Vault may be down. `sent` is false
     /// when the request provably never left (the connection was never established).
     #[error("{message}")]
@@ -87,12 +98,32 @@ impl VaultError {
     /// Says which call failed: Vault's answer becomes one message, `what: <Vault's
     /// messages on one line>`, with the same status. Other failures are returned as they are.
     pub fn in_context(self, what: impl std::fmt::Display) -> Self {
+        let context =
+            |status, errors: &[String]| vec![format!("{what}: {}", status_text(status, errors))];
         match self {
             VaultError::Status { status, errors } => VaultError::Status {
                 status,
-                errors: vec![format!("{what}: {}", status_text(status, &errors))],
+                errors: context(status, &errors),
+            },
+            VaultError::RateLimited {
+                errors,
+                retry_after,
+            } => VaultError::RateLimited {
+                errors: context(429, &errors),
+                retry_after,
             },
             other => other,
+        }
+    }
+
+    /// Vault's answer with an error status (429 with its `Retry-After`, if any).
+    fn answered(status: u16, errors: Vec<String>, retry_after: Option<Duration>) -> Self {
+        match status {
+            429 => VaultError::RateLimited {
+                errors,
+                retry_after,
+            },
+            _ => VaultError::Status { status, errors },
         }
     }
 
@@ -154,6 +185,8 @@ pub enum Body<'a> {
 pub struct VaultClient {
     http: reqwest::Client,
     nodes: nodes::Nodes,
+    /// Until when Vault asked to hold back (`pace`).
+    pace: pace::Pace,
     namespace: Option<String>,
     total_timeout: Duration,
     auth: auth::Auth,
@@ -183,6 +216,7 @@ impl VaultClient {
         Ok(VaultClient {
             http,
             nodes: nodes::Nodes::new(cfg.addrs.clone()),
+            pace: pace::Pace::new(),
             namespace: cfg.namespace.clone(),
             total_timeout: cfg.total_timeout,
             auth: auth::Auth::new(cfg.auth.clone()),
@@ -288,8 +322,8 @@ impl VaultClient {
     }
 
     /// Runs `attempt` against the active node until it succeeds, fails for good, or the
-    /// total timeout passes, applying the HA, retry and re-login rules of this module.
-    /// Each attempt is one `vault.request` span and one count in
+    /// total timeout passes, applying the HA, retry, pacing and re-login rules of this
+    /// module. Each attempt is one `vault.request` span and one count in
     /// `aegis_vault_requests_total` (2xx answers count as `200`).
     async fn execute<T, F, Fut>(
         &self,
@@ -331,6 +365,7 @@ impl VaultClient {
             let status = match &answer {
                 Ok(Ok(_)) | Ok(Err(VaultError::Decode(_))) => Some(200),
                 Ok(Err(VaultError::Status { status, .. })) => Some(*status),
+                Ok(Err(VaultError::RateLimited { .. })) => Some(429),
                 Ok(Err(VaultError::Redirect(_))) => Some(307),
                 Ok(Err(VaultError::Unauthenticated(_))) => None,
                 Ok(Err(VaultError::Unreachable { .. })) | Err(_) => Some(0),
@@ -346,7 +381,14 @@ impl VaultClient {
                 }
             }
             let err = match answer {
-                Ok(Ok(v)) => return Ok(v),
+                Ok(Ok(v)) => {
+                    self.pace.succeeded();
+                    return Ok(v);
+                }
+                Ok(Err(VaultError::RateLimited {
+                    errors,
+                    retry_after,
+                })) => return Err(self.rate_limited(&addr, started, errors, retry_after)),
                 Ok(Err(e)) => e,
                 // The call's budget is spent; the node is not to blame for that.
                 Err(_) => {
@@ -389,8 +431,46 @@ impl VaultClient {
         }
     }
 
-    /// One raw JSON request to one node.
+    /// A 429 from `addr` to a request sent at `sent`: the client's pace moves (see `pace`),
+    /// and the error says how long to wait.
+    fn rate_limited(
+        &self,
+        addr: &str,
+        sent: Instant,
+        errors: Vec<String>,
+        retry_after: Option<Duration>,
+    ) -> VaultError {
+        let limited = self.pace.limited(sent, retry_after);
+        if limited.new_episode {
+            warn!(
+                node = %addr,
+                retry_after_s = retry_after.map(|d| d.as_secs()),
+                wait_ms = limited.wait.as_millis() as u64,
+                "Vault's rate limit refused a call (429); background calls hold back"
+            );
+        }
+        VaultError::RateLimited {
+            errors,
+            retry_after: Some(limited.wait),
+        }
+    }
+
+    /// One raw JSON request to one node; the answer's `data` (`Value::Null` for 204).
     async fn send(
+        &self,
+        target: Target,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Body<'_>>,
+    ) -> Result<Value, VaultError> {
+        Ok(match self.send_answer(target, method, path, body).await? {
+            Value::Object(mut m) => m.remove("data").unwrap_or(Value::Null),
+            _ => Value::Null,
+        })
+    }
+
+    /// One raw JSON request to one node; the whole answer (`Value::Null` for 204).
+    async fn send_answer(
         &self,
         target: Target,
         method: reqwest::Method,
@@ -439,22 +519,23 @@ impl VaultClient {
                 .to_string();
             return Err(VaultError::Redirect(location));
         }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(pace::parse_retry_after);
         let bytes = resp.bytes().await.map_err(transport_error)?;
         if status == reqwest::StatusCode::NO_CONTENT {
             return Ok(Value::Null);
         }
         if !status.is_success() {
-            return Err(VaultError::Status {
-                status: status.as_u16(),
-                errors: error_messages(&bytes),
-            });
+            return Err(VaultError::answered(
+                status.as_u16(),
+                error_messages(&bytes),
+                retry_after,
+            ));
         }
-        let v: Value =
-            serde_json::from_slice(&bytes).map_err(|e| VaultError::Decode(e.to_string()))?;
-        Ok(match v {
-            Value::Object(mut m) => m.remove("data").unwrap_or(Value::Null),
-            _ => Value::Null,
-        })
+        serde_json::from_slice(&bytes).map_err(|e| VaultError::Decode(e.to_string()))
     }
 
     /// Runs a vaultrs endpoint through [`execute`](Self::execute).
@@ -623,20 +704,18 @@ fn from_vaultrs(e: vaultrs::error::ClientError) -> VaultError {
     use rustify::errors::ClientError as Rest;
     use vaultrs::error::ClientError;
     match e {
-        ClientError::APIError { code, errors } => VaultError::Status {
-            status: code,
-            errors,
-        },
+        ClientError::APIError { code, errors } => VaultError::answered(code, errors, None),
         ClientError::RestClientError { source } => match source {
             // A standby's redirect: rustify does not keep `Location`, so the call moves to
             // the next configured node (redirects are not followed: see `nodes`).
             Rest::ServerResponseError { code, .. } if (300..400).contains(&code) => {
                 VaultError::Redirect(String::new())
             }
-            Rest::ServerResponseError { code, content } => VaultError::Status {
-                status: code,
-                errors: error_messages(content.unwrap_or_default().as_bytes()),
-            },
+            Rest::ServerResponseError { code, content } => VaultError::answered(
+                code,
+                error_messages(content.unwrap_or_default().as_bytes()),
+                None,
+            ),
             Rest::RequestError { source, .. } | Rest::ResponseError { source } => {
                 match source.downcast::<reqwest::Error>() {
                     Ok(e) => transport_error(e),
