@@ -3,11 +3,15 @@
 //! One pooled `reqwest` client (rustls, HTTP/2 when Vault offers it) carries all Vault
 //! traffic. Every call goes through `VaultClient::execute`, which owns the rules that
 //! keep the sidecar working against a real cluster:
-//! - **HA:** calls go to the node believed active; a standby's redirect moves there, a
-//!   connection failure, a sealed node (503) or a node that lost its leader moves to the
-//!   next configured address. After each full round of nodes a call pauses (100 ms,
-//!   doubling up to 400 ms), so one waiting out an election uses the new leader soon
-//!   after it wins.
+//! - **HA:** calls go to one node, the home (`nodes`). With several addresses it is a
+//!   standby, drawn per sidecar (`discover`: `sys/health` of every node at start and when
+//!   the home fails, never periodically), else the active node; OpenBao 2.5+ standbys
+//!   answer reads, Transit sign/verify and LISTs themselves and forward writes (login,
+//!   renewal) to the active node. A standby's redirect moves calls to the active node; a
+//!   connection failure, a sealed node (503) or a node that lost its leader moves to a new
+//!   home or the next configured address. After each full round of nodes a call pauses
+//!   (100 ms, doubling up to 400 ms), so one waiting out an election uses the new leader
+//!   soon after it wins. Standby reads are eventually consistent (below).
 //! - **Rate limits:** a 429 fails the call at once (a caller gets 429 with `Retry-After`);
 //!   the client then asks background loops to hold back (`pace`).
 //! - **Retries:** reads (and Transit verify, which changes nothing) are retried on any
@@ -19,12 +23,23 @@
 //!   again; a 403 on a request leads to one check of the token, one re-login if it was
 //!   revoked, and one retry (`VaultClient::with_relogin`).
 //!
+//! **Consistency.** What a standby answers is eventually consistent: right after a write
+//! on the active node (a rotation, a raised `min_decryption_version`), a standby may answer
+//! from the previous state for the raft replication delay (milliseconds on a healthy
+//! cluster). That is safe here: a sign answer naming a version the cache does not know
+//! makes the keyset refresh wait for it (`keys`), a stale refresh is followed by the next
+//! one, and a revocation is enforced by Vault itself at sign (the minimums are raised on
+//! the active node, and a standby's Transit policy cache is invalidated as it applies the
+//! write). Lifecycle jobs, which write and read back at once, go to the active node
+//! (`VaultConfig::prefer_standby` off).
+//!
 //! Logins and renewals are sent as raw JSON through `send` (so Vault's `Retry-After` is
 //! seen); vaultrs models the token lookup and unwrap; Transit calls on the request path are
 //! sent as raw JSON so that every Transit parameter passes through unchanged. This module
 //! never sees a caller's token.
 
 mod auth;
+mod discover;
 mod kv;
 mod nodes;
 mod pace;
@@ -185,6 +200,8 @@ pub enum Body<'a> {
 pub struct VaultClient {
     http: reqwest::Client,
     nodes: nodes::Nodes,
+    /// The home search (`discover`), when there are several nodes and standbys are preferred.
+    discovery: Option<discover::Discovery>,
     /// Until when Vault asked to hold back (`pace`).
     pace: pace::Pace,
     namespace: Option<String>,
@@ -213,9 +230,12 @@ impl VaultClient {
             .user_agent(concat!("aegis/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ConfigErrors(vec![format!("cannot build the HTTP client: {e}")]))?;
+        let discovery = (cfg.prefer_standby && cfg.addrs.len() > 1)
+            .then(|| discover::Discovery::new(cfg.connect_timeout));
         Ok(VaultClient {
             http,
             nodes: nodes::Nodes::new(cfg.addrs.clone()),
+            discovery,
             pace: pace::Pace::new(),
             namespace: cfg.namespace.clone(),
             total_timeout: cfg.total_timeout,
@@ -233,7 +253,7 @@ impl VaultClient {
         }
     }
 
-    /// The node calls currently go to.
+    /// The node calls go to now (the home node, or where failover moved them).
     pub fn addr(&self) -> String {
         self.nodes.current().1
     }
@@ -321,7 +341,7 @@ impl VaultClient {
         serde_json::from_value(data).map_err(|e| VaultError::Decode(e.to_string()))
     }
 
-    /// Runs `attempt` against the active node until it succeeds, fails for good, or the
+    /// Runs `attempt` against the home node until it succeeds, fails for good, or the
     /// total timeout passes, applying the HA, retry, pacing and re-login rules of this
     /// module. Each attempt is one `vault.request` span and one count in
     /// `aegis_vault_requests_total` (2xx answers count as `200`).
@@ -337,6 +357,7 @@ impl VaultClient {
         Fut: Future<Output = Result<T, VaultError>>,
     {
         let deadline = Instant::now() + self.total_timeout;
+        self.ensure_home(deadline).await;
         let mut misses = 0usize;
         let mut pauses: Option<Backoff> = None;
         loop {
@@ -407,16 +428,19 @@ impl VaultClient {
                     Ok(()) => {
                         debug!(from = %addr, to = %location, "standby redirected to the active node")
                     }
-                    Err(why) => warn!(
-                        from = %addr,
-                        to = %location,
-                        reason = why.as_str(),
-                        "standby redirect not followed; trying the next configured node"
-                    ),
+                    Err(why) => {
+                        warn!(
+                            from = %addr,
+                            to = %location,
+                            reason = why.as_str(),
+                            "standby redirect not followed; trying another configured node"
+                        );
+                        self.node_failed(index, deadline).await;
+                    }
                 },
                 Step::OtherNode => {
-                    debug!(node = %addr, error = %err, "Vault node unusable; trying the next");
-                    self.nodes.failed(index);
+                    debug!(node = %addr, error = %err, "Vault node unusable; trying another");
+                    self.node_failed(index, deadline).await;
                 }
             }
             misses += 1;
@@ -774,6 +798,8 @@ mod tests {
             timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_millis(500),
             total_timeout,
+            // Round robin and redirects only: no `sys/health` probes of these made-up hosts.
+            prefer_standby: false,
         })
         .unwrap()
     }
