@@ -7,7 +7,8 @@
 //!   signs and a forced keyset refresh are all answered there, and no other node sees a
 //!   request from it. Many clients spread over both standbys.
 //! - When the home standby is killed, calls continue on the other standby within the
-//!   total timeout.
+//!   total timeout. When the active node is killed, the home standby goes on signing
+//!   through the election: no sign fails.
 //! - A rate-limit quota on `transit/sign`: the caller gets Vault's 429 with `Retry-After`
 //!   in Vault's error shape, and `VaultClient::pace` holds background calls back until
 //!   the time the 429 asked for; a login answered 429 makes the client wait at least
@@ -234,6 +235,45 @@ async fn calls_move_to_the_other_standby_when_the_home_dies() {
     assert_eq!(
         since(&cluster, &before)[other].get("transit/sign/fleet"),
         Some(&6)
+    );
+    side.stop().await;
+}
+
+/// The active node dies while the sidecar is homed on a standby: the standby goes on
+/// answering signs itself through the election (one may become the new active node), so
+/// no sign fails and the sidecar never moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signs_on_a_standby_go_on_while_the_active_node_dies() {
+    let mut cluster = audited_cluster().await;
+    let (active, addrs) = cluster.addrs_active_first().await;
+    let side = sidecar(&cluster, &addrs).await;
+    let vault = side.state.keys.vault_arc();
+    let home = vault.addr();
+    cluster.kill(active);
+    let killed = Instant::now();
+    let mut signs = 0;
+    let mut elected = None;
+    // Until a new active node is known to both survivors, and a second more.
+    while elected.is_none_or(|at: Instant| at.elapsed() < Duration::from_secs(1)) {
+        let (s, b) = sign(&side, &format!("during the election {signs}")).await;
+        assert_eq!(
+            s,
+            200,
+            "sign {signs}, {:?} after the kill: {b}",
+            killed.elapsed()
+        );
+        signs += 1;
+        if elected.is_none() && cluster.active_index().await.is_some() {
+            cluster.wait_active_among_survivors().await;
+            elected = Some(Instant::now());
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "no election");
+    }
+    assert_eq!(vault.addr(), home, "the sidecar stayed on its home");
+    eprintln!(
+        "{signs} signs, none failed, over {:?} from the kill (new leader known at {:?})",
+        killed.elapsed(),
+        elected.map(|at| at - killed)
     );
     side.stop().await;
 }
