@@ -33,7 +33,7 @@
 //! write). Lifecycle jobs, which write and read back at once, go to the active node
 //! (`VaultConfig::prefer_standby` off).
 //!
-//! Logins and renewals are sent as raw JSON through `send` (so Vault's `Retry-After` is
+//! Logins and renewals are sent as raw JSON through `send_answer` (so Vault's `Retry-After` is
 //! seen); vaultrs models the token lookup and unwrap; Transit calls on the request path are
 //! sent as raw JSON so that every Transit parameter passes through unchanged. This module
 //! never sees a caller's token.
