@@ -87,6 +87,17 @@ async fn sidecar(cluster: &BaoCluster, addrs: &str) -> Sidecar {
     .await
 }
 
+/// An audited cluster and a sidecar given every address (the active node first), with
+/// the active node's index and the home's, checked to be a standby.
+async fn homed_sidecar() -> (BaoCluster, usize, Sidecar, usize) {
+    let cluster = audited_cluster().await;
+    let (active, addrs) = cluster.addrs_active_first().await;
+    let side = sidecar(&cluster, &addrs).await;
+    let home = index_of(&cluster, &side.state.keys.vault().addr());
+    assert_ne!(home, active, "the home is a standby");
+    (cluster, active, side, home)
+}
+
 async fn sign(side: &Sidecar, msg: &str) -> (u16, Value) {
     side.api(
         "POST",
@@ -200,12 +211,8 @@ fn vault_config(addrs: &str, token: &str) -> VaultConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_move_to_the_other_standby_when_the_home_dies() {
-    let mut cluster = audited_cluster().await;
-    let (active, addrs) = cluster.addrs_active_first().await;
-    let side = sidecar(&cluster, &addrs).await;
+    let (mut cluster, active, side, home) = homed_sidecar().await;
     let vault = side.state.keys.vault_arc();
-    let home = index_of(&cluster, &vault.addr());
-    assert_ne!(home, active);
     let (s, b) = sign(&side, "before").await;
     assert_eq!(s, 200, "{b}");
 
@@ -244,11 +251,8 @@ async fn calls_move_to_the_other_standby_when_the_home_dies() {
 /// no sign fails and the sidecar never moves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signs_on_a_standby_go_on_while_the_active_node_dies() {
-    let mut cluster = audited_cluster().await;
-    let (active, addrs) = cluster.addrs_active_first().await;
-    let side = sidecar(&cluster, &addrs).await;
+    let (mut cluster, active, side, home) = homed_sidecar().await;
     let vault = side.state.keys.vault_arc();
-    let home = vault.addr();
     cluster.kill(active);
     let killed = Instant::now();
     let mut signs = 0;
@@ -269,7 +273,11 @@ async fn signs_on_a_standby_go_on_while_the_active_node_dies() {
         }
         assert!(killed.elapsed() < Duration::from_secs(30), "no election");
     }
-    assert_eq!(vault.addr(), home, "the sidecar stayed on its home");
+    assert_eq!(
+        vault.addr(),
+        cluster.addr(home),
+        "the sidecar stayed on its home"
+    );
     eprintln!(
         "{signs} signs, none failed, over {:?} from the kill (new leader known at {:?})",
         killed.elapsed(),
