@@ -1,8 +1,9 @@
 //! The one retry pause policy: jittered exponential backoff, from `backon`.
 //!
 //! Every loop that tries again after a failure (logins in `vault::auth`, rounds of Vault
-//! nodes in `vault::execute`, check-and-set conflicts in `lifecycle`, readiness in
-//! `server`, audit delivery in `audit::deliver`) takes its pauses from a [`Backoff`]. Each
+//! nodes in `vault::execute`, the pause after Vault's 429s in `vault::pace`, check-and-set
+//! conflicts in `lifecycle`, readiness in `server`, audit delivery in `audit::deliver`)
+//! takes its pauses from a [`Backoff`]. Each
 //! pause is drawn from `[step/2, step)`, the step doubling from `first` up to `cap`, so
 //! sidecars that failed together do not retry together, and no pause exceeds `cap`.
 //! Only the numbers differ per use; they are named where the loop is.

@@ -161,6 +161,7 @@ impl DevBao {
             timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(2),
             total_timeout: Duration::from_secs(10),
+            prefer_standby: true,
         })
         .map_err(|e| e.to_string())
     }

@@ -5,8 +5,9 @@
 //! `{"errors":[...]}`, with `Retry-After` from [`Error::retry_after_secs`]; the gRPC face
 //! turns the same status into a gRPC code with [`Error::grpc_code`]). Bad input is always a
 //! 4xx (input Vault would answer with a 500 is refused before Vault is asked); Vault
-//! being unreachable is a 503; Vault failing on its own is a 502; an audit trail that
-//! cannot take a signature's event is a 503 before Vault is asked.
+//! being unreachable is a 503; Vault failing on its own is a 502; Vault's rate limit is
+//! passed on as its 429 with a `Retry-After`; an audit trail that cannot take a
+//! signature's event is a 503 before Vault is asked.
 //!
 //! Caller-facing text ([`Error::messages`], used by both faces) never names an address:
 //! every URL in it (Vault's nodes, a standby's redirect target) is replaced by
@@ -64,6 +65,13 @@ pub enum Error {
     /// Vault answered with an error, passed on with Vault's status and messages.
     #[error("{}", .errors.join("; "))]
     Vault { status: u16, errors: Vec<String> },
+    /// Vault's rate-limit quota refused the call: 429 with Vault's messages, and
+    /// `Retry-After` from Vault's (or the sidecar's longer pause, `vault::pace`).
+    #[error("{}", .errors.join("; "))]
+    VaultRateLimited {
+        errors: Vec<String>,
+        retry_after: std::time::Duration,
+    },
     /// A bug or an impossible state; logged once, returned opaque.
     #[error("internal error")]
     Internal(String),
@@ -80,7 +88,9 @@ impl Error {
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::PermissionDenied | Error::Refused(_) => StatusCode::FORBIDDEN,
             Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
-            Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::TooManyRequests { .. } | Error::VaultRateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -104,7 +114,8 @@ impl Error {
     /// should come back later.
     pub fn retry_after_secs(&self) -> Option<u64> {
         match self {
-            Error::TooManyRequests { retry_after, .. } => {
+            Error::TooManyRequests { retry_after, .. }
+            | Error::VaultRateLimited { retry_after, .. } => {
                 Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
                     .map(|s| s.max(1))
             }
@@ -117,7 +128,7 @@ impl Error {
     /// The messages for Vault's `{"errors":[...]}` body, without any address.
     pub fn messages(&self) -> Vec<String> {
         match self {
-            Error::Vault { errors, .. } => errors
+            Error::Vault { errors, .. } | Error::VaultRateLimited { errors, .. } => errors
                 .iter()
                 .map(|e| without_addresses(&crate::vault::clean_message(e)))
                 .collect(),
@@ -202,6 +213,13 @@ impl From<VaultError> for Error {
     fn from(e: VaultError) -> Self {
         match e {
             VaultError::Status { status, errors } => Error::Vault { status, errors },
+            VaultError::RateLimited {
+                errors,
+                retry_after,
+            } => Error::VaultRateLimited {
+                errors,
+                retry_after: retry_after.unwrap_or(std::time::Duration::from_secs(1)),
+            },
             VaultError::Unreachable { message, .. } => Error::Unavailable(message),
             // The target stays in the log; `messages` withholds it from callers.
             VaultError::Redirect(to) => Error::Unavailable(format!(
@@ -329,6 +347,21 @@ mod tests {
         assert_eq!(Error::PermissionDenied.retry_after_secs(), None);
         assert_eq!(slow.grpc_code(), tonic::Code::ResourceExhausted);
         let status = tonic::Status::from(slow);
+        assert_eq!(status.metadata().get("retry-after").unwrap(), "2");
+        let vault_busy = Error::from(VaultError::RateLimited {
+            errors: vec!["request path \"transit/sign/k\": rate limit quota exceeded".into()],
+            retry_after: Some(std::time::Duration::from_millis(1500)),
+        });
+        assert_eq!(
+            (vault_busy.status().as_u16(), vault_busy.retry_after_secs()),
+            (429, Some(2))
+        );
+        assert_eq!(
+            vault_busy.messages(),
+            ["request path \"transit/sign/k\": rate limit quota exceeded"]
+        );
+        let status = tonic::Status::from(vault_busy);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert_eq!(status.metadata().get("retry-after").unwrap(), "2");
         assert_eq!(
             Error::PreconditionFailed("x".into()).grpc_code(),

@@ -1,5 +1,7 @@
 //! Issue 3, HA: the sidecar is given the addresses of a REAL 3-node OpenBao raft cluster
-//! on loopback, the active node first. Under sign load (8 signers) and verify load (2
+//! on loopback, the active node first, and calls the node it believes active
+//! (`AEGIS_VAULT_PREFER_STANDBY=false`; a sidecar homed on a standby is
+//! tests/fleet_routing.rs). Under sign load (8 signers) and verify load (2
 //! verifiers of signatures made before the failure), the active node is SIGKILLed.
 //! Signing must resume within a bound, every failed sign must be a 503 in Vault's error
 //! shape (never another 5xx, never a hang), verification must never fail, and a key
@@ -350,14 +352,7 @@ async fn failover_under_sign_load(opts: ClusterOptions) {
     };
     let mut cluster = BaoCluster::start_with(3, opts).await;
     cluster.create_key(KEY, "ecdsa-p256").await;
-    let old = cluster.active_index().await.expect("an active node");
-    let mut addrs = vec![cluster.addr(old).to_string()];
-    addrs.extend(
-        (0..cluster.len())
-            .filter(|&i| i != old)
-            .map(|i| cluster.addr(i).to_string()),
-    );
-    let addrs = addrs.join(",");
+    let (old, addrs) = cluster.addrs_active_first().await;
     let total = format!("{}s", TOTAL_TIMEOUT.as_secs());
     let side = Sidecar::start(
         cluster.node(old),
@@ -369,6 +364,9 @@ async fn failover_under_sign_load(opts: ClusterOptions) {
             ("AEGIS_VAULT_TIMEOUT", "1s"),
             ("AEGIS_VAULT_CONNECT_TIMEOUT", "500ms"),
             ("AEGIS_VAULT_TOTAL_TIMEOUT", &total),
+            // The node in use is the one killed: the active node (a sidecar homed on a
+            // standby is tests/fleet_routing.rs).
+            ("AEGIS_VAULT_PREFER_STANDBY", "false"),
         ],
     )
     .await;
@@ -561,6 +559,7 @@ async fn signing_survives_active_node_kill_with_standby_reads() {
 async fn signing_survives_active_node_kill_with_standby_reads_disabled() {
     failover_under_sign_load(ClusterOptions {
         disable_standby_reads: true,
+        ..ClusterOptions::default()
     })
     .await;
 }

@@ -174,6 +174,7 @@ async fn cluster_fails_over_with_standby_reads() {
 async fn cluster_fails_over_with_standby_reads_disabled() {
     cluster_failover(ClusterOptions {
         disable_standby_reads: true,
+        ..ClusterOptions::default()
     })
     .await;
 }

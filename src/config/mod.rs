@@ -170,6 +170,10 @@ pub struct VaultConfig {
     pub connect_timeout: Duration,
     /// Bound on one call including retries and failover, `AEGIS_VAULT_TOTAL_TIMEOUT`, default 10 s.
     pub total_timeout: Duration,
+    /// With several addresses, make a standby the home node (`AEGIS_VAULT_PREFER_STANDBY`,
+    /// default true): OpenBao 2.5+ standbys answer reads and sign themselves. Off: calls
+    /// start at the first address and follow the active node, as before.
+    pub prefer_standby: bool,
 }
 
 impl VaultConfig {
@@ -328,6 +332,7 @@ struct FileVault {
     timeout: Option<String>,
     connect_timeout: Option<String>,
     total_timeout: Option<String>,
+    prefer_standby: Option<bool>,
     #[serde(default)]
     auth: FileAuth,
     #[serde(default)]
@@ -881,6 +886,10 @@ impl Config {
             }
         };
         let skip_verify = flag("VAULT_SKIP_VERIFY", fc.vault.tls.skip_verify);
+        let prefer_standby = flag(
+            "AEGIS_VAULT_PREFER_STANDBY",
+            Some(fc.vault.prefer_standby.unwrap_or(true)),
+        );
         let secret_id_wrapped = flag("AEGIS_SECRET_ID_WRAPPED", fc.vault.auth.secret_id_wrapped);
         let audit = AuditConfig {
             fail_open: flag("AEGIS_AUDIT_FAIL_OPEN", fc.audit.fail_open),
@@ -970,6 +979,7 @@ impl Config {
                 timeout,
                 connect_timeout,
                 total_timeout,
+                prefer_standby,
             },
             shutdown_grace,
             shutdown_delay,
@@ -1072,6 +1082,7 @@ mod tests {
             }
         );
         assert_eq!(c.vault.total_timeout, Duration::from_secs(10));
+        assert!(c.vault.prefer_standby);
         assert_eq!(c.vault.tls, TlsConfig::default());
         assert_eq!(c.cache_dir, None);
         assert!(
@@ -1108,7 +1119,7 @@ mod tests {
         let path = dir.path().join("aegis.toml");
         std::fs::write(
             &path,
-            "listen_addr = \"127.0.0.1:9000\"\ntransit_mount = \"ml-transit\"\nkeys = [\"a\"]\n[vault]\naddr = \"http://file:8200\"\ntoken_file = \"/var/run/token\"\ntimeout = \"2s\"\n",
+            "listen_addr = \"127.0.0.1:9000\"\ntransit_mount = \"ml-transit\"\nkeys = [\"a\"]\n[vault]\naddr = \"http://file:8200\"\ntoken_file = \"/var/run/token\"\ntimeout = \"2s\"\nprefer_standby = false\n",
         )
         .unwrap();
         let c = Config::load(
@@ -1134,6 +1145,26 @@ mod tests {
             }
         );
         assert_eq!(c.vault.timeout, Duration::from_secs(2));
+        assert!(!c.vault.prefer_standby, "from the file");
+        let on = Config::load(
+            Some(&path),
+            &[("AEGIS_KEYS", "k"), ("AEGIS_VAULT_PREFER_STANDBY", "true")],
+        )
+        .unwrap();
+        assert!(on.vault.prefer_standby, "the environment wins");
+        let err = Config::load(
+            Some(&path),
+            &[
+                ("AEGIS_KEYS", "k"),
+                ("AEGIS_VAULT_PREFER_STANDBY", "standby"),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("AEGIS_VAULT_PREFER_STANDBY: expected true or false"),
+            "{err}"
+        );
     }
 
     #[test]

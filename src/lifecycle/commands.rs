@@ -28,8 +28,14 @@ pub struct RetireArgs {
 }
 
 /// Logs in with the configured method (the job's own credential) and returns the client.
+/// A job writes and reads back at once, so it talks to the active node, never a standby
+/// whose reads may lag behind its own writes.
 async fn connect(config: &Config) -> Result<VaultClient, LifecycleError> {
-    let vault = VaultClient::new(&config.vault)
+    let on_active = crate::config::VaultConfig {
+        prefer_standby: false,
+        ..config.vault.clone()
+    };
+    let vault = VaultClient::new(&on_active)
         .map_err(|e| LifecycleError::Config(e.to_string().trim().to_string()))?;
     vault.login().await?;
     Ok(vault)

@@ -5,7 +5,13 @@
 //! secret_id, Kubernetes, JWT/OIDC, TLS certificate), renews at two thirds of the TTL,
 //! and logs in again when renewal is refused or the max TTL caps it. Failed logins back
 //! off exponentially with jitter: 1 s to 5 min when Vault refuses the credential, 1 s to
-//! 30 s when Vault cannot be reached (so a returning Vault is used within seconds).
+//! 30 s when Vault cannot be reached (so a returning Vault is used within seconds). The
+//! loop honours the client's pace (`vault::pace`): a login or renewal waits until the
+//! time a 429 asked for (a login answered 429 waits at least its `Retry-After`), and a
+//! renewal answered 429 is tried again after it rather than replaced by a login.
+//!
+//! Logins and renewals are raw JSON through `VaultClient::send_answer` (their 429s keep
+//! `Retry-After`); the token lookup and unwrap go through vaultrs.
 //!
 //! A 403 on a call leads to [`VaultClient::recover_from_403`]: the token is checked
 //! once; if Vault no longer accepts it (revoked), the sidecar logs in again and the call
@@ -18,10 +24,11 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
+use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use super::{Retry, TokenUse, VaultClient, VaultError};
+use super::{Body, Retry, TokenUse, VaultClient, VaultError};
 use crate::backoff::Backoff;
 use crate::config::{AuthConfig, Secret, SecretSource};
 use crate::telemetry::metrics::{self, VaultEndpoint};
@@ -189,6 +196,16 @@ struct WrappedSecretId {
     secret_id: String,
 }
 
+/// The parts of a login's or renewal's `auth` that Aegis uses.
+#[derive(Deserialize)]
+struct AuthAnswer {
+    client_token: String,
+    #[serde(default)]
+    lease_duration: u64,
+    #[serde(default)]
+    renewable: bool,
+}
+
 impl VaultClient {
     /// The credential's state.
     pub fn auth_status(&self) -> AuthStatus {
@@ -335,14 +352,8 @@ impl VaultClient {
                 } else {
                     read(secret_id, "AppRole secret_id")?
                 };
-                let (m, r, s) = (mount.as_str(), role_id.expose(), secret_id.expose());
-                self.vaultrs_call(
-                    Retry::IfNotSent,
-                    TokenUse::Anonymous,
-                    VaultEndpoint::Login,
-                    |c| async move { vaultrs::auth::approle::login(&c, m, r, s).await },
-                )
-                .await?
+                let body = json!({"role_id": role_id.expose(), "secret_id": secret_id.expose()});
+                self.log_in_at(mount, &body).await?
             }
             AuthConfig::Kubernetes {
                 mount,
@@ -350,14 +361,8 @@ impl VaultClient {
                 jwt_file,
             } => {
                 let jwt = file(jwt_file, "service-account token")?;
-                let (m, r, j) = (mount.as_str(), role.as_str(), jwt.expose());
-                self.vaultrs_call(
-                    Retry::IfNotSent,
-                    TokenUse::Anonymous,
-                    VaultEndpoint::Login,
-                    |c| async move { vaultrs::auth::kubernetes::login(&c, m, r, j).await },
-                )
-                .await?
+                self.log_in_at(mount, &json!({"role": role, "jwt": jwt.expose()}))
+                    .await?
             }
             AuthConfig::Jwt {
                 mount,
@@ -365,24 +370,16 @@ impl VaultClient {
                 jwt_file,
             } => {
                 let jwt = file(jwt_file, "JWT")?;
-                let (m, j) = (mount.as_str(), jwt.expose());
-                self.vaultrs_call(
-                    Retry::IfNotSent,
-                    TokenUse::Anonymous,
-                    VaultEndpoint::Login,
-                    |c| async move { vaultrs::auth::oidc::login(&c, m, j, role.clone()).await },
-                )
-                .await?
+                let mut body = json!({"jwt": jwt.expose()});
+                if let Some(role) = role {
+                    body["role"] = json!(role);
+                }
+                self.log_in_at(mount, &body).await?
             }
             AuthConfig::Cert { mount, role } => {
-                let (m, r) = (mount.as_str(), role.as_deref().unwrap_or_default());
-                self.vaultrs_call(
-                    Retry::IfNotSent,
-                    TokenUse::Anonymous,
-                    VaultEndpoint::Login,
-                    |c| async move { vaultrs::auth::cert::login(&c, m, r).await },
-                )
-                .await?
+                // The certificate is the credential; `name` restricts the login to one role.
+                let body = role.as_ref().map_or(json!({}), |r| json!({ "name": r }));
+                self.log_in_at(mount, &body).await?
             }
         };
         Ok(Credential {
@@ -392,6 +389,38 @@ impl VaultClient {
             renewable: auth.renewable,
             obtained: Instant::now(),
         })
+    }
+
+    /// `POST auth/{mount}/login`: the `auth` of Vault's answer.
+    async fn log_in_at(&self, mount: &str, body: &Value) -> Result<AuthAnswer, VaultError> {
+        let path = format!("auth/{mount}/login");
+        self.auth_call(
+            Retry::IfNotSent,
+            TokenUse::Anonymous,
+            VaultEndpoint::Login,
+            &path,
+            body,
+        )
+        .await
+    }
+
+    /// A call answered with an `auth` object (login, renewal), sent as raw JSON through
+    /// `send_answer` so that a 429's `Retry-After` is seen.
+    async fn auth_call(
+        &self,
+        retry: Retry,
+        token: TokenUse,
+        endpoint: VaultEndpoint,
+        path: &str,
+        body: &Value,
+    ) -> Result<AuthAnswer, VaultError> {
+        let mut answer = self
+            .execute(retry, token, endpoint, |t| {
+                self.send_answer(t, reqwest::Method::POST, path, Some(Body::Json(body)))
+            })
+            .await?;
+        serde_json::from_value(answer["auth"].take())
+            .map_err(|e| VaultError::Decode(format!("the auth of {path}: {e}")))
     }
 
     /// Unwraps a response-wrapped secret_id. A wrapping token works once: the secret_id
@@ -433,11 +462,12 @@ impl VaultClient {
             None => return Err(VaultError::Unauthenticated("no token to renew".into())),
         };
         let auth = self
-            .vaultrs_call(
+            .auth_call(
                 Retry::Idempotent,
                 TokenUse::Current,
                 VaultEndpoint::Renew,
-                |c| async move { vaultrs::token::renew_self(&c, None).await },
+                "auth/token/renew-self",
+                &json!({}),
             )
             .await?;
         let ttl = Duration::from_secs(auth.lease_duration);
@@ -487,16 +517,21 @@ impl VaultClient {
         loop {
             rx.borrow_and_update();
             match self.auth.next_action() {
-                Action::Login => match self.login().await {
-                    Ok(()) => backoff.reset(),
-                    Err(e) => {
-                        let delay = backoff.next(&e);
-                        info!(retry_in_ms = delay.as_millis() as u64, "next login attempt");
-                        wait(Instant::now() + delay, &mut rx).await;
+                Action::Login => {
+                    self.pace().await;
+                    match self.login().await {
+                        Ok(()) => backoff.reset(),
+                        Err(e) => {
+                            // After a 429, its `Retry-After` (and the pace) is the floor.
+                            let at = self.not_before(Instant::now() + backoff.next(&e));
+                            let delay = at.saturating_duration_since(Instant::now());
+                            info!(retry_in_ms = delay.as_millis() as u64, "next login attempt");
+                            wait(at, &mut rx).await;
+                        }
                     }
-                },
+                }
                 Action::RenewAt(at) => {
-                    if wait(at, &mut rx).await {
+                    if wait(self.not_before(at), &mut rx).await {
                         continue;
                     }
                     match self.renew().await {
@@ -506,6 +541,9 @@ impl VaultClient {
                             info!("token renewal capped by its max TTL; logging in again");
                             self.auth.update(|s| s.needs_login = true);
                         }
+                        // Vault asked to slow down: renew again after the pause (the
+                        // token is still good; a login would cost Vault more).
+                        Err(VaultError::RateLimited { .. }) => {}
                         Err(e) => {
                             warn!(error = %e, "token renewal failed; logging in again");
                             self.auth.update(|s| s.needs_login = true);
@@ -524,6 +562,13 @@ impl VaultClient {
                 }
             }
         }
+    }
+}
+
+impl VaultClient {
+    /// `at`, or later when Vault asked to hold back until then.
+    fn not_before(&self, at: Instant) -> Instant {
+        self.paced_until().map_or(at, |until| until.max(at))
     }
 }
 

@@ -3,11 +3,17 @@
 //! One pooled `reqwest` client (rustls, HTTP/2 when Vault offers it) carries all Vault
 //! traffic. Every call goes through `VaultClient::execute`, which owns the rules that
 //! keep the sidecar working against a real cluster:
-//! - **HA:** calls go to the node believed active; a standby's redirect moves there, a
-//!   connection failure, a sealed node (503) or a node that lost its leader moves to the
-//!   next configured address. After each full round of nodes a call pauses (100 ms,
-//!   doubling up to 400 ms), so one waiting out an election uses the new leader soon
-//!   after it wins.
+//! - **HA:** calls go to one node, the home (`nodes`). With several addresses it is a
+//!   standby, drawn per sidecar (`discover`: `sys/health` of every node at start and when
+//!   the home fails, never periodically), else the active node; OpenBao 2.5+ standbys
+//!   answer reads, Transit sign/verify and LISTs themselves and forward writes (login,
+//!   renewal) to the active node. A standby's redirect moves calls to the active node; a
+//!   connection failure, a sealed node (503) or a node that lost its leader moves to a new
+//!   home or the next configured address. After each full round of nodes a call pauses
+//!   (100 ms, doubling up to 400 ms), so one waiting out an election uses the new leader
+//!   soon after it wins. Standby reads are eventually consistent (below).
+//! - **Rate limits:** a 429 fails the call at once (a caller gets 429 with `Retry-After`);
+//!   the client then asks background loops to hold back (`pace`).
 //! - **Retries:** reads (and Transit verify, which changes nothing) are retried on any
 //!   transport failure; sign is retried only when the request provably never reached a
 //!   Vault that acted on it (connect failed, redirect, sealed or non-active node).
@@ -17,13 +23,26 @@
 //!   again; a 403 on a request leads to one check of the token, one re-login if it was
 //!   revoked, and one retry (`VaultClient::with_relogin`).
 //!
-//! vaultrs models the auth endpoints; Transit calls on the request path are sent as raw
-//! JSON so that every Transit parameter passes through unchanged. This module never sees
-//! a caller's token.
+//! **Consistency.** What a standby answers is eventually consistent: right after a write
+//! on the active node (a rotation, a raised `min_decryption_version`), a standby may answer
+//! from the previous state for the raft replication delay (milliseconds on a healthy
+//! cluster). That is safe here: a sign answer naming a version the cache does not know
+//! makes the keyset refresh wait for it (`keys`), a stale refresh is followed by the next
+//! one, and a revocation is enforced by Vault itself at sign (the minimums are raised on
+//! the active node, and a standby's Transit policy cache is invalidated as it applies the
+//! write). Lifecycle jobs, which write and read back at once, go to the active node
+//! (`VaultConfig::prefer_standby` off).
+//!
+//! Logins and renewals are sent as raw JSON through `send_answer` (so Vault's `Retry-After` is
+//! seen); vaultrs models the token lookup and unwrap; Transit calls on the request path are
+//! sent as raw JSON so that every Transit parameter passes through unchanged. This module
+//! never sees a caller's token.
 
 mod auth;
+mod discover;
 mod kv;
 mod nodes;
+mod pace;
 mod tls;
 mod transit;
 
@@ -48,6 +67,13 @@ pub enum VaultError {
     /// Vault answered with an error status and its `errors` list.
     #[error("Vault answered {status}: {}", status_text(*.status, .errors))]
     Status { status: u16, errors: Vec<String> },
+    /// Vault answered 429 (a rate-limit quota). `retry_after` is how long to wait: Vault's
+    /// `Retry-After` as `send` read it, raised by `execute` to the client's pace (`pace`).
+    #[error("Vault answered 429: {}", status_text(429, .errors))]
+    RateLimited {
+        errors: Vec<String>,
+        retry_after: Option<Duration>,
+    },
     /// No answer in time, connection refused or reset: Vault may be down. `sent` is false
     /// when the request provably never left (the connection was never established).
     #[error("{message}")]
@@ -87,12 +113,32 @@ impl VaultError {
     /// Says which call failed: Vault's answer becomes one message, `what: <Vault's
     /// messages on one line>`, with the same status. Other failures are returned as they are.
     pub fn in_context(self, what: impl std::fmt::Display) -> Self {
+        let context =
+            |status, errors: &[String]| vec![format!("{what}: {}", status_text(status, errors))];
         match self {
             VaultError::Status { status, errors } => VaultError::Status {
                 status,
-                errors: vec![format!("{what}: {}", status_text(status, &errors))],
+                errors: context(status, &errors),
+            },
+            VaultError::RateLimited {
+                errors,
+                retry_after,
+            } => VaultError::RateLimited {
+                errors: context(429, &errors),
+                retry_after,
             },
             other => other,
+        }
+    }
+
+    /// Vault's answer with an error status (429 with its `Retry-After`, if any).
+    fn answered(status: u16, errors: Vec<String>, retry_after: Option<Duration>) -> Self {
+        match status {
+            429 => VaultError::RateLimited {
+                errors,
+                retry_after,
+            },
+            _ => VaultError::Status { status, errors },
         }
     }
 
@@ -154,6 +200,10 @@ pub enum Body<'a> {
 pub struct VaultClient {
     http: reqwest::Client,
     nodes: nodes::Nodes,
+    /// The home search (`discover`), when there are several nodes and standbys are preferred.
+    discovery: Option<discover::Discovery>,
+    /// Until when Vault asked to hold back (`pace`).
+    pace: pace::Pace,
     namespace: Option<String>,
     total_timeout: Duration,
     auth: auth::Auth,
@@ -180,9 +230,13 @@ impl VaultClient {
             .user_agent(concat!("aegis/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ConfigErrors(vec![format!("cannot build the HTTP client: {e}")]))?;
+        let discovery = (cfg.prefer_standby && cfg.addrs.len() > 1)
+            .then(|| discover::Discovery::new(cfg.connect_timeout));
         Ok(VaultClient {
             http,
             nodes: nodes::Nodes::new(cfg.addrs.clone()),
+            discovery,
+            pace: pace::Pace::new(),
             namespace: cfg.namespace.clone(),
             total_timeout: cfg.total_timeout,
             auth: auth::Auth::new(cfg.auth.clone()),
@@ -199,7 +253,7 @@ impl VaultClient {
         }
     }
 
-    /// The node calls currently go to.
+    /// The node calls go to now (the home node, or where failover moved them).
     pub fn addr(&self) -> String {
         self.nodes.current().1
     }
@@ -287,9 +341,9 @@ impl VaultClient {
         serde_json::from_value(data).map_err(|e| VaultError::Decode(e.to_string()))
     }
 
-    /// Runs `attempt` against the active node until it succeeds, fails for good, or the
-    /// total timeout passes, applying the HA, retry and re-login rules of this module.
-    /// Each attempt is one `vault.request` span and one count in
+    /// Runs `attempt` against the home node until it succeeds, fails for good, or the
+    /// total timeout passes, applying the HA, retry, pacing and re-login rules of this
+    /// module. Each attempt is one `vault.request` span and one count in
     /// `aegis_vault_requests_total` (2xx answers count as `200`).
     async fn execute<T, F, Fut>(
         &self,
@@ -303,6 +357,7 @@ impl VaultClient {
         Fut: Future<Output = Result<T, VaultError>>,
     {
         let deadline = Instant::now() + self.total_timeout;
+        self.ensure_home(deadline).await;
         let mut misses = 0usize;
         let mut pauses: Option<Backoff> = None;
         loop {
@@ -331,6 +386,7 @@ impl VaultClient {
             let status = match &answer {
                 Ok(Ok(_)) | Ok(Err(VaultError::Decode(_))) => Some(200),
                 Ok(Err(VaultError::Status { status, .. })) => Some(*status),
+                Ok(Err(VaultError::RateLimited { .. })) => Some(429),
                 Ok(Err(VaultError::Redirect(_))) => Some(307),
                 Ok(Err(VaultError::Unauthenticated(_))) => None,
                 Ok(Err(VaultError::Unreachable { .. })) | Err(_) => Some(0),
@@ -346,7 +402,14 @@ impl VaultClient {
                 }
             }
             let err = match answer {
-                Ok(Ok(v)) => return Ok(v),
+                Ok(Ok(v)) => {
+                    self.pace.succeeded();
+                    return Ok(v);
+                }
+                Ok(Err(VaultError::RateLimited {
+                    errors,
+                    retry_after,
+                })) => return Err(self.rate_limited(&addr, started, errors, retry_after)),
                 Ok(Err(e)) => e,
                 // The call's budget is spent; the node is not to blame for that.
                 Err(_) => {
@@ -365,16 +428,19 @@ impl VaultClient {
                     Ok(()) => {
                         debug!(from = %addr, to = %location, "standby redirected to the active node")
                     }
-                    Err(why) => warn!(
-                        from = %addr,
-                        to = %location,
-                        reason = why.as_str(),
-                        "standby redirect not followed; trying the next configured node"
-                    ),
+                    Err(why) => {
+                        warn!(
+                            from = %addr,
+                            to = %location,
+                            reason = why.as_str(),
+                            "standby redirect not followed; trying another configured node"
+                        );
+                        self.node_failed(index, deadline).await;
+                    }
                 },
                 Step::OtherNode => {
-                    debug!(node = %addr, error = %err, "Vault node unusable; trying the next");
-                    self.nodes.failed(index);
+                    debug!(node = %addr, error = %err, "Vault node unusable; trying another");
+                    self.node_failed(index, deadline).await;
                 }
             }
             misses += 1;
@@ -389,8 +455,46 @@ impl VaultClient {
         }
     }
 
-    /// One raw JSON request to one node.
+    /// A 429 from `addr` to a request sent at `sent`: the client's pace moves (see `pace`),
+    /// and the error says how long to wait.
+    fn rate_limited(
+        &self,
+        addr: &str,
+        sent: Instant,
+        errors: Vec<String>,
+        retry_after: Option<Duration>,
+    ) -> VaultError {
+        let limited = self.pace.limited(sent, retry_after);
+        if limited.new_episode {
+            warn!(
+                node = %addr,
+                retry_after_s = retry_after.map(|d| d.as_secs()),
+                wait_ms = limited.wait.as_millis() as u64,
+                "Vault's rate limit refused a call (429); background calls hold back"
+            );
+        }
+        VaultError::RateLimited {
+            errors,
+            retry_after: Some(limited.wait),
+        }
+    }
+
+    /// One raw JSON request to one node; the answer's `data` (`Value::Null` for 204).
     async fn send(
+        &self,
+        target: Target,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Body<'_>>,
+    ) -> Result<Value, VaultError> {
+        Ok(match self.send_answer(target, method, path, body).await? {
+            Value::Object(mut m) => m.remove("data").unwrap_or(Value::Null),
+            _ => Value::Null,
+        })
+    }
+
+    /// One raw JSON request to one node; the whole answer (`Value::Null` for 204).
+    async fn send_answer(
         &self,
         target: Target,
         method: reqwest::Method,
@@ -439,22 +543,23 @@ impl VaultClient {
                 .to_string();
             return Err(VaultError::Redirect(location));
         }
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(pace::parse_retry_after);
         let bytes = resp.bytes().await.map_err(transport_error)?;
         if status == reqwest::StatusCode::NO_CONTENT {
             return Ok(Value::Null);
         }
         if !status.is_success() {
-            return Err(VaultError::Status {
-                status: status.as_u16(),
-                errors: error_messages(&bytes),
-            });
+            return Err(VaultError::answered(
+                status.as_u16(),
+                error_messages(&bytes),
+                retry_after,
+            ));
         }
-        let v: Value =
-            serde_json::from_slice(&bytes).map_err(|e| VaultError::Decode(e.to_string()))?;
-        Ok(match v {
-            Value::Object(mut m) => m.remove("data").unwrap_or(Value::Null),
-            _ => Value::Null,
-        })
+        serde_json::from_slice(&bytes).map_err(|e| VaultError::Decode(e.to_string()))
     }
 
     /// Runs a vaultrs endpoint through [`execute`](Self::execute).
@@ -623,20 +728,18 @@ fn from_vaultrs(e: vaultrs::error::ClientError) -> VaultError {
     use rustify::errors::ClientError as Rest;
     use vaultrs::error::ClientError;
     match e {
-        ClientError::APIError { code, errors } => VaultError::Status {
-            status: code,
-            errors,
-        },
+        ClientError::APIError { code, errors } => VaultError::answered(code, errors, None),
         ClientError::RestClientError { source } => match source {
             // A standby's redirect: rustify does not keep `Location`, so the call moves to
             // the next configured node (redirects are not followed: see `nodes`).
             Rest::ServerResponseError { code, .. } if (300..400).contains(&code) => {
                 VaultError::Redirect(String::new())
             }
-            Rest::ServerResponseError { code, content } => VaultError::Status {
-                status: code,
-                errors: error_messages(content.unwrap_or_default().as_bytes()),
-            },
+            Rest::ServerResponseError { code, content } => VaultError::answered(
+                code,
+                error_messages(content.unwrap_or_default().as_bytes()),
+                None,
+            ),
             Rest::RequestError { source, .. } | Rest::ResponseError { source } => {
                 match source.downcast::<reqwest::Error>() {
                     Ok(e) => transport_error(e),
@@ -695,6 +798,8 @@ mod tests {
             timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_millis(500),
             total_timeout,
+            // Round robin and redirects only: no `sys/health` probes of these made-up hosts.
+            prefer_standby: false,
         })
         .unwrap()
     }

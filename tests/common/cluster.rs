@@ -10,6 +10,7 @@
 //! answers (a 307 to a dead leader, say) is what the test sees. All processes die with
 //! the [`BaoCluster`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -31,6 +32,10 @@ pub struct ClusterOptions {
     /// (`false`) lets standbys serve requests that do not write storage themselves,
     /// including `transit/sign` and `GET transit/keys/<key>`.
     pub disable_standby_reads: bool,
+    /// A file audit device on every node (`audit.log` in the node's directory; the
+    /// audit table is shared, so the path is relative to each node's working directory):
+    /// what each node handled itself is counted with [`BaoCluster::audited`].
+    pub audit: bool,
 }
 
 /// A response seen without following redirects.
@@ -108,6 +113,7 @@ pub fn free_ports(count: usize) -> Vec<u16> {
 }
 
 struct NodeFiles {
+    dir: PathBuf,
     config: PathBuf,
     log: PathBuf,
 }
@@ -328,6 +334,19 @@ impl BaoCluster {
         None
     }
 
+    /// The active node's index, and every node's address for `AEGIS_VAULT_ADDRS`, the
+    /// active node's first.
+    pub async fn addrs_active_first(&self) -> (usize, String) {
+        let active = self.poll("an active node", || self.active_index()).await;
+        let mut addrs = vec![self.addr(active).to_string()];
+        addrs.extend(
+            (0..self.len())
+                .filter(|&i| i != active)
+                .map(|i| self.addr(i).to_string()),
+        );
+        (active, addrs.join(","))
+    }
+
     /// The active node, waiting for one if there is an election going on.
     pub async fn active(&self) -> &Bao {
         let i = self.poll("an active node", || self.active_index()).await;
@@ -417,6 +436,24 @@ impl BaoCluster {
         }
     }
 
+    /// Requests node `i`'s audit log holds, per path (responses are not counted), for a
+    /// cluster started with [`ClusterOptions::audit`]. A request a standby forwards is
+    /// audited by the active node.
+    pub fn audited(&self, i: usize) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        let log = std::fs::read_to_string(self.files[i].dir.join("audit.log")).unwrap_or_default();
+        for line in log.lines() {
+            let Ok(entry) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if entry["type"] == "request" {
+                let path = entry["request"]["path"].as_str().unwrap_or_default();
+                *counts.entry(path.to_string()).or_default() += 1;
+            }
+        }
+        counts
+    }
+
     /// The last `lines` lines of every node's log, for failure messages.
     pub fn log_tails(&self, lines: usize) -> String {
         self.files
@@ -431,6 +468,15 @@ impl BaoCluster {
             .collect()
     }
 }
+
+/// The same device on every node (OpenBao checks that the shared table and each node's
+/// configuration agree); each node writes `audit.log` in its own working directory.
+const AUDIT_DEVICE: &str = r#"audit "file" "test" {
+  options {
+    file_path = "audit.log"
+  }
+}
+"#;
 
 fn write_node_config(
     root: &Path,
@@ -461,13 +507,15 @@ listener "tcp" {{
 api_addr = "http://127.0.0.1:{port}"
 cluster_addr = "http://127.0.0.1:{cluster_port}"
 disable_standby_reads = {disable_standby_reads}
-"#,
+{audit}"#,
             raft = raft.display(),
             disable_standby_reads = opts.disable_standby_reads,
+            audit = if opts.audit { AUDIT_DEVICE } else { "" },
         ),
     )
     .unwrap();
     NodeFiles {
+        dir: dir.clone(),
         config,
         log: dir.join("bao.log"),
     }
@@ -480,6 +528,7 @@ fn spawn(files: &NodeFiles) -> Child {
         .open(&files.log)
         .unwrap();
     Command::new(bao_bin())
+        .current_dir(&files.dir)
         .arg("server")
         .arg(format!("-config={}", files.config.display()))
         .stdout(log.try_clone().unwrap())
