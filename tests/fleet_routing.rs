@@ -286,28 +286,11 @@ async fn signs_on_a_standby_go_on_while_the_active_node_dies() {
     side.stop().await;
 }
 
-/// A real rate-limit quota on `bao`: one request to `path` per `interval`, with OpenBao's
-/// rate-limit headers (`Retry-After`) on.
-async fn one_per(bao: &Bao, path: &str, interval: &str) {
-    bao.api_ok(
-        "POST",
-        "sys/quotas/config",
-        json!({"enable_rate_limit_response_headers": true}),
-    )
-    .await;
-    bao.api_ok(
-        "POST",
-        &format!("sys/quotas/rate-limit/{}", path.replace('/', "-")),
-        json!({"rate": 1, "interval": interval, "path": path}),
-    )
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vaults_429_reaches_the_caller_and_paces_background_calls() {
     let bao = Bao::dev().await;
     bao.create_key("k", "ed25519").await;
-    one_per(&bao, "transit/sign/k", "3s").await;
+    common::one_per(&bao, "transit/sign/k", "3s").await;
     let side = Sidecar::start(&bao, &[("AEGIS_KEYS", "k")]).await;
     let vault = side.state.keys.vault_arc();
     assert_eq!(vault.paced_until(), None);
@@ -380,7 +363,7 @@ async fn a_login_answered_429_waits_at_least_vaults_retry_after() {
         .as_str()
         .unwrap()
         .to_string();
-    one_per(&bao, "auth/approle/login", "60s").await;
+    common::one_per(&bao, "auth/approle/login", "60s").await;
     let vault = Arc::new(
         VaultClient::new(&VaultConfig {
             auth: AuthConfig::AppRole {

@@ -267,13 +267,12 @@ async fn a_policy_without_list_is_reported_once_and_falls_back_to_the_full_refre
     while Instant::now() < settle {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut calls = VaultCalls::new(&log);
+    let calls = VaultCalls::new(&log).calls_since_last();
     let listings = calls
-        .calls_since_last()
-        .into_iter()
+        .iter()
         .filter(|c| c.operation == "list" && c.path == FOLDER)
         .count();
-    assert_eq!((listings, said().len()), (1, 1));
+    assert_eq!((listings, said().len()), (1, 1), "{calls:?}");
     // Verification is unaffected.
     let sig = bao.sign("w1", b"m").await;
     let (s, b) = side.verify("w1", b"m", &sig).await;
@@ -282,5 +281,57 @@ async fn a_policy_without_list_is_reported_once_and_falls_back_to_the_full_refre
         (200, Value::Bool(true)),
         "{b}"
     );
+    side.stop().await;
+}
+
+/// A fleet meeting a rate-limit quota on the listing (a real OpenBao quota with its
+/// `Retry-After`): the watch stops asking until Vault's wait is over, instead of retrying
+/// every interval (here 100 ms: some 30 attempts in the 3 s watched).
+#[tokio::test]
+async fn a_quota_on_the_listing_pauses_the_watch_for_vaults_retry_after() {
+    let bao = Bao::dev().await;
+    bao.create_key("w1", "ed25519").await;
+    aegis_job(&bao, &["rotate", "--key", "w1", "--force"]);
+    common::one_per(&bao, FOLDER.trim_end_matches('/'), "30s").await;
+    common::metrics_on();
+    let side = Sidecar::start(
+        &bao,
+        &[
+            ("AEGIS_KEYS", "w1"),
+            ("AEGIS_REFRESH_INTERVAL", "1h"),
+            ("AEGIS_MAX_KEYSET_AGE", "2h"),
+            ("AEGIS_KEYSET_WATCH_INTERVAL", "100ms"),
+        ],
+    )
+    .await;
+    let listings = |status: &'static str| {
+        let side = &side;
+        async move {
+            let labels = format!("endpoint=\"kv_list\",status=\"{status}\"");
+            side.metric("aegis_vault_requests_total", &labels).await
+        }
+    };
+    eventually(
+        Duration::from_secs(5),
+        "a listing refused with 429",
+        || async { (listings("429").await >= 1.0).then_some(()) },
+    )
+    .await;
+    let (ok, limited) = (listings("200").await, listings("429").await);
+    assert_eq!(
+        (ok, limited),
+        (1.0, 1.0),
+        "one listing allowed, the next refused"
+    );
+    let paced = side.state.keys.vault_arc().paced_until().expect("paced");
+    assert!(
+        paced > Instant::now() + Duration::from_secs(10),
+        "Vault asked for up to 30 s: {paced:?}"
+    );
+    let watched = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < watched {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!((listings("200").await, listings("429").await), (1.0, 1.0));
     side.stop().await;
 }

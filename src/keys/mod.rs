@@ -953,7 +953,7 @@ impl KeyCache {
         let mut failures = Backoff::new(FAILED_REFRESH_RETRY.min(interval), interval);
         tokio::time::sleep(interval.mul_f64(rand::random::<f64>())).await;
         loop {
-            // PACE: self.vault.pace().await;
+            self.vault.pace().await;
             let wait = if self.refresh_all().await {
                 failures.reset();
                 interval.mul_f64(0.9 + rand::random::<f64>() * 0.2)

@@ -92,12 +92,14 @@ impl KeyCache {
             return;
         };
         self.watch.start(interval);
+        // A listing before the credential is accepted could only fail.
+        self.vault.wait_authenticated().await;
         let mut seen = Seen::new();
         let mut failures = Backoff::new(interval, interval * 4);
         let mut state = State::Ok;
         tokio::time::sleep(interval.mul_f64(rand::random::<f64>())).await;
         loop {
-            // PACE: self.vault.pace().await;
+            self.vault.pace().await;
             let (next, wait) = match self.watch_once(&loc, &mut seen).await {
                 Ok(()) => {
                     failures.reset();

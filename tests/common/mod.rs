@@ -635,3 +635,20 @@ pub fn metrics_on() {
         )
     });
 }
+
+/// A real rate-limit quota on `bao`: one request to `path` per `interval`, with OpenBao's
+/// rate-limit headers (`Retry-After`) on.
+pub async fn one_per(bao: &Bao, path: &str, interval: &str) {
+    bao.api_ok(
+        "POST",
+        "sys/quotas/config",
+        json!({"enable_rate_limit_response_headers": true}),
+    )
+    .await;
+    bao.api_ok(
+        "POST",
+        &format!("sys/quotas/rate-limit/{}", path.replace('/', "-")),
+        json!({"rate": 1, "interval": interval, "path": path}),
+    )
+    .await;
+}
