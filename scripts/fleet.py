@@ -165,15 +165,18 @@ api_addr = "http://127.0.0.1:{port}"
 cluster_addr = "http://127.0.0.1:{cluster_port}"
 audit "file" "fleet" {{
   options {{
-    file_path = "{self.audit}"
+    file_path = "audit.log"
   }}
 }}
 """)
+        # The audit table is the cluster's, shared by every node: a relative path, resolved
+        # against each node's working directory, gives each node its own log. (An absolute
+        # path would make every node write the first node's file.)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         log = open(self.dir / "bao.log", "ab")
-        self.proc = subprocess.Popen([str(VENV_BIN / "bao"), "server", f"-config={self.config}"],
+        self.proc = subprocess.Popen([str(VENV_BIN / "bao"), "server", f"-config={self.config}"], cwd=self.dir,
                                      stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         poll(f"node {self.i} listening", lambda: call("GET", f"{self.addr}/v1/sys/seal-status")[0] == 200)
 
@@ -259,9 +262,10 @@ class AuditCursor:
         for n in self.cluster.nodes:
             self.offsets[n.i] = n.audit.stat().st_size if n.audit.exists() else 0
 
-    def requests_since_mark(self, until: float | None = None) -> list[dict]:
-        """Request entries since `mark` as {node, path, op, time}; `until` (epoch seconds) cuts off."""
-        out = []
+    def requests_since_mark(self) -> list[dict]:
+        """Request entries since `mark` as {node, path, op, time}. A request a standby forwards
+        is audited by it and by the active node under one id: counted once, as node "forwarded"."""
+        out: dict[str, dict] = {}
         for n in self.cluster.nodes:
             if not n.audit.exists():
                 continue
@@ -275,9 +279,13 @@ class AuditCursor:
                     if entry.get("type") != "request":
                         continue
                     req = entry.get("request", {})
-                    out.append({"node": n.i, "path": req.get("path", ""), "op": req.get("operation", ""),
-                                "time": entry.get("time", "")})
-        return out
+                    rid = req.get("id") or f"{n.i}:{len(out)}"
+                    if rid in out:
+                        out[rid]["node"] = "forwarded"
+                        continue
+                    out[rid] = {"node": n.i, "path": req.get("path", ""), "op": req.get("operation", ""),
+                                "time": entry.get("time", "")}
+        return list(out.values())
 
 
 def endpoint(path: str) -> str:
@@ -303,7 +311,8 @@ def split(requests: list[dict]) -> dict:
     by_node: dict[str, int] = {}
     by_endpoint: dict[str, int] = {}
     for r in requests:
-        by_node[f"node{r['node']}"] = by_node.get(f"node{r['node']}", 0) + 1
+        node = r["node"] if r["node"] == "forwarded" else f"node{r['node']}"
+        by_node[node] = by_node.get(node, 0) + 1
         e = f"{r['op']} {endpoint(r['path'])}"
         by_endpoint[e] = by_endpoint.get(e, 0) + 1
     return {"by_node": dict(sorted(by_node.items())),
