@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, Credential, ProcessEnv};
+use crate::config::{Config, Credential, LogFormat, ProcessEnv};
 use crate::lifecycle::{self, RetireArgs, RotateOptions};
 use crate::model::commands::{self as model_commands, ExportFormat, SignArgs, VerifyArgs};
 use crate::model::ModelOptions;
@@ -26,6 +26,40 @@ pub const EXIT_CONFIG: u8 = 64;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines on stderr as `text` or `json` (default: `AEGIS_LOG_FORMAT`; for commands
+    /// other than `serve` and `dev`, text). Commands log warnings and errors only unless
+    /// `RUST_LOG` says otherwise.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormatArg>,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+/// How a command logs: `serve` as configured (info, JSON when piped); the commands a
+/// person or a job runs quietly (warnings and errors, human-readable), so their output is
+/// what they print, not a log.
+#[derive(Debug, Clone, Copy)]
+struct Logging {
+    flag: Option<LogFormatArg>,
+    quiet: bool,
+}
+
+impl Logging {
+    fn init(self, c: &Config) {
+        let format = match (self.flag, c.log_format) {
+            (Some(LogFormatArg::Json), _) => LogFormat::Json,
+            (Some(LogFormatArg::Text), _) => LogFormat::Text,
+            (None, LogFormat::Auto) if self.quiet => LogFormat::Text,
+            (None, configured) => configured,
+        };
+        let filter = c.log_filter.as_deref().or(self.quiet.then_some("warn"));
+        crate::telemetry::init(format, filter, &c.telemetry);
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,10 +265,14 @@ enum ModelCommand {
 }
 
 /// Loads the configuration and sets up logging, or explains and exits 64.
-fn load_config(file: Option<&Path>, credential: Credential) -> Result<Config, ExitCode> {
+fn load_config(
+    file: Option<&Path>,
+    credential: Credential,
+    logging: Logging,
+) -> Result<Config, ExitCode> {
     match Config::load_with(file, &ProcessEnv, credential) {
         Ok(c) => {
-            crate::telemetry::init(c.log_format, c.log_filter.as_deref(), &c.telemetry);
+            logging.init(&c);
             Ok(c)
         }
         Err(e) => {
@@ -266,9 +304,16 @@ pub fn main() -> ExitCode {
 
 /// Runs the command.
 fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
+    // `serve` logs as configured; so does `model` (init containers ship their logs); the
+    // commands people and jobs run are quiet.
+    let quiet = !matches!(cli.command, Command::Serve { .. } | Command::Model { .. });
+    let logging = Logging {
+        flag: cli.log_format,
+        quiet,
+    };
     let (config_file, command) = match cli.command {
         Command::Dev { listen, bao } => return runtime.block_on(crate::dev::run(listen, bao)),
-        Command::Model { command } => return runtime.block_on(run_model(command)),
+        Command::Model { command } => return runtime.block_on(run_model(command, logging)),
         Command::Keys {
             command:
                 KeysCommand::Export {
@@ -278,7 +323,7 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
                     format,
                 },
         } => {
-            let config = match load_config(config.as_deref(), Credential::Optional) {
+            let config = match load_config(config.as_deref(), Credential::Optional, logging) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -295,7 +340,7 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
             command: RetentionCommand::Endorse { ref config, .. },
         } => (config.clone(), cli.command),
     };
-    let config = match load_config(config_file.as_deref(), Credential::Required) {
+    let config = match load_config(config_file.as_deref(), Credential::Required, logging) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -366,14 +411,14 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
 
 /// `aegis model sign|verify`. The configuration (Vault address and credential, which the
 /// sidecar does not need) is loaded unless verification is offline (`--public-key`).
-async fn run_model(command: ModelCommand) -> ExitCode {
+async fn run_model(command: ModelCommand, logging: Logging) -> ExitCode {
     match command {
         ModelCommand::Sign {
             key,
             signature,
             flags,
         } => {
-            let config = match load_config(flags.config.as_deref(), Credential::Optional) {
+            let config = match load_config(flags.config.as_deref(), Credential::Optional, logging) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
@@ -393,7 +438,7 @@ async fn run_model(command: ModelCommand) -> ExitCode {
         } => {
             let config = match public_key {
                 Some(_) => None,
-                None => match load_config(flags.config.as_deref(), Credential::Optional) {
+                None => match load_config(flags.config.as_deref(), Credential::Optional, logging) {
                     Ok(c) => Some(c),
                     Err(code) => return code,
                 },

@@ -77,8 +77,9 @@ async fn sidecar(cluster: &BaoCluster, addrs: &str) -> Sidecar {
             ("AEGIS_VAULT_ADDRS", addrs),
             ("VAULT_TOKEN", cluster.token()),
             ("AEGIS_KEYS", KEY),
-            // No background refresh during the counts.
+            // No background refresh or watch listing during the counts.
             ("AEGIS_REFRESH_INTERVAL", "10m"),
+            ("AEGIS_KEYSET_WATCH_INTERVAL", "off"),
             ("AEGIS_VAULT_TIMEOUT", "1s"),
             ("AEGIS_VAULT_CONNECT_TIMEOUT", "500ms"),
             ("AEGIS_VAULT_TOTAL_TIMEOUT", &total),

@@ -55,13 +55,15 @@ async fn retired_but_valid_until_retire_after_then_refused() {
         true
     );
 
-    // A key younger than --min-interval (1 h) is not rotated again: a retried job is safe.
+    // A key younger than --min-interval (1 h) is not rotated: a new key says so, and how
+    // to rotate anyway (it was never rotated, so not "again").
     let skipped = aegis_ok(&bao, &["rotate", "--key", "life"]);
+    let why = skipped["rotation_skipped"].as_str().unwrap();
     assert!(
-        skipped["rotation_skipped"]
-            .as_str()
-            .unwrap()
-            .contains("not rotating again"),
+        why.starts_with("the key's only version (1) was created ")
+            && why.ends_with(
+                "ago, less than --min-interval 1h: not rotating a key this new (add --force to rotate now)"
+            ),
         "{skipped}"
     );
     // Dry run: a plan, no change.
@@ -633,4 +635,78 @@ async fn a_forwarded_batch_item_does_not_launder_an_expired_version() {
     );
     assert_eq!(results[1]["valid"], true, "{answer}");
     side.stop().await;
+}
+
+/// The commands as a person types them, output piped (not a terminal) and no logging
+/// settings: nothing on stderr but what went wrong, the outcome in plain words on stdout,
+/// saying what to type next; `--log-format json` with `RUST_LOG=info` brings the log back.
+#[tokio::test]
+async fn commands_are_quiet_and_say_what_happened_and_what_to_type_next() {
+    let bao = Bao::dev().await;
+    bao.create_key("new", "ed25519").await;
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_aegis"))
+            .args(args)
+            .env_clear()
+            .env("VAULT_ADDR", &bao.addr)
+            .env("VAULT_TOKEN", &bao.token)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run aegis");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let (code, out, err) = run(&["rotate", "--key", "new"], &[]);
+    assert_eq!((code, err.as_str()), (Some(0), ""), "{out}");
+    assert!(
+        out.starts_with("new: the key's only version (1) was created ")
+            && out.contains("not rotating a key this new (add --force to rotate now)"),
+        "{out}"
+    );
+    let (code, out, err) = run(&["rotate", "--key", "new", "--force", "--dry-run"], &[]);
+    assert_eq!((code, err.as_str()), (Some(0), ""), "{out}");
+    assert!(out.starts_with("new: would rotate to version 2\n"), "{out}");
+    assert!(
+        out.ends_with(
+            "new: dry run, nothing changed: run the same command without --dry-run to apply it\n"
+        ),
+        "{out}"
+    );
+    let (code, out, err) = run(&["keys", "status", "--key", "new", "--json"], &[]);
+    assert_eq!((code, err.as_str()), (Some(0), ""), "{out}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status[0]["signing_version"], 1, "{status}");
+    // A failure still says why, on stderr.
+    let (code, _, err) = run(
+        &[
+            "retire",
+            "--key",
+            "new",
+            "--version",
+            "9",
+            "--now",
+            "--reason",
+            "r",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(65), "{err}");
+    assert!(
+        err.contains("key \"new\" has no version 9 (latest is 1)"),
+        "{err}"
+    );
+    // The log, when asked for.
+    let (code, _, err) = run(
+        &["keys", "status", "--key", "new", "--log-format", "json"],
+        &[("RUST_LOG", "info")],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        !lines.is_empty() && lines.iter().all(|l| l["level"].is_string()),
+        "{err}"
+    );
 }

@@ -326,6 +326,11 @@ impl Plan {
         }
         if lines.is_empty() {
             lines.push(format!("{}: nothing to do", self.key));
+        } else if self.dry_run {
+            lines.push(format!(
+                "{}: dry run, nothing changed: run the same command without --dry-run to apply it",
+                self.key
+            ));
         }
         lines.join("\n") + "\n"
     }

@@ -456,6 +456,23 @@ async fn rotate_past(k: &KeyRef<'_>, signing: u32) -> Result<u32, LifecycleError
     Ok(latest)
 }
 
+/// Why `rotate` did not rotate: the signing version is younger than `--min-interval`,
+/// either because the key was just created or because a rotation ran recently (a retried
+/// job), and what to type to rotate anyway.
+fn skipped_rotation(latest: u32, age: Duration, min_interval: Duration) -> String {
+    let age = humantime::format_duration(Duration::from_secs(age.as_secs()));
+    let min = humantime::format_duration(min_interval);
+    if latest == 1 {
+        format!(
+            "the key's only version (1) was created {age} ago, less than --min-interval {min}: not rotating a key this new (add --force to rotate now)"
+        )
+    } else {
+        format!(
+            "version {latest} was created {age} ago, less than --min-interval {min}: a rotation ran recently, not rotating again (add --force to rotate now)"
+        )
+    }
+}
+
 /// Age of the latest version, from Transit's `creation_time`.
 fn latest_age(info: &TransitKeyInfo, now: SystemTime) -> Option<Duration> {
     let created = info.keys.get(&info.latest_version.to_string())?["creation_time"].as_str()?;
@@ -477,11 +494,7 @@ pub async fn rotate(k: &KeyRef<'_>, opts: &RotateOptions) -> Result<Plan, Lifecy
     let mut latest = info.latest_version;
     match latest_age(&info, now) {
         Some(age) if age < opts.min_interval => {
-            plan.rotation_skipped = Some(format!(
-                "version {latest} is only {} old (less than --min-interval {}); not rotating again",
-                humantime::format_duration(Duration::from_secs(age.as_secs())),
-                humantime::format_duration(opts.min_interval)
-            ));
+            plan.rotation_skipped = Some(skipped_rotation(latest, age, opts.min_interval));
         }
         _ if opts.dry_run => {
             latest += 1;
