@@ -6,9 +6,12 @@
 //! ([`nodes::choose_home`]); concurrent first calls wait for the same answers. Nothing
 //! asks again while the home answers: not periodically (every periodic call would be
 //! multiplied by the fleet), only when the home node fails. Then the failing call asks
-//! again and moves to a new home, at most once per [`REDISCOVERY_SPACING`]; in between,
-//! and when no node answers, the usual round robin applies. Each probe is bounded by the
-//! connect timeout, all of them by the call's total timeout.
+//! again and moves to a new home, at most once per [`REDISCOVERY_SPACING`] while rounds
+//! find one; rounds that find none (the cluster is down or sealed) are spaced out with a
+//! jittered backoff up to [`MAX_REDISCOVERY_SPACING`], so a fleet waiting out an outage
+//! does not probe every node every second. In between, and when no node answers, the
+//! usual round robin applies. Each probe is bounded by the connect timeout, all of them by
+//! the call's total timeout.
 //!
 //! A standby's redirect still moves calls to the active node (OpenBao redirects only when
 //! it cannot forward); they come back to a standby when that node fails.
@@ -21,10 +24,25 @@ use tracing::{debug, info};
 
 use super::nodes::{self, Role};
 use super::VaultClient;
+use crate::backoff::Backoff;
 
 /// The least time between two rounds of `sys/health` after failures, so a cluster that is
 /// down costs each sidecar at most one round per this.
 pub(super) const REDISCOVERY_SPACING: Duration = Duration::from_secs(1);
+/// The longest spacing after rounds that found no usable node (pauses drawn from
+/// [`Backoff`], doubling from 1-2 s).
+pub(super) const MAX_REDISCOVERY_SPACING: Duration = Duration::from_secs(60);
+
+/// When rounds of probes after failures may run.
+struct Rounds {
+    /// When the last round after a failure started (the round at start does not count: a
+    /// home failing right after it is still replaced).
+    last: Option<Instant>,
+    /// How long after `last` the next round may start.
+    wait: Duration,
+    /// The waits after rounds that found no home.
+    pauses: Backoff,
+}
 
 /// State of the home search; present only when there is a choice to make.
 pub(super) struct Discovery {
@@ -32,10 +50,8 @@ pub(super) struct Discovery {
     draw: u64,
     /// Set once the first round of probes is done.
     found: AtomicBool,
-    /// When the last round after a failure started (the round at start does not count: a
-    /// home failing right after it is still replaced); held while a round runs (single
-    /// flight).
-    last: tokio::sync::Mutex<Option<Instant>>,
+    /// The spacing of rounds; held while a round runs (single flight).
+    rounds: tokio::sync::Mutex<Rounds>,
     probe_timeout: Duration,
 }
 
@@ -44,7 +60,11 @@ impl Discovery {
         Discovery {
             draw: rand::random(),
             found: AtomicBool::new(false),
-            last: tokio::sync::Mutex::new(None),
+            rounds: tokio::sync::Mutex::new(Rounds {
+                last: None,
+                wait: REDISCOVERY_SPACING,
+                pauses: Backoff::new(REDISCOVERY_SPACING * 2, MAX_REDISCOVERY_SPACING),
+            }),
             probe_timeout,
         }
     }
@@ -85,7 +105,7 @@ impl VaultClient {
         if d.found.load(Ordering::Acquire) {
             return;
         }
-        let _round = d.last.lock().await;
+        let _round = d.rounds.lock().await;
         if d.found.load(Ordering::Acquire) {
             return; // another call found it while this one waited
         }
@@ -100,17 +120,20 @@ impl VaultClient {
     /// one, else the next node (round robin).
     pub(super) async fn node_failed(&self, index: usize, deadline: Instant) {
         if let Some(d) = &self.discovery {
-            let mut last = d.last.lock().await;
+            let mut rounds = d.rounds.lock().await;
             if self.nodes.current().0 != index {
                 return; // another call already moved on while this one waited
             }
-            if last.is_none_or(|t| t.elapsed() >= REDISCOVERY_SPACING) {
-                *last = Some(Instant::now());
+            if rounds.last.is_none_or(|t| t.elapsed() >= rounds.wait) {
+                rounds.last = Some(Instant::now());
                 let roles = self.probe(d, deadline).await;
                 if let Some(home) = nodes::choose_home(&roles, d.draw, Some(index)) {
+                    rounds.pauses.reset();
+                    rounds.wait = REDISCOVERY_SPACING;
                     self.settle(home, &roles, "the home node failed");
                     return;
                 }
+                rounds.wait = rounds.pauses.next_pause();
             }
         }
         self.nodes.failed(index);
@@ -160,6 +183,64 @@ impl VaultClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{AuthConfig, Secret, SecretSource, TlsConfig, VaultConfig};
+
+    /// Two loopback ports nothing listens on: every probe is refused at once.
+    fn dead_cluster() -> VaultClient {
+        let dead: Vec<String> = (0..2)
+            .map(|_| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                format!("http://{}", l.local_addr().unwrap())
+            })
+            .collect();
+        VaultClient::new(&VaultConfig {
+            addrs: dead,
+            auth: AuthConfig::Token {
+                token: SecretSource::Value(Secret::new("hvs.test")),
+            },
+            tls: TlsConfig::default(),
+            namespace: None,
+            timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(500),
+            total_timeout: Duration::from_secs(5),
+            prefer_standby: true,
+        })
+        .unwrap()
+    }
+
+    /// A cluster that stays down is probed less and less often: the wait after each round
+    /// that found no node doubles (jittered), up to the cap, and no round runs before it.
+    #[tokio::test]
+    async fn rounds_that_find_no_node_are_spaced_out() {
+        let client = dead_cluster();
+        let d = client
+            .discovery
+            .as_ref()
+            .expect("two nodes, standbys preferred");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut waits = Vec::new();
+        for i in 0..8 {
+            if i > 0 {
+                // As if the last wait had passed: this failure runs a round.
+                let mut rounds = d.rounds.lock().await;
+                let wait = rounds.wait;
+                rounds.last = rounds.last.map(|t| t - wait);
+            }
+            let index = client.nodes.current().0;
+            client.node_failed(index, deadline).await;
+            waits.push(d.rounds.lock().await.wait);
+        }
+        let secs: Vec<f64> = waits.iter().map(Duration::as_secs_f64).collect();
+        for (i, w) in secs.iter().enumerate() {
+            let step = (2.0f64 * 2f64.powi(i as i32)).min(MAX_REDISCOVERY_SPACING.as_secs_f64());
+            assert!(*w >= step / 2.0 && *w < step, "round {i}: {secs:?}");
+        }
+        // A failure before the wait has passed runs no round: the wait stays.
+        let index = client.nodes.current().0;
+        let before = d.rounds.lock().await.last;
+        client.node_failed(index, deadline).await;
+        assert_eq!(d.rounds.lock().await.last, before);
+    }
 
     #[test]
     fn roles_follow_openbao_health_answers() {
