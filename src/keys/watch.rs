@@ -24,7 +24,7 @@
 //! without the endpoint, or a policy without `list` on the folder, is reported loudly once:
 //! revocations then reach this sidecar only at the full refresh.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -145,7 +145,8 @@ impl KeyCache {
             .iter()
             .map(|(name, set)| ((*name).clone(), set.record_kv_version))
             .collect();
-        seen.retain(|name, _| cached.iter().any(|(n, _)| n == name));
+        let names: HashSet<&str> = cached.iter().map(|(n, _)| n.as_str()).collect();
+        seen.retain(|name, _| names.contains(name.as_str()));
         for (name, kv_version) in cached {
             let now = entries.get(&name);
             if !changed(seen.get(&name), now, kv_version) {
