@@ -183,7 +183,6 @@ impl VaultClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AuthConfig, Secret, SecretSource, TlsConfig, VaultConfig};
 
     /// Two loopback ports nothing listens on: every probe is refused at once.
     fn dead_cluster() -> VaultClient {
@@ -193,19 +192,8 @@ mod tests {
                 format!("http://{}", l.local_addr().unwrap())
             })
             .collect();
-        VaultClient::new(&VaultConfig {
-            addrs: dead,
-            auth: AuthConfig::Token {
-                token: SecretSource::Value(Secret::new("hvs.test")),
-            },
-            tls: TlsConfig::default(),
-            namespace: None,
-            timeout: Duration::from_secs(1),
-            connect_timeout: Duration::from_millis(500),
-            total_timeout: Duration::from_secs(5),
-            prefer_standby: true,
-        })
-        .unwrap()
+        let dead: Vec<&str> = dead.iter().map(String::as_str).collect();
+        crate::vault::tests::client_with(&dead, Duration::from_secs(5), true)
     }
 
     /// A cluster that stays down is probed less and less often: the wait after each round

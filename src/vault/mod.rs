@@ -788,6 +788,16 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn client(addrs: &[&str], total_timeout: Duration) -> VaultClient {
+        // Round robin and redirects only: no `sys/health` probes of these made-up hosts.
+        client_with(addrs, total_timeout, false)
+    }
+
+    /// A client of `addrs` with a fixed token and short timeouts (also for `discover`).
+    pub(super) fn client_with(
+        addrs: &[&str],
+        total_timeout: Duration,
+        prefer_standby: bool,
+    ) -> VaultClient {
         VaultClient::new(&VaultConfig {
             addrs: addrs.iter().map(|a| a.to_string()).collect(),
             auth: AuthConfig::Token {
@@ -798,8 +808,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_millis(500),
             total_timeout,
-            // Round robin and redirects only: no `sys/health` probes of these made-up hosts.
-            prefer_standby: false,
+            prefer_standby,
         })
         .unwrap()
     }
