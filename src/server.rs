@@ -44,14 +44,7 @@ pub fn build_state(config: Config) -> Result<Arc<AppState>, ConfigErrors> {
         }
     };
     let config = Arc::new(config);
-    let keys = Arc::new(
-        KeyCache::new(
-            vault.clone(),
-            config.transit_mount.clone(),
-            Some(config.retention.clone()),
-        )
-        .with_bounds(config.keyset),
-    );
+    let keys = Arc::new(KeyCache::from_config(vault.clone(), &config));
     let readiness = Arc::new(Readiness::default());
     readiness.set_not_ready("starting: the allowlisted keys are not loaded yet");
     let auditor = Auditor::start(&config.audit)

@@ -39,6 +39,17 @@ impl KeyType {
             _ => return None,
         })
     }
+
+    /// Transit's `type` name of this key type (the inverse of [`from_transit`](Self::from_transit)).
+    pub fn transit_name(self) -> String {
+        match self {
+            KeyType::Ed25519 => "ed25519".into(),
+            KeyType::Ecdsa(Curve::P256) => "ecdsa-p256".into(),
+            KeyType::Ecdsa(Curve::P384) => "ecdsa-p384".into(),
+            KeyType::Ecdsa(Curve::P521) => "ecdsa-p521".into(),
+            KeyType::Rsa(bits) => format!("rsa-{bits}"),
+        }
+    }
 }
 
 /// ECDSA signature encoding (`marshaling_algorithm`).

@@ -14,6 +14,7 @@
 //! ([`bounds`]).
 
 pub mod bounds;
+pub mod publish;
 pub mod retention;
 pub mod snapshot;
 pub mod trust;
@@ -475,6 +476,18 @@ impl KeyCache {
             updates: tokio::sync::watch::Sender::new(0),
             watch: watch::WatchStatus::default(),
         }
+    }
+
+    /// The cache the sidecar builds from its configuration: the Transit mount, the
+    /// retention records (KV location, endorsement keys) and the keyset bounds. Commands
+    /// that must apply the sidecar's validity rule (`aegis keys publish`) build the same.
+    pub fn from_config(vault: Arc<VaultClient>, config: &crate::config::Config) -> Self {
+        KeyCache::new(
+            vault,
+            config.transit_mount.clone(),
+            Some(config.retention.clone()),
+        )
+        .with_bounds(config.keyset)
     }
 
     /// The same cache with `AEGIS_MAX_KEYSET_AGE`, `AEGIS_STALE_KEYSET` and
@@ -1039,7 +1052,8 @@ fn report_trust(name: &str, before: Option<&RecordTrust>, after: &RecordTrust) {
 mod tests {
     use super::*;
 
-    fn info(latest: u32, min_dec: u32, versions: &[u32]) -> TransitKeyInfo {
+    /// Transit's answer for key `k` (ed25519): `versions` with one public key.
+    pub(super) fn info(latest: u32, min_dec: u32, versions: &[u32]) -> TransitKeyInfo {
         let pk = "11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
         let keys = versions
             .iter()
@@ -1092,7 +1106,8 @@ mod tests {
         assert!(matches!(s.version_status(2), VersionStatus::Missing));
     }
 
-    fn record(entries: &[(u32, SystemTime, bool)]) -> RetentionRecord {
+    /// A record of `(version, retire_after, revoked)` entries.
+    pub(super) fn record(entries: &[(u32, SystemTime, bool)]) -> RetentionRecord {
         let mut r = RetentionRecord::default();
         for (version, retire_after, revoked) in entries {
             r.upsert(retention::RetiredVersion {

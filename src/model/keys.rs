@@ -6,6 +6,7 @@
 //! SHA-256, P-384 with SHA-384, P-521 with SHA-512. Pure code: no I/O.
 
 use aws_lc_rs::digest;
+use aws_lc_rs::encoding::AsDer as _;
 use base64::Engine as _;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::SubjectPublicKeyInfoDer;
@@ -172,10 +173,64 @@ pub fn jwk(key_type: KeyType, der: &[u8], kid: &str) -> Result<Value, KeyError> 
     })
 }
 
+/// The key type and SubjectPublicKeyInfo DER of a JWK as [`jwk`] writes it (the inverse,
+/// for a JWK Set read back from a sidecar): OKP Ed25519, EC on P-256/384/521, RSA.
+pub fn jwk_spki(jwk: &Value) -> Result<(KeyType, Vec<u8>), KeyError> {
+    let b64u = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let field = |name: &str| {
+        jwk[name]
+            .as_str()
+            .and_then(|t| b64u.decode(t).ok())
+            .ok_or_else(|| KeyError(format!("JWK member {name:?} is not base64url")))
+    };
+    let refused = |what: &str| KeyError(format!("not a usable {what} JWK"));
+    match (jwk["kty"].as_str(), jwk["crv"].as_str()) {
+        (Some("OKP"), Some("Ed25519")) => {
+            let x = field("x")?;
+            (x.len() == 32)
+                .then(|| (KeyType::Ed25519, [&ED25519_SPKI_PREFIX[..], &x].concat()))
+                .ok_or_else(|| refused("Ed25519"))
+        }
+        (Some("EC"), Some(crv)) => {
+            let curve = [Curve::P256, Curve::P384, Curve::P521]
+                .into_iter()
+                .find(|c| curve_name(*c) == crv)
+                .ok_or_else(|| refused("EC"))?;
+            let (x, y) = (field("x")?, field("y")?);
+            let n = curve.order_len();
+            if x.len() != n || y.len() != n {
+                return Err(refused("EC"));
+            }
+            let point = [&[0x04][..], &x, &y].concat();
+            let alg = match curve {
+                Curve::P256 => &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
+                Curve::P384 => &aws_lc_rs::signature::ECDSA_P384_SHA384_ASN1,
+                Curve::P521 => &aws_lc_rs::signature::ECDSA_P521_SHA512_ASN1,
+            };
+            let der = aws_lc_rs::signature::ParsedPublicKey::new(alg, point)
+                .ok()
+                .and_then(|k| k.as_der().ok())
+                .ok_or_else(|| refused("EC"))?;
+            Ok((KeyType::Ecdsa(curve), der.as_ref().to_vec()))
+        }
+        (Some("RSA"), _) => {
+            let components = aws_lc_rs::rsa::PublicKeyComponents {
+                n: field("n")?,
+                e: field("e")?,
+            };
+            let der = components.as_der().map_err(|_| refused("RSA"))?;
+            let bits = crate::crypto::RsaPublicKey::from_der(der.as_ref())
+                .and_then(|k| u32::try_from(k.modulus_bits()).ok())
+                .ok_or_else(|| refused("RSA"))?;
+            Ok((KeyType::Rsa(bits), der.as_ref().to_vec()))
+        }
+        _ => Err(refused("signing")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_lc_rs::encoding::AsDer;
     use aws_lc_rs::rand::SystemRandom;
     use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair};
 
@@ -226,5 +281,39 @@ mod tests {
         assert!(e.0.contains("ECDSA"), "{e}");
         assert!(SignerKey::from_pem(b"garbage").is_err());
         assert_eq!(jwk(KeyType::Ed25519, &der, "k:v1").unwrap()["kty"], "OKP");
+    }
+
+    /// [`jwk_spki`] reads back exactly what [`jwk`] wrote, for every key family.
+    #[test]
+    fn jwks_read_back_to_the_same_spki() {
+        let ed = signature::Ed25519KeyPair::generate().unwrap();
+        let raw = base64::engine::general_purpose::STANDARD.encode(ed.public_key().as_ref());
+        let mut cases = vec![(
+            KeyType::Ed25519,
+            transit_spki(KeyType::Ed25519, &raw).unwrap(),
+        )];
+        for (alg, curve) in [
+            (&signature::ECDSA_P256_SHA256_ASN1_SIGNING, Curve::P256),
+            (&signature::ECDSA_P384_SHA384_ASN1_SIGNING, Curve::P384),
+            (&signature::ECDSA_P521_SHA512_ASN1_SIGNING, Curve::P521),
+        ] {
+            cases.push((KeyType::Ecdsa(curve), pair(alg).1));
+        }
+        let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let rsa_der = rsa.public_key().as_der().unwrap().as_ref().to_vec();
+        cases.push((KeyType::Rsa(2048), rsa_der));
+        for (key_type, der) in cases {
+            let written = jwk(key_type, &der, "k:v1").unwrap();
+            assert_eq!(jwk_spki(&written).unwrap(), (key_type, der), "{written}");
+        }
+        let mut short = jwk(
+            KeyType::Ed25519,
+            &transit_spki(KeyType::Ed25519, &raw).unwrap(),
+            "k:v1",
+        )
+        .unwrap();
+        short["x"] = "AAAA".into();
+        assert!(jwk_spki(&short).is_err());
+        assert!(jwk_spki(&json!({"kty": "oct", "k": "AAAA"})).is_err());
     }
 }
