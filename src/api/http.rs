@@ -11,7 +11,7 @@
 //! document describes exactly the routes served here (checked by a unit test below).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::connect_info::Connected;
@@ -37,6 +37,14 @@ use crate::transit::TransitRequest;
 /// Where this API's OpenAPI 3.1 document is served.
 pub const OPENAPI_PATH: &str = "/v1/aegis/openapi.json";
 
+/// Where the sidecar serves a key's JWK Set: `/v1/aegis/keys/{name}/jwks.json` (the
+/// route template, as the OpenAPI document writes it).
+pub const JWKS_PATH: &str = "/v1/aegis/keys/{name}/jwks.json";
+
+/// How long a verifier may cache a JWK Set (`Cache-Control: max-age`), at most: a
+/// revocation reaches verifiers within the keyset watch interval and this.
+const JWKS_MAX_AGE: Duration = Duration::from_secs(30);
+
 /// The OpenAPI 3.1 document of this API (`openapi/aegis.openapi.json`), served as it is
 /// at [`OPENAPI_PATH`].
 pub const OPENAPI_DOCUMENT: &[u8] = include_bytes!("../../openapi/aegis.openapi.json");
@@ -47,6 +55,7 @@ pub const OPENAPI_DOCUMENT: &[u8] = include_bytes!("../../openapi/aegis.openapi.
 pub fn router(state: Arc<AppState>) -> Router {
     probes()
         .route(OPENAPI_PATH, get(openapi))
+        .route(JWKS_PATH, any(jwks))
         .route("/v1/{*path}", any(vault_api))
         .fallback(|| async {
             Error::NotFound(
@@ -410,6 +419,15 @@ async fn vault_api(
     response
 }
 
+/// Vault's answer to a method a path does not take.
+fn method_not_allowed() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        axum::Json(json!({"errors": ["unsupported operation"]})),
+    )
+        .into_response()
+}
+
 async fn handle(state: &AppState, peer: Peer, op: Op<'_>, req: Request) -> Result<Response, Error> {
     let Op { action, key, hash } = op;
     let caller = state
@@ -417,11 +435,7 @@ async fn handle(state: &AppState, peer: Peer, op: Op<'_>, req: Request) -> Resul
         .await?;
     let caller = caller.actor;
     if !methods(action).contains(req.method()) {
-        return Ok((
-            StatusCode::METHOD_NOT_ALLOWED,
-            axum::Json(json!({"errors": ["unsupported operation"]})),
-        )
-            .into_response());
+        return Ok(method_not_allowed());
     }
     if action == Action::ReadKey {
         let set = state.keys.get(key).await.map_err(|e| {
@@ -462,6 +476,108 @@ async fn handle(state: &AppState, peer: Peer, op: Op<'_>, req: Request) -> Resul
         outcome?
     };
     Ok(envelope(data, warning))
+}
+
+/// `GET /v1/aegis/keys/{name}/jwks.json`: the key's published JWK Set
+/// ([`crate::keys::publish`]), from the cache. Admitted as a key read (the guard, the
+/// caller, the allowlist, the policy's keys and rate), counted as one.
+async fn jwks(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    req: Request,
+) -> Response {
+    let started = Instant::now();
+    let (req, _) = req.into_parts();
+    let key = match target(&req.uri) {
+        Ok(Target::Redirect(location)) => {
+            state.count_request(Operation::Other, "", 307, started.elapsed());
+            return redirect(&location);
+        }
+        Ok(Target::Path(path)) => path
+            .strip_prefix("aegis/keys/")
+            .and_then(|p| p.strip_suffix("/jwks.json"))
+            .map(str::to_string)
+            .ok_or_else(|| Error::NotFound("unsupported path".into())),
+        Err(e) => Err(e),
+    };
+    let span = super::request_span(
+        Operation::ReadKey,
+        key.as_deref().unwrap_or_default(),
+        &req.headers,
+    );
+    let (key, answer) = match key {
+        Ok(key) => {
+            let answer = serve_jwks(&state, peer, &key, &req)
+                .instrument(span.clone())
+                .await;
+            (key, answer)
+        }
+        Err(e) => (String::new(), Err(e)),
+    };
+    let response = span.in_scope(|| answer.unwrap_or_else(IntoResponse::into_response));
+    state.count_request(
+        Operation::ReadKey,
+        &key,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+async fn serve_jwks(
+    state: &AppState,
+    peer: Peer,
+    key: &str,
+    req: &axum::http::request::Parts,
+) -> Result<Response, Error> {
+    state
+        .admit(
+            &peer,
+            &Headers::from_map(&req.headers),
+            Action::ReadKey,
+            key,
+        )
+        .await?;
+    if req.method != Method::GET {
+        return Ok(method_not_allowed());
+    }
+    let published = crate::keys::publish::published_keys(&state.keys, key)
+        .await
+        .map_err(|e| {
+            if e.is_not_found() {
+                Error::NotFound(format!("no key {key:?} in Transit"))
+            } else {
+                e.into()
+            }
+        })?;
+    if let Err(stale) = state.keys.check_fresh(key) {
+        state.keys.refresh_soon(key, Instant::now());
+        return Err(Error::StaleKeyset(stale.to_string()));
+    }
+    if let Some(why) = published.no_public_keys() {
+        return Err(Error::bad_request(why));
+    }
+    let until_change = published
+        .next_change()
+        .and_then(|t| t.duration_since(SystemTime::now()).ok())
+        .unwrap_or(JWKS_MAX_AGE);
+    let max_age = format!("max-age={}", until_change.min(JWKS_MAX_AGE).as_secs());
+    let body = serde_json::to_vec(&published.jwks())
+        .map_err(|e| Error::Internal(format!("cannot encode the JWK Set: {e}")))?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/jwk-set+json"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_str(&max_age).expect("ASCII"),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// The body, read within `AEGIS_HTTP_READ_TIMEOUT`, `AEGIS_MAX_BODY_BYTES` and the budget
@@ -772,7 +888,7 @@ mod tests {
         let get = || vec!["get".to_string()];
         let mut served: BTreeMap<String, Vec<String>> = PROBE_PATHS
             .iter()
-            .chain([&OPENAPI_PATH])
+            .chain([&OPENAPI_PATH, &JWKS_PATH])
             .map(|p| (p.to_string(), get()))
             .collect();
         for (template, action) in TRANSIT_ROUTES {
