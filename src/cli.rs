@@ -1,6 +1,6 @@
 //! Command line: `aegis serve`, `aegis dev`, the lifecycle commands for rotation jobs
 //! (`rotate`, `retire`, `keys status`, `retention endorse`), and the Transit client
-//! commands (`model sign`, `model verify`, `keys export`). Parsing only; the work lives elsewhere.
+//! commands (`model sign`, `model verify`, `keys publish`, `keys export`). Parsing only; the work lives elsewhere.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,9 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, Credential, LogFormat, ProcessEnv};
 use crate::lifecycle::{self, RetireArgs, RotateOptions};
-use crate::model::commands::{self as model_commands, ExportFormat, SignArgs, VerifyArgs};
+use crate::model::commands::{
+    self as model_commands, ExportFormat, PublishArgs, SignArgs, VerifyArgs,
+};
 use crate::model::ModelOptions;
 
 /// Exit code for invalid configuration (EX_CONFIG-style usage error, sysexits' EX_USAGE).
@@ -162,15 +164,32 @@ enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Publish every public key of a key that verifies (retired-but-valid versions with
+    /// their retire_after included; revoked and expired ones left out), as the sidecar
+    /// decides: through VAULT_ADDR = a sidecar (its JWK Set), or Vault (read as the sidecar
+    /// reads it: Transit, the retention record, the endorsement key; needs its policy).
+    Publish {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The Transit key.
+        #[arg(long)]
+        key: String,
+        #[arg(long, value_enum, default_value = "jwks")]
+        format: ExportFormat,
+        /// Write to this file atomically (temporary file, then rename) instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Print a key's public keys for offline verifiers (e.g. `aegis model verify
-    /// --public-key`), through VAULT_ADDR (the sidecar or Vault).
+    /// --public-key`): without --version every version that verifies, as `keys publish`
+    /// (pem: the bundle, newest first; jwks: the set), through VAULT_ADDR (the sidecar or Vault).
     Export {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// The Transit key.
         #[arg(long)]
         key: String,
-        /// One version (default: pem the latest, jwks every version Transit accepts).
+        /// Only this version (refused unless it verifies).
         #[arg(long)]
         version: Option<u32>,
         #[arg(long, value_enum, default_value = "pem")]
@@ -315,20 +334,8 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
         Command::Dev { listen, bao } => return runtime.block_on(crate::dev::run(listen, bao)),
         Command::Model { command } => return runtime.block_on(run_model(command, logging)),
         Command::Keys {
-            command:
-                KeysCommand::Export {
-                    config,
-                    key,
-                    version,
-                    format,
-                },
-        } => {
-            let config = match load_config(config.as_deref(), Credential::Optional, logging) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            return runtime.block_on(model_commands::run_export(&config, &key, version, format));
-        }
+            command: KeysCommand::Export { .. } | KeysCommand::Publish { .. },
+        } => return runtime.block_on(run_publish(cli.command, logging)),
         Command::Serve { ref config } => (config.clone(), cli.command),
         Command::Rotate { ref config, .. } | Command::Retire { ref config, .. } => {
             (config.clone(), cli.command)
@@ -403,7 +410,7 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
             Command::Dev { .. }
             | Command::Model { .. }
             | Command::Keys {
-                command: KeysCommand::Export { .. },
+                command: KeysCommand::Export { .. } | KeysCommand::Publish { .. },
             } => unreachable!("handled above"),
         }
     })
@@ -452,6 +459,51 @@ async fn run_model(command: ModelCommand, logging: Logging) -> ExitCode {
             };
             model_commands::run_verify(config.as_ref(), args).await
         }
+    }
+}
+
+/// `aegis keys publish|export`: the sidecar needs no credential, so none is required.
+async fn run_publish(command: Command, logging: Logging) -> ExitCode {
+    let (config, args) = match command {
+        Command::Keys {
+            command:
+                KeysCommand::Publish {
+                    config,
+                    key,
+                    format,
+                    output,
+                },
+        } => (
+            config,
+            PublishArgs {
+                key,
+                version: None,
+                format,
+                output,
+            },
+        ),
+        Command::Keys {
+            command:
+                KeysCommand::Export {
+                    config,
+                    key,
+                    version,
+                    format,
+                },
+        } => (
+            config,
+            PublishArgs {
+                key,
+                version,
+                format,
+                output: None,
+            },
+        ),
+        _ => unreachable!("only keys publish and keys export"),
+    };
+    match load_config(config.as_deref(), Credential::Optional, logging) {
+        Ok(c) => model_commands::run_publish(&c, args).await,
+        Err(code) => code,
     }
 }
 

@@ -1,4 +1,4 @@
-//! `aegis model sign`, `aegis model verify` and `aegis keys export` as the CLI runs them:
+//! `aegis model sign`, `aegis model verify` and `aegis keys publish|export` as the CLI runs them:
 //! connect to `VAULT_ADDR`, act, print, exit code.
 //!
 //! `VAULT_ADDR` may be the sidecar (no credential needed: it signs with its own) or Vault
@@ -9,14 +9,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-use serde_json::json;
+use std::sync::Arc;
 
 use super::hash::human_bytes;
-use super::keys::{jwk, spki_pem, SignerKey};
+use super::keys::SignerKey;
 use super::{sign, transit, verify, ModelError, ModelOptions, VerifyKey};
 use crate::config::{AuthConfig, Config};
-use crate::vault::VaultClient;
+use crate::keys::publish::{published_keys, PublishedKeys};
+use crate::keys::KeyCache;
+use crate::vault::{VaultClient, VaultError};
 
 /// What `aegis model sign` was asked.
 #[derive(Debug, Clone)]
@@ -39,12 +40,14 @@ pub struct VerifyArgs {
     pub options: ModelOptions,
 }
 
-/// `aegis keys export --format`.
+/// `aegis keys publish|export --format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {
-    /// One version's SubjectPublicKeyInfo PEM (the latest unless --version).
+    /// SubjectPublicKeyInfo PEM blocks, newest version first, each after `#` comment
+    /// lines naming key, version (kid) and window.
     Pem,
-    /// A JWK Set: the given version, or every version Transit accepts.
+    /// A JWK Set (RFC 7517): kid `{key}:v{N}`, a retired version's window end in
+    /// `aegis_retire_after`.
     Jwks,
 }
 
@@ -154,60 +157,89 @@ pub async fn run_verify(config: Option<&Config>, args: VerifyArgs) -> ExitCode {
     }
 }
 
-/// `aegis keys export`.
-pub async fn run_export(
-    config: &Config,
-    key: &str,
-    version: Option<u32>,
-    format: ExportFormat,
-) -> ExitCode {
+/// What `aegis keys publish` and `aegis keys export` were asked.
+#[derive(Debug, Clone)]
+pub struct PublishArgs {
+    pub key: String,
+    /// Only this version (`keys export --version`); refused unless it verifies.
+    pub version: Option<u32>,
+    pub format: ExportFormat,
+    /// Written atomically (temporary file, rename); stdout when `None`.
+    pub output: Option<PathBuf>,
+}
+
+/// `aegis keys publish` and `aegis keys export`: every version of the key that verifies
+/// by the sidecar's validity rule (retired-but-valid ones included), or one of them.
+pub async fn run_publish(config: &Config, args: PublishArgs) -> ExitCode {
     let result = async {
-        let vault = connect(config).await?;
-        let tk = transit::read_key(&vault, &config.transit_mount, key).await?;
-        let key_type = tk.key_type.ok_or_else(|| {
-            ModelError::Key(format!(
-                "key {key:?} is a {} key: it has no public key",
-                tk.type_name
-            ))
-        })?;
-        let versions: Vec<u32> = match (version, format) {
-            (Some(v), _) => vec![v],
-            (None, ExportFormat::Pem) => vec![tk.latest_version],
-            (None, ExportFormat::Jwks) => tk
-                .versions
-                .keys()
-                .copied()
-                .filter(|v| *v >= tk.min_decryption_version.max(1))
-                .collect(),
-        };
-        let mut ders = Vec::new();
-        for v in versions {
-            let der = tk.versions.get(&v).ok_or_else(|| {
-                ModelError::Key(format!(
-                    "key {key:?} lists no public key for version {v} (versions: {:?})",
-                    tk.versions.keys().collect::<Vec<_>>()
-                ))
-            })?;
-            ders.push((v, der));
+        let published = load_published(config, &args.key).await?;
+        if let Some(why) = published.no_public_keys() {
+            return Err(ModelError::Key(why));
         }
-        Ok(match format {
-            ExportFormat::Pem => ders.iter().map(|(_, d)| spki_pem(d)).collect::<String>(),
-            ExportFormat::Jwks => {
-                let keys = ders
-                    .iter()
-                    .map(|(v, d)| jwk(key_type, d, &format!("{key}:v{v}")))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| ModelError::Key(e.to_string()))?;
-                serde_json::to_string_pretty(&json!({ "keys": keys })).expect("JSON") + "\n"
+        let published = match args.version {
+            None => published,
+            Some(v) if published.version(v).is_some() => published.only(v),
+            Some(v) => {
+                return Err(ModelError::Key(format!(
+                    "key {:?} has no public key for version {v} that verifies (versions that verify: {:?})",
+                    args.key,
+                    published.versions.iter().map(|p| p.version).collect::<Vec<_>>()
+                )))
             }
-        })
+        };
+        let text = match args.format {
+            ExportFormat::Pem => published.pem_bundle(),
+            ExportFormat::Jwks => {
+                serde_json::to_string_pretty(&published.jwks()).expect("JSON") + "\n"
+            }
+        };
+        match &args.output {
+            Some(path) => super::write_atomic(path, &text),
+            None => {
+                print!("{text}");
+                Ok(())
+            }
+        }
     }
     .await;
     match result {
-        Ok(text) => {
-            print!("{text}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail("key export", &e),
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail("key publication", &e),
+    }
+}
+
+/// What verifies of `key`, by the sidecar's rule: from the sidecar's JWK Set when
+/// `VAULT_ADDR` is an Aegis sidecar (it serves its OpenAPI document), else read from Vault
+/// through a [`KeyCache`] built as the sidecar builds it (Transit, the retention record,
+/// the endorsement key).
+async fn load_published(config: &Config, key: &str) -> Result<PublishedKeys, ModelError> {
+    if !crate::api::valid_key_name(key) {
+        return Err(ModelError::Config(format!(
+            "{key:?} is not a Transit key name"
+        )));
+    }
+    let vault = connect(config).await?;
+    let vault_error = |e| transit::vault_error(key, e);
+    if serves_aegis(&vault).await.map_err(vault_error)? {
+        let path = format!("aegis/keys/{key}/jwks.json");
+        let doc = vault
+            .get_document(&path, false)
+            .await
+            .map_err(vault_error)?;
+        return PublishedKeys::from_jwks(key, &doc)
+            .map_err(|e| ModelError::Key(format!("the sidecar's JWK Set: {e}")));
+    }
+    let cache = KeyCache::from_config(Arc::new(vault), config);
+    published_keys(&cache, key).await.map_err(vault_error)
+}
+
+/// Whether `VAULT_ADDR` is an Aegis sidecar: it serves its OpenAPI document (no token
+/// sent; Vault answers that path with an error).
+async fn serves_aegis(vault: &VaultClient) -> Result<bool, VaultError> {
+    let path = crate::api::http::OPENAPI_PATH.trim_start_matches("/v1/");
+    match vault.get_document(path, true).await {
+        Ok(doc) => Ok(doc["info"]["title"] == "Aegis"),
+        Err(VaultError::Status { .. } | VaultError::Decode(_)) => Ok(false),
+        Err(e) => Err(e),
     }
 }

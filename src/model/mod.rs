@@ -268,7 +268,7 @@ async fn hash_blocking(model: &Path, opts: HashOptions) -> Result<Hashed, ModelE
 }
 
 /// Writes `text` to `path` atomically (temporary file in the same directory, rename).
-fn write_atomic(path: &Path, text: &str) -> Result<(), ModelError> {
+pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<(), ModelError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

@@ -50,7 +50,7 @@ impl TransitKey {
 }
 
 /// Errors of one Transit call about key `key`.
-fn vault_error(key: &str, e: VaultError) -> ModelError {
+pub(super) fn vault_error(key: &str, e: VaultError) -> ModelError {
     match e {
         VaultError::Status { status: 404, .. } => {
             ModelError::Key(format!("Transit has no key {key:?} ({e})"))

@@ -303,6 +303,20 @@ impl VaultClient {
         .await
     }
 
+    /// `GET /v1/{path}` of a JSON document that is not in Vault's envelope (an Aegis
+    /// sidecar's own routes, `/v1/aegis/...`): the whole answer. `anonymous`: no token.
+    pub async fn get_document(&self, path: &str, anonymous: bool) -> Result<Value, VaultError> {
+        let attempt = |t| self.send_answer(t, reqwest::Method::GET, path, None);
+        if anonymous {
+            let token = TokenUse::Anonymous;
+            self.execute(Retry::Idempotent, token, VaultEndpoint::Other, attempt)
+                .await
+        } else {
+            self.with_relogin(Retry::Idempotent, VaultEndpoint::Other, attempt)
+                .await
+        }
+    }
+
     /// [`execute`](Self::execute) with the sidecar's token; on a 403, checks the token
     /// once, logs in again if Vault no longer accepts it, and retries once.
     async fn with_relogin<T, F, Fut>(
