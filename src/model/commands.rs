@@ -225,7 +225,14 @@ async fn load_published(config: &Config, key: &str) -> Result<PublishedKeys, Mod
         let doc = vault
             .get_document(&path, false)
             .await
-            .map_err(vault_error)?;
+            .map_err(|e| match e {
+                // The sidecar refuses a key without public keys as the command does.
+                VaultError::Status {
+                    status: 400,
+                    errors,
+                } => ModelError::Key(errors.join("; ")),
+                e => vault_error(e),
+            })?;
         return PublishedKeys::from_jwks(key, &doc)
             .map_err(|e| ModelError::Key(format!("the sidecar's JWK Set: {e}")));
     }
