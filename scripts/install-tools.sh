@@ -29,6 +29,8 @@ PACKAGES=(
     "prometheus-client==0.26.0"
     "model-signing==1.1.1"
     "pyopenssl==26.4.0"
+    # A JOSE verifier for the sidecar's published JWK Set (tests/interop/test_publish.py).
+    "jwcrypto==1.6.1"
     # The HTTP API's OpenAPI document (openapi/aegis.openapi.json): validated as OpenAPI 3.1
     # and fuzzed against the live sidecar by tests/interop/test_openapi.py.
     "schemathesis==4.32.5"
