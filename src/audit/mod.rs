@@ -329,7 +329,7 @@ impl Reservation<'_> {
 
 /// Logged at the first time and then at every 1024th, so a disk stall cannot flood logs.
 fn worth_logging(total: u64) -> bool {
-    total == 1 || total % 1024 == 0
+    total == 1 || total.is_multiple_of(1024)
 }
 
 impl Inner {

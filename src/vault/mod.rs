@@ -459,7 +459,7 @@ impl VaultClient {
             }
             misses += 1;
             // After a full round of nodes, wait a little before the next round.
-            if misses % self.nodes.len() == 0 {
+            if misses.is_multiple_of(self.nodes.len()) {
                 let pause = pauses.get_or_insert_with(round_backoff).next_pause();
                 if Instant::now() + pause >= deadline {
                     return Err(err);
