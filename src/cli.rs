@@ -141,6 +141,35 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
+    /// Write Vault KV v2 secrets into Kubernetes Secrets (and Transit keys' public keys
+    /// into ConfigMaps) as a sync file maps them: server-side apply as field manager
+    /// `aegis`, only when something changed; restart named workloads; audited. Once (a
+    /// CronJob) or every --interval.
+    Sync {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The sync file (TOML): which KV paths become which Secrets (see README, "aegis sync").
+        #[arg(long)]
+        file: PathBuf,
+        /// Run a round every this long (jittered 80-100 %) until SIGTERM, instead of once.
+        #[arg(long, value_parser = crate::config::parse_duration)]
+        interval: Option<Duration>,
+        /// Take over fields another field manager owns (as `kubectl apply --server-side --force-conflicts`).
+        #[arg(long)]
+        force_conflicts: bool,
+        /// The kubeconfig file (default: KUBECONFIG, else the pod's service account).
+        #[arg(long)]
+        kubeconfig: Option<PathBuf>,
+        /// The kubeconfig context (default: its current context).
+        #[arg(long)]
+        context: Option<String>,
+        /// Print what would be written; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print each round's report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a throwaway OpenBao dev server with demo keys and serve the sidecar against it.
     Dev {
         /// Where the sidecar listens.
@@ -337,9 +366,9 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
             command: KeysCommand::Export { .. } | KeysCommand::Publish { .. },
         } => return runtime.block_on(run_publish(cli.command, logging)),
         Command::Serve { ref config } => (config.clone(), cli.command),
-        Command::Rotate { ref config, .. } | Command::Retire { ref config, .. } => {
-            (config.clone(), cli.command)
-        }
+        Command::Rotate { ref config, .. }
+        | Command::Retire { ref config, .. }
+        | Command::Sync { ref config, .. } => (config.clone(), cli.command),
         Command::Keys {
             command: KeysCommand::Status { ref config, .. },
         }
@@ -397,6 +426,27 @@ fn dispatch(cli: Cli, runtime: &tokio::runtime::Runtime) -> ExitCode {
             Command::Keys {
                 command: KeysCommand::Status { key, json, .. },
             } => lifecycle::run_status(&config, key.as_deref(), json).await,
+            Command::Sync {
+                file,
+                interval,
+                force_conflicts,
+                kubeconfig,
+                context,
+                dry_run,
+                json,
+                ..
+            } => {
+                let args = crate::sync::SyncArgs {
+                    file,
+                    interval,
+                    force_conflicts,
+                    dry_run,
+                    json,
+                    kubeconfig,
+                    context,
+                };
+                crate::sync::run(&config, args).await
+            }
             Command::Retention {
                 command:
                     RetentionCommand::Endorse {

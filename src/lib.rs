@@ -23,6 +23,7 @@ pub mod model;
 pub mod policy;
 pub mod server;
 pub mod sign;
+pub mod sync;
 pub mod telemetry;
 pub mod transit;
 pub mod vault;

@@ -27,6 +27,8 @@ pub enum EventKind {
     Retire,
     /// A retention record endorsed by `aegis retention endorse` (`aegis` CLI).
     Endorse,
+    /// A Kubernetes object written, deleted or restarted by `aegis sync`.
+    Sync,
     /// A signature made through the sidecar.
     Sign,
     /// A verification the sidecar refused (bad signature, retired or unknown version).
@@ -43,18 +45,19 @@ impl EventKind {
             EventKind::Rotate => "rotate",
             EventKind::Retire => "retire",
             EventKind::Endorse => "endorse",
+            EventKind::Sync => "sync",
             EventKind::Sign => "sign",
             EventKind::VerifyRefused => "verify_refused",
             EventKind::Refused => "refused",
         }
     }
 
-    /// Lifecycle events (rotate, retire, endorse) are rare and must never be dropped; the
-    /// request-path kinds (sign, verify_refused, refused) may be, under overload, and are counted.
+    /// Lifecycle events (rotate, retire, endorse, sync) are rare and must never be dropped;
+    /// the request-path kinds (sign, verify_refused, refused) may be, under overload, and are counted.
     pub fn is_lifecycle(self) -> bool {
         matches!(
             self,
-            EventKind::Rotate | EventKind::Retire | EventKind::Endorse
+            EventKind::Rotate | EventKind::Retire | EventKind::Endorse | EventKind::Sync
         )
     }
 }
@@ -178,6 +181,9 @@ pub struct AuditEvent {
     input_sha256: Option<InputDigest>,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<String>,
+    /// The Kubernetes object acted on (sync): `secret/{namespace}/{name}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
 }
 
 impl AuditEvent {
@@ -196,6 +202,7 @@ impl AuditEvent {
             result,
             input_sha256: None,
             request_id: None,
+            target: None,
         }
     }
 
@@ -228,6 +235,12 @@ impl AuditEvent {
     /// The request id the sidecar gave the request.
     pub fn request_id(mut self, id: impl Into<String>) -> Self {
         self.request_id = Some(capped(id.into()));
+        self
+    }
+
+    /// The Kubernetes object acted on (sync).
+    pub fn target(mut self, target: impl Into<String>) -> Self {
+        self.target = Some(capped(target.into()));
         self
     }
 

@@ -16,6 +16,7 @@ use serde::Deserialize;
 pub mod audit;
 mod keyset;
 pub mod policy_file;
+pub mod sync_file;
 mod telemetry;
 
 pub use audit::AuditConfig;
@@ -272,6 +273,9 @@ pub struct Config {
     /// serving while reporting not ready, before it stops accepting (time for Kubernetes
     /// to take the pod out of Service endpoints).
     pub shutdown_delay: Duration,
+    /// `KUBECONFIG`: the kubeconfig file `aegis sync` uses (one file; `--kubeconfig`
+    /// overrides it). Unset: the pod's service account.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Every problem found in the configuration.
@@ -837,6 +841,10 @@ impl Config {
             }),
         };
         let keyset = keyset::keyset_bounds(env, fc.keyset, refresh_interval, &mut errors);
+        let kubeconfig = env
+            .var("KUBECONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
 
         let log_format = match env.var("AEGIS_LOG_FORMAT").as_deref() {
             None => fc.log_format.unwrap_or(LogFormat::Auto),
@@ -983,6 +991,7 @@ impl Config {
             },
             shutdown_grace,
             shutdown_delay,
+            kubeconfig,
         })
     }
 

@@ -18,7 +18,7 @@
 pub mod bundle;
 pub mod commands;
 pub mod hash;
-mod hex;
+pub(crate) mod hex;
 pub mod keys;
 pub mod manifest;
 pub mod transit;

@@ -307,6 +307,10 @@ pub struct Metrics {
     audit_refused_signs: Counter<u64>,
     body_budget_refusals: Counter<u64>,
     sign_queued: UpDownCounter<i64>,
+    sync_writes: Counter<u64>,
+    sync_errors: Counter<u64>,
+    sync_rounds: Counter<u64>,
+    sync_last_success: Gauge<f64>,
 }
 
 /// The process's instruments.
@@ -399,6 +403,22 @@ impl Metrics {
             sign_queued: meter
                 .i64_up_down_counter("aegis_sign_queued")
                 .with_description("Single sign requests waiting for a coalesced Transit call")
+                .build(),
+            sync_writes: meter
+                .u64_counter("aegis_sync_writes_total")
+                .with_description("Kubernetes writes by `aegis sync`, by kind and action (create, update, delete, restart)")
+                .build(),
+            sync_errors: meter
+                .u64_counter("aegis_sync_errors_total")
+                .with_description("Targets `aegis sync` could not bring in step, by stage (vault, kubernetes, mapping, audit)")
+                .build(),
+            sync_rounds: meter
+                .u64_counter("aegis_sync_rounds_total")
+                .with_description("Rounds of `aegis sync`, by outcome (ok, failed, aborted: nothing written)")
+                .build(),
+            sync_last_success: meter
+                .f64_gauge("aegis_sync_last_success_timestamp_seconds")
+                .with_description("Unix time of the last `aegis sync` round in which every target was in step")
                 .build(),
             body_budget_refusals: meter
                 .u64_counter("aegis_body_budget_refusals_total")
@@ -567,6 +587,31 @@ impl Metrics {
     /// The watcher read a key because its record changed.
     pub fn keyset_watch_change(&self) {
         self.keyset_watch_changes.add(1, &[]);
+    }
+
+    /// One Kubernetes write by `aegis sync` (label values from `sync`'s closed enums).
+    pub fn sync_write(&self, kind: &'static str, action: &'static str) {
+        self.sync_writes.add(
+            1,
+            &[KeyValue::new("kind", kind), KeyValue::new("action", action)],
+        );
+    }
+
+    /// One target `aegis sync` failed at `stage`.
+    pub fn sync_error(&self, stage: &'static str) {
+        self.sync_errors.add(1, &[KeyValue::new("stage", stage)]);
+    }
+
+    /// One round of `aegis sync`; a fully successful one also sets the last-success time.
+    pub fn sync_round(&self, outcome: &'static str, now: std::time::SystemTime) {
+        self.sync_rounds
+            .add(1, &[KeyValue::new("outcome", outcome)]);
+        if outcome == "ok" {
+            let at = now
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            self.sync_last_success.record(at.as_secs_f64(), &[]);
+        }
     }
 
     pub fn keyset_refresh(&self, ok: bool) {

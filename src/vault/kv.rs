@@ -101,6 +101,26 @@ impl VaultClient {
         }
     }
 
+    /// Reads `mount/data/path`; `None` only when Vault says the secret is not there (never
+    /// written, or its current version deleted or destroyed: a 404 with no error text). A
+    /// 404 with a message (no such mount) is an error: absence is never guessed.
+    pub async fn kv2_get(&self, mount: &str, path: &str) -> Result<Option<KvEntry>, VaultError> {
+        match self
+            .request(Method::GET, &data_path(mount, path), None)
+            .await
+        {
+            Ok(d) => Ok(Some(KvEntry {
+                version: d["metadata"]["version"].as_u64().unwrap_or(0),
+                data: d.get("data").cloned().unwrap_or(Value::Null),
+            })),
+            Err(VaultError::Status {
+                status: 404,
+                errors,
+            }) if errors.is_empty() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Writes `data` if the secret is still at version `cas` (0: must not exist yet).
     pub async fn kv2_write_cas(
         &self,
