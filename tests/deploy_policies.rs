@@ -556,6 +556,55 @@ async fn policies_are_sufficient_and_least_privilege() {
     // After all that, the record still holds v1 as the job left it.
     let rec = allowed(&bao, &rotator, who, "GET", RECORD, json!({})).await;
     assert_eq!(rec["data"]["data"]["previous_keys"][0]["version"], 1);
+
+    // --- The sync job (attacker: its token): it reads the KV folder of its sync file and
+    // what decides which versions of the key verify; nothing else, and it writes nothing.
+    let file = deploy("vault/aegis-sync.hcl");
+    bao_cli(
+        &bao,
+        &["policy", "write", "aegis-sync", file.to_str().unwrap()],
+    );
+    let sync = token_for(&bao, "aegis-sync");
+    let who = "aegis-sync";
+    bao.api_ok(
+        "POST",
+        "secret/data/models/model-server/hf",
+        json!({"data": {"token": "t"}}),
+    )
+    .await;
+    bao.api_ok(
+        "POST",
+        "secret/data/models/other/db",
+        json!({"data": {"password": "p"}}),
+    )
+    .await;
+    for path in [
+        "secret/data/models/model-server/hf",
+        &format!("transit/keys/{KEY}"),
+        RECORD,
+        &format!("transit/keys/aegis-retention.{KEY}"),
+    ] {
+        allowed(&bao, &sync, who, "GET", path, json!({})).await;
+    }
+    for (method, path, body) in [
+        ("GET", "secret/data/models/other/db", json!({})),
+        ("LIST", "secret/metadata/models/model-server/", json!({})),
+        ("GET", "secret/metadata/models/model-server/hf", json!({})),
+        (
+            "POST",
+            "secret/data/models/model-server/hf",
+            json!({"data": {"token": "forged"}}),
+        ),
+        ("DELETE", "secret/data/models/model-server/hf", json!({})),
+        (
+            "POST",
+            &format!("transit/sign/{KEY}"),
+            json!({"input": b64(b"x")}),
+        ),
+        ("GET", "secret/data/aegis/keys/transit/other-key", json!({})),
+    ] {
+        denied(&bao, &sync, who, method, path, body).await;
+    }
 }
 
 /// `deploy/vault/setup.sh` against a real OpenBao (Kubernetes API: the harness's
@@ -613,7 +662,7 @@ async fn setup_script_roles_work_with_the_manifests_and_refuse_others() {
 
     // The policies in OpenBao are the files, verbatim (defaults render to themselves),
     // and the key was created.
-    for name in ["aegis-sidecar", "aegis-rotator"] {
+    for name in ["aegis-sidecar", "aegis-rotator", "aegis-sync"] {
         let p = bao
             .api_ok("GET", &format!("sys/policies/acl/{name}"), json!({}))
             .await;
@@ -667,6 +716,20 @@ async fn setup_script_roles_work_with_the_manifests_and_refuse_others() {
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["auth"]["policies"], json!(["aegis-sidecar", "default"]));
     assert_eq!(b["auth"]["lease_duration"], 3600, "sidecar token TTL 1h");
+    // The sync job's role, as its CronJob names it, takes its own account only.
+    let sync_cron = read_deploy("kubernetes/sync/sync-cronjob.yaml");
+    let sync_role = manifest_env(&sync_cron, "AEGIS_AUTH_ROLE");
+    assert_eq!(manifest_projected_audience(&sync_cron), "vault");
+    let sync_jwt = k8s.issue_token(&ServiceAccount::new("ml", "aegis-sync"));
+    let (s, b) = kubernetes_login(&bao, &sync_role, &sync_jwt).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["auth"]["policies"], json!(["aegis-sync", "default"]));
+    assert_eq!(b["auth"]["lease_duration"], 600, "sync token TTL 10m");
+    let (s, b) = kubernetes_login(&bao, &sync_role, &rotator_jwt).await;
+    assert!(
+        (400..500).contains(&s),
+        "the rotator's account as the sync job: {s} {b}"
+    );
     // Each role takes its own service account in its own namespace only.
     for (role, jwt, what) in [
         (

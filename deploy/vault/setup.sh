@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Configures Vault/OpenBao for Aegis, idempotently (safe to run again):
 #
-#   1. the two least-privilege policies of this directory, rendered for one Transit key
-#      (aegis-sidecar.hcl -> policy "aegis-sidecar", aegis-rotator.hcl -> "aegis-rotator");
-#   2. Kubernetes auth (mount "kubernetes"), with two roles, each bound to ONE service
+#   1. the three least-privilege policies of this directory, rendered for one Transit key
+#      (aegis-sidecar.hcl -> policy "aegis-sidecar", aegis-rotator.hcl -> "aegis-rotator",
+#      aegis-sync.hcl -> "aegis-sync", with its KV folder SYNC_KV_FOLDER);
+#   2. Kubernetes auth (mount "kubernetes"), with three roles, each bound to ONE service
 #      account in ONE namespace and to the projected-token audience "vault":
 #        - "model-server":  the sidecar (deploy/kubernetes/base),
 #                           policy aegis-sidecar, token TTL 1h (renewed, max 4h);
 #        - "aegis-rotator": the rotation CronJob (deploy/kubernetes/rotation),
 #                           policy aegis-rotator, token TTL 10m (max 15m);
+#        - "aegis-sync":    the sync CronJob (deploy/kubernetes/sync),
+#                           policy aegis-sync, token TTL 10m (max 15m);
 #   3. JWT auth for GitHub Actions OIDC on a mount of its own ("jwt-github": a JWT mount
 #      trusts exactly one issuer, so sharing one would mean reconfiguring someone else's),
 #      with the role "aegis-ci-rotate" (deploy/ci/github-actions-rotate.yml): policy
@@ -36,7 +39,8 @@
 #                                AEGIS_RETENTION_KV_MOUNT, AEGIS_RETENTION_PREFIX and
 #                                AEGIS_RETENTION_ENDORSEMENT_PREFIX of the sidecar and
 #                                the job.
-#   SIDECAR_POLICY [aegis-sidecar]   ROTATOR_POLICY [aegis-rotator]
+#   SIDECAR_POLICY [aegis-sidecar]   ROTATOR_POLICY [aegis-rotator]   SYNC_POLICY [aegis-sync]
+#   SYNC_KV_FOLDER [models/model-server]  the KV folder (under KV_MOUNT) `aegis sync` reads
 #   K8S_AUTH_MOUNT [kubernetes]
 #   K8S_HOST [https://kubernetes.default.svc]   the Kubernetes API, as Vault reaches it
 #   K8S_CA_CERT_FILE             its CA (PEM); needed when Vault runs outside the cluster
@@ -48,6 +52,7 @@
 #                                empty only for legacy token Secrets, which carry no audience
 #   SIDECAR_SA [model-server]    SIDECAR_ROLE [model-server]
 #   ROTATOR_SA [aegis-rotator]   ROTATOR_ROLE [aegis-rotator]
+#   SYNC_SA [aegis-sync]         SYNC_ROLE [aegis-sync]
 #   JWT_AUTH_MOUNT [jwt-github]  CI_ROLE [aegis-ci-rotate]
 #   GITHUB_BOUND_REPOSITORY      "owner/repo" allowed to rotate (unset: no CI role)
 #   GITHUB_BOUND_REF [refs/heads/main]
@@ -90,6 +95,8 @@ RETENTION_PREFIX="${RETENTION_PREFIX:-aegis/keys}"
 ENDORSEMENT_PREFIX="${ENDORSEMENT_PREFIX:-aegis-retention.}"
 SIDECAR_POLICY="${SIDECAR_POLICY:-aegis-sidecar}"
 ROTATOR_POLICY="${ROTATOR_POLICY:-aegis-rotator}"
+SYNC_POLICY="${SYNC_POLICY:-aegis-sync}"
+SYNC_KV_FOLDER="${SYNC_KV_FOLDER:-models/model-server}"
 K8S_AUTH_MOUNT="${K8S_AUTH_MOUNT:-kubernetes}"
 K8S_HOST="${K8S_HOST:-https://kubernetes.default.svc}"
 K8S_RECONFIGURE="${K8S_RECONFIGURE:-0}"
@@ -98,13 +105,15 @@ SIDECAR_SA="${SIDECAR_SA:-model-server}"
 SIDECAR_ROLE="${SIDECAR_ROLE:-model-server}"
 ROTATOR_SA="${ROTATOR_SA:-aegis-rotator}"
 ROTATOR_ROLE="${ROTATOR_ROLE:-aegis-rotator}"
+SYNC_SA="${SYNC_SA:-aegis-sync}"
+SYNC_ROLE="${SYNC_ROLE:-aegis-sync}"
 JWT_AUTH_MOUNT="${JWT_AUTH_MOUNT:-jwt-github}"
 CI_ROLE="${CI_ROLE:-aegis-ci-rotate}"
 GITHUB_BOUND_REF="${GITHUB_BOUND_REF:-refs/heads/main}"
 GITHUB_OIDC_ISSUER="${GITHUB_OIDC_ISSUER:-https://token.actions.githubusercontent.com}"
 GITHUB_OIDC_AUDIENCE="${GITHUB_OIDC_AUDIENCE:-${VAULT_ADDR:-${BAO_ADDR:-}}}"
 
-for name in KEY TRANSIT_MOUNT KV_MOUNT RETENTION_PREFIX ENDORSEMENT_PREFIX; do
+for name in KEY TRANSIT_MOUNT KV_MOUNT RETENTION_PREFIX ENDORSEMENT_PREFIX SYNC_KV_FOLDER; do
     # Policy paths are rendered with sed and quoted in HCL and JSON: keep them plain.
     [[ "${!name}" =~ ^[A-Za-z0-9._/-]+$ ]] || die "$name=${!name}: only letters, digits and . _ / - are supported"
 done
@@ -112,11 +121,14 @@ TRANSIT_MOUNT="${TRANSIT_MOUNT%/}"
 KV_MOUNT="${KV_MOUNT%/}"
 RETENTION_PREFIX="${RETENTION_PREFIX#/}"
 RETENTION_PREFIX="${RETENTION_PREFIX%/}"
+SYNC_KV_FOLDER="${SYNC_KV_FOLDER#/}"
+SYNC_KV_FOLDER="${SYNC_KV_FOLDER%/}"
 
 # The policy files are written for model-sign on transit with records under
 # secret/data/aegis/keys; render them for the configured key and mounts.
 render() {
-    sed -e "s|\"secret/data/aegis/keys/transit/model-sign\"|\"${KV_MOUNT}/data/${RETENTION_PREFIX}/${TRANSIT_MOUNT}/${KEY}\"|" \
+    sed -e "s|\"secret/data/models/model-server/\*\"|\"${KV_MOUNT}/data/${SYNC_KV_FOLDER}/*\"|" \
+        -e "s|\"secret/data/aegis/keys/transit/model-sign\"|\"${KV_MOUNT}/data/${RETENTION_PREFIX}/${TRANSIT_MOUNT}/${KEY}\"|" \
         -e "s|\"secret/detailed-metadata/aegis/keys/transit/\"|\"${KV_MOUNT}/detailed-metadata/${RETENTION_PREFIX}/${TRANSIT_MOUNT}/\"|" \
         -e "s|\"transit/keys\"|\"${TRANSIT_MOUNT}/keys\"|" \
         -e "s|\"transit/\\([a-z]*\\)/aegis-retention\\.model-sign|\"${TRANSIT_MOUNT}/\\1/${ENDORSEMENT_PREFIX}${KEY}|" \
@@ -138,9 +150,10 @@ mounted() {
     grep -qF "\"$1/\":" <<<"$list"
 }
 
-say "policies $SIDECAR_POLICY and $ROTATOR_POLICY for $TRANSIT_MOUNT/keys/$KEY"
+say "policies $SIDECAR_POLICY, $ROTATOR_POLICY and $SYNC_POLICY for $TRANSIT_MOUNT/keys/$KEY"
 render "$here/aegis-sidecar.hcl" | "$BAO" policy write "$SIDECAR_POLICY" -
 render "$here/aegis-rotator.hcl" | "$BAO" policy write "$ROTATOR_POLICY" -
+render "$here/aegis-sync.hcl" | "$BAO" policy write "$SYNC_POLICY" -
 
 say "Transit mount $TRANSIT_MOUNT, key $KEY; KV v2 mount $KV_MOUNT"
 if ! mounted "$TRANSIT_MOUNT" secrets; then
@@ -186,6 +199,12 @@ fi
     bound_service_account_namespaces="$NAMESPACE" \
     audience="$K8S_AUDIENCE" \
     token_policies="$ROTATOR_POLICY" \
+    token_ttl=10m token_max_ttl=15m
+"$BAO" write "auth/$K8S_AUTH_MOUNT/role/$SYNC_ROLE" \
+    bound_service_account_names="$SYNC_SA" \
+    bound_service_account_namespaces="$NAMESPACE" \
+    audience="$K8S_AUDIENCE" \
+    token_policies="$SYNC_POLICY" \
     token_ttl=10m token_max_ttl=15m
 
 if [[ -z "${GITHUB_BOUND_REPOSITORY:-}" ]]; then

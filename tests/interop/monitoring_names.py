@@ -63,12 +63,23 @@ CONTRACT: Dict[str, Tuple[str, FrozenSet[str]]] = {
     "aegis_retention_record_trusted": (GAUGE, frozenset({"key"})),
     "aegis_audit_events_dropped_total": (COUNTER, frozenset({"reason"})),
     "aegis_audit_refused_signs_total": (COUNTER, frozenset()),
+    "aegis_sync_rounds_total": (COUNTER, frozenset({"outcome"})),
+    "aegis_sync_writes_total": (COUNTER, frozenset({"kind", "action"})),
+    "aegis_sync_errors_total": (COUNTER, frozenset({"stage"})),
+    "aegis_sync_last_success_timestamp_seconds": (GAUGE, frozenset()),
 }
 CONTRACT_NAMES: FrozenSet[str] = frozenset(CONTRACT)
 
 # Not exported by the sidecar itself: pushed over OTLP by the model-verification init
 # containers, and absent where none runs. A scrape of the sidecar need not contain them.
-OPTIONAL_METRICS: FrozenSet[str] = frozenset({"aegis_model_verify_failures_total"})
+OPTIONAL_METRICS: FrozenSet[str] = frozenset({
+    "aegis_model_verify_failures_total",
+    # `aegis sync`'s, exported by the sync job (OTLP or its own /metrics), not the sidecar.
+    "aegis_sync_rounds_total",
+    "aegis_sync_writes_total",
+    "aegis_sync_errors_total",
+    "aegis_sync_last_success_timestamp_seconds",
+})
 
 # The bounded values of the enumerated labels (key, version and status are open:
 # key is an allowlisted name or "_other"; status an HTTP status code or "unreachable").
@@ -81,11 +92,15 @@ LABEL_VALUES: Dict[str, FrozenSet[str]] = {
         "lookup_self", "kv_read", "kv_write", "kv_list", "health", "other",
     }),
     "method": frozenset({"token", "approle", "kubernetes", "jwt", "cert"}),
+    "kind": frozenset({"secret", "configmap", "deployment", "statefulset"}),
+    "action": frozenset({"create", "update", "delete", "restart"}),
+    "stage": frozenset({"vault", "kubernetes", "mapping", "audit"}),
 }
 # "outcome" has two vocabularies: requests (ok|client_error|...) and key set refreshes (ok|error).
 OUTCOME_VALUES: Dict[str, FrozenSet[str]] = {
     "aegis_requests_total": frozenset({"ok", "client_error", "vault_error", "unavailable", "internal_error"}),
     "aegis_keyset_refreshes_total": frozenset({"ok", "error"}),
+    "aegis_sync_rounds_total": frozenset({"ok", "failed", "aborted"}),
 }
 # "reason" too: audit drops and retention record refusals (model verification's is open).
 REASON_VALUES: Dict[str, FrozenSet[str]] = {

@@ -50,7 +50,7 @@ from conftest import REPO, aegis_path, bao_path, clean_env, running_bao, running
 K8S = REPO / "deploy/kubernetes"
 OVERLAYS = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomization.yaml"))
 # Kustomizations rendered on their own too (the overlays include them).
-KUSTOMIZATIONS = [f"overlays/{o}" for o in OVERLAYS] + ["base", "rotation"]
+KUSTOMIZATIONS = [f"overlays/{o}" for o in OVERLAYS] + ["base", "rotation", "sync"]
 KUSTOMIZE_KINDS = {"Kustomization", "Component"}
 POD_KINDS = {"Deployment", "CronJob"}
 AEGIS_IMAGE = "ghcr.io/example/aegis"
@@ -428,6 +428,41 @@ def check_rotation(docs: List[dict]) -> None:
         assert job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["restartPolicy"] == "Never"
 
 
+def check_sync(docs: List[dict]) -> None:
+    """The sync job's Role names exactly the objects its sync file writes and restarts, with
+    the verbs server-side apply needs, and nothing cluster-wide; it reads that file."""
+    jobs = find(docs, "CronJob", "aegis-sync")
+    if not jobs:
+        return
+    pod = jobs[0]["spec"]["jobTemplate"]["spec"]["template"]
+    c = containers(pod)[0]
+    args = c["args"]
+    path = args[args.index("--file") + 1]
+    m = mount_of(c, path)
+    assert m, f"--file {path} is on no volume"
+    maps = find(docs, "ConfigMap", volume(pod, m["name"])["configMap"]["name"])
+    assert len(maps) == 1, "the sync file's ConfigMap is not rendered"
+    sync = tomllib.loads(maps[0]["data"][os.path.relpath(path, m["mountPath"])])
+    secrets = {s["name"] for s in sync.get("secret", [])}
+    configmaps = {p["name"] for p in sync.get("public_keys", [])}
+    restarts = {r.split("/", 1)[1] for e in sync.get("secret", []) + sync.get("public_keys", []) for r in e.get("restart", [])}
+    deletes = any(e.get("on_delete", sync.get("on_delete", "keep")) == "delete" for e in sync.get("secret", []))
+    assert sync["namespace"] == jobs[0]["metadata"].get("namespace", sync["namespace"]), "the sync file writes into another namespace"
+    assert not find(docs, "ClusterRole") and not find(docs, "ClusterRoleBinding")
+    roles = find(docs, "Role", "aegis-sync")
+    assert len(roles) == 1
+    granted = {(r["apiGroups"][0], r["resources"][0]): (set(r["resourceNames"]), set(r["verbs"])) for r in roles[0]["rules"]}
+    assert all(len(r["apiGroups"]) == 1 and len(r["resources"]) == 1 for r in roles[0]["rules"]), roles[0]["rules"]
+    assert granted == {
+        ("", "secrets"): (secrets, {"get", "patch", "create"} | ({"delete"} if deletes else set())),
+        ("", "configmaps"): (configmaps, {"get", "patch", "create"}),
+        ("apps", "deployments"): (restarts, {"get", "patch"}),
+    }, granted
+    binding = find(docs, "RoleBinding", "aegis-sync")[0]
+    assert binding["roleRef"]["name"] == "aegis-sync"
+    assert binding["subjects"][0]["name"] == pod["spec"]["serviceAccountName"]
+
+
 def check_disruption(docs: List[dict]) -> None:
     deployment, pod = model_server(docs)
     for pdb in find(docs, "PodDisruptionBudget"):
@@ -447,6 +482,7 @@ CHECKS = [
     check_env,
     check_network_policy,
     check_rotation,
+    check_sync,
     check_disruption,
 ]
 
@@ -516,7 +552,7 @@ def test_overlays_differ_where_they_should():
     deployment, pod = model_server(prod)
     assert deployment["spec"]["replicas"] >= 2 and find(prod, "PodDisruptionBudget")
     assert all("@sha256:" in c["image"] for c in containers(pod)), "production pins images by digest"
-    assert {j["metadata"]["name"] for j in find(prod, "CronJob")} == {"aegis-rotate-model-sign", "aegis-keys-status"}
+    assert {j["metadata"]["name"] for j in find(prod, "CronJob")} == {"aegis-rotate-model-sign", "aegis-keys-status", "aegis-sync"}
     assert "AEGIS_POLICY_FILE" in effective_env(sidecar(pod), prod)
     assert not find(dev, "CronJob") and not find(dev, "PodDisruptionBudget")
     assert "AEGIS_POLICY_FILE" not in effective_env(sidecar(model_server(dev)[1]), dev)
@@ -620,6 +656,12 @@ MUTATIONS = {
     ),
     "no dns": (check_network_policy, lambda d: find(d, "NetworkPolicy", "model-server")[0]["spec"]["egress"].pop()),
     "unset schedule": (check_rotation, lambda d: find(d, "CronJob")[0]["spec"].update(schedule="${ROTATION_SCHEDULE}")),
+    "sync role names another secret": (
+        check_sync,
+        lambda d: find(d, "Role", "aegis-sync")[0]["rules"][0]["resourceNames"].append("other-secret"),
+    ),
+    "sync role may list": (check_sync, lambda d: find(d, "Role", "aegis-sync")[0]["rules"][0]["verbs"].append("list")),
+    "sync role lacks create": (check_sync, lambda d: find(d, "Role", "aegis-sync")[0]["rules"][1]["verbs"].remove("create")),
     "budget blocks drains": (check_disruption, lambda d: model_server(d)[0]["spec"].update(replicas=1)),
 }
 
