@@ -5,6 +5,7 @@
 
 pub mod audit_log;
 pub mod cluster;
+pub mod kube_api;
 pub mod logs;
 pub mod standins;
 pub mod tls;
@@ -492,14 +493,7 @@ impl Sidecar {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .filter(|l| {
-                l.strip_prefix(name)
-                    .is_some_and(|r| r.starts_with([' ', '{']))
-            })
-            .filter(|l| l.contains(labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_in(&text, name, labels)
     }
 
     pub async fn stop(mut self) {
@@ -511,6 +505,19 @@ impl Sidecar {
 }
 
 /// Polls `f` until it returns `Some`, failing after `within`.
+/// The sum of the samples of metric `name` whose labels contain `labels` (e.g.
+/// `outcome="ok"`), in a Prometheus text exposition.
+pub fn metric_in(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with([' ', '{']))
+        })
+        .filter(|l| l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
