@@ -780,6 +780,30 @@ async fn a_round_costs_vault_one_read_per_kv_path_and_three_per_published_key() 
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_that_fails_is_reported_counted_and_audited_and_the_secret_is_still_written() {
+    let w = World::new().await;
+    let mapping = "namespace = \"models\"\n[[secret]]\npath = \"apps/r\"\nname = \"r\"\nrestart = [\"deployment/missing\"]\n";
+    w.kv_put("apps/r", json!({"v": "1"})).await;
+    let (code, _, err) = w.sync(mapping, &[], &[]).await;
+    assert_eq!(code, 0, "{err}");
+    w.kv_put("apps/r", json!({"v": "2"})).await;
+    let (code, out, err) = w.sync(mapping, &[], &[]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("secret models/r: updated from kv:secret/apps/r version 2"),
+        "{out}"
+    );
+    assert!(
+        out.contains("deployment models/missing: restart failed: Kubernetes answered 404 NotFound"),
+        "{out}"
+    );
+    assert_eq!(decoded(&w.secret("r"), "v"), "2");
+    let last = w.audit().pop().unwrap();
+    assert_eq!(last["target"], "deployment/models/missing");
+    assert_ne!(last["result"], "ok");
+}
+
 /// A merge patch of Secret `models/name` by field manager `manager`, sent to the stand-in
 /// as `kubectl edit` or `kubectl patch` send theirs.
 async fn edit_as(kube: &KubeApiStandIn, manager: &str, name: &str, patch: Value) {

@@ -328,7 +328,9 @@ impl Context {
             report.targets.push(self.public_keys(t, keys).await);
         }
         report.restarts = self.restarts(&report.targets).await;
-        for e in report.targets.iter().filter_map(|t| t.failure.as_ref()) {
+        let target_failures = report.targets.iter().filter_map(|t| t.failure.as_ref());
+        let restart_failures = report.restarts.iter().filter_map(|r| r.failure.as_ref());
+        for e in target_failures.chain(restart_failures) {
             metrics::get().sync_error(e.stage());
         }
         report.ok = report.failure().is_none();
