@@ -1,7 +1,7 @@
 //! `aegis sync`: Vault KV v2 secrets into Kubernetes Secrets, and Transit keys' published
 //! public keys into ConfigMaps, once (a CronJob) or every `--interval`.
 //!
-//! A round reads everything it needs from Vault first ([`round`]); if Vault cannot be
+//! A round reads everything it needs from Vault first (`round`); if Vault cannot be
 //! read, nothing is written. Then each target is compared with the object the API server
 //! has ([`plan`]) and written with server-side apply only when it differs ([`kube`]);
 //! workloads named in `restart` are restarted once per round when a Secret or ConfigMap
