@@ -16,6 +16,7 @@
 //! This module talks to Vault only through the Transit API (`crate::vault`).
 
 pub mod bundle;
+pub mod cache;
 pub mod commands;
 pub mod hash;
 pub(crate) mod hex;
