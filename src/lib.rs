@@ -21,6 +21,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod model;
 pub mod policy;
+pub mod sealed;
 pub mod server;
 pub mod sign;
 pub mod sync;

@@ -2,9 +2,8 @@
 //! outage keep verifying.
 //!
 //! The file holds public keys, versions and policy fields only (each key as `GET keys`
-//! answers it), never a token. It is written atomically (temporary file, fsync, rename,
-//! fsync of the directory) with mode 0600, and starts with a header line carrying the
-//! payload's length and SHA-256:
+//! answers it), never a token. It is a [`crate::sealed`] file: written atomically with
+//! mode 0600, starting with a header line carrying the payload's length and SHA-256:
 //!
 //! ```text
 //! aegis-keyset-snapshot/1 len=1234 sha256=<hex>
@@ -14,7 +13,6 @@
 //! A file whose header, length or checksum does not match is refused whole, with a log
 //! line saying why: a snapshot is never trusted in part.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -37,16 +35,10 @@ pub struct Payload {
 }
 
 /// Why a snapshot was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is not a valid keyset snapshot: {reason}")]
-    Corrupt { path: PathBuf, reason: String },
-}
+pub type SnapshotError = crate::sealed::SealedError;
+
+/// The largest snapshot read: far above what the keyset bounds allow.
+const MAX_LEN: u64 = 256 * 1024 * 1024;
 
 /// The snapshot file in `dir`.
 pub fn path(dir: &Path) -> PathBuf {
@@ -55,107 +47,23 @@ pub fn path(dir: &Path) -> PathBuf {
 
 /// Writes `payload` atomically to `dir` (created 0700 if missing), mode 0600.
 pub fn write(dir: &Path, payload: &Payload) -> std::io::Result<()> {
-    create_private_dir(dir)?;
     let body = serde_json::to_vec(payload).map_err(std::io::Error::other)?;
-    let header = format!("{MAGIC} len={} sha256={}\n", body.len(), sha256_hex(&body));
-    let target = path(dir);
-    let tmp = dir.join(format!(".{FILE_NAME}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = private_file(&tmp)?;
-        f.write_all(header.as_bytes())?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &target)?;
-        // The rename itself must survive a crash: sync the directory entry.
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    crate::sealed::write(dir, FILE_NAME, MAGIC, &body)
 }
 
 /// Reads the snapshot in `dir`: `Ok(None)` when there is none.
 pub fn read(dir: &Path) -> Result<Option<Payload>, SnapshotError> {
     let path = path(dir);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(SnapshotError::Io { path, source }),
+    let Some(body) = crate::sealed::read(&path, MAGIC, "keyset snapshot", MAX_LEN)? else {
+        return Ok(None);
     };
-    parse(&bytes)
+    serde_json::from_slice(&body)
         .map(Some)
-        .map_err(|reason| SnapshotError::Corrupt { path, reason })
-}
-
-fn parse(bytes: &[u8]) -> Result<Payload, String> {
-    let newline = bytes
-        .iter()
-        .position(|b| *b == b'\n')
-        .ok_or("no header line")?;
-    let header = std::str::from_utf8(&bytes[..newline]).map_err(|_| "header is not text")?;
-    let body = &bytes[newline + 1..];
-    let mut fields = header.split(' ');
-    if fields.next() != Some(MAGIC) {
-        return Err(format!("unknown format (expected {MAGIC})"));
-    }
-    let (mut len, mut sum) = (None, None);
-    for field in fields {
-        match field.split_once('=') {
-            Some(("len", v)) => len = v.parse::<usize>().ok(),
-            Some(("sha256", v)) => sum = Some(v),
-            _ => return Err(format!("unexpected header field {field:?}")),
-        }
-    }
-    let len = len.ok_or("header has no valid len")?;
-    let sum = sum.ok_or("header has no sha256")?;
-    if body.len() != len {
-        return Err(format!(
-            "truncated or padded: header says {len} bytes, file holds {}",
-            body.len()
-        ));
-    }
-    if sha256_hex(body) != sum {
-        return Err("checksum mismatch".into());
-    }
-    serde_json::from_slice(body).map_err(|e| format!("payload: {e}"))
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-#[cfg(unix)]
-fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-}
-
-#[cfg(not(unix))]
-fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::File::create(path)
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-    }
-    #[cfg(not(unix))]
-    std::fs::create_dir_all(dir)
+        .map_err(|e| SnapshotError::Corrupt {
+            path,
+            what: "keyset snapshot",
+            reason: format!("payload: {e}"),
+        })
 }
 
 #[cfg(test)]
