@@ -11,18 +11,21 @@ pub fn encode(bytes: &[u8]) -> String {
     s
 }
 
-/// A 32-byte digest from 64 hex digits (either case); `None` otherwise.
-pub fn decode32(s: &str) -> Option<[u8; 32]> {
+/// Bytes from an even number of hex digits (either case); `None` otherwise.
+pub fn decode(s: &str) -> Option<Vec<u8>> {
     let s = s.as_bytes();
-    if s.len() != 64 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let nibble = |c: u8| char::from(c).to_digit(16).map(|d| d as u8);
-    let mut out = [0u8; 32];
-    for (i, pair) in s.chunks(2).enumerate() {
-        out[i] = nibble(pair[0])? << 4 | nibble(pair[1])?;
-    }
-    Some(out)
+    s.chunks(2)
+        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
+        .collect()
+}
+
+/// A 32-byte digest from 64 hex digits (either case); `None` otherwise.
+pub fn decode32(s: &str) -> Option<[u8; 32]> {
+    decode(s)?.try_into().ok()
 }
 
 #[cfg(test)]
@@ -34,5 +37,8 @@ mod tests {
         assert_eq!(super::decode32(&super::encode(&d).to_uppercase()), Some(d));
         assert_eq!(super::decode32("zz"), None);
         assert_eq!(super::decode32(&"g".repeat(64)), None);
+        assert_eq!(super::decode32(&"a".repeat(62)), None);
+        assert_eq!(super::decode("0aF"), None);
+        assert_eq!(super::decode("0aFf"), Some(vec![0x0a, 0xff]));
     }
 }
