@@ -247,7 +247,8 @@ pub struct Config {
     /// `RUST_LOG`: the log filter, default `info`.
     pub log_filter: Option<String>,
     /// `AEGIS_CACHE_DIR`: where the keyset snapshot is kept, so a restart during a Vault
-    /// outage still verifies. Unset: no snapshot.
+    /// outage still verifies, and the model digest cache (`model-digests/`). Unset:
+    /// neither.
     pub cache_dir: Option<PathBuf>,
     /// Where retention records live: `AEGIS_RETENTION_KV_MOUNT` (default `secret`, a KV v2
     /// mount) and `AEGIS_RETENTION_PREFIX` (default `aegis/keys`); the record of key K is
@@ -400,6 +401,12 @@ impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok().filter(|v| !v.is_empty())
     }
+}
+
+/// `AEGIS_CACHE_DIR` alone, for `aegis model verify --public-key`, which loads no other
+/// configuration.
+pub fn cache_dir_from_env(env: &dyn Env) -> Option<PathBuf> {
+    env.var("AEGIS_CACHE_DIR").map(PathBuf::from)
 }
 
 /// Values that take precedence over another source (`aegis dev` layers its own settings
