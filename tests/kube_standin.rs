@@ -6,23 +6,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
-use common::kube_api::{KubeApiStandIn, Rule};
+use common::kube_api::{kubernetes_validate, tool, KubeApiStandIn, Rule};
 use serde_json::{json, Value};
-
-fn tool(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(".venv/bin")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} missing: run bash scripts/install-kubectl.sh",
-        p.display()
-    );
-    p
-}
 
 /// `kubectl <args>` with the stand-in's kubeconfig, off the async runtime.
 async fn kubectl(dir: &Path, args: &[&str]) -> Output {
@@ -232,7 +220,7 @@ async fn kubectl_reads_applies_restarts_and_deletes_against_the_stand_in() {
     // kubernetes-validate accepts every stored object, and refuses a broken one.
     for (i, obj) in kube.objects().iter().enumerate() {
         assert!(
-            validate(d, &format!("stored-{i}.json"), obj)
+            kubernetes_validate(d, &format!("stored-{i}.json"), obj)
                 .status
                 .success(),
             "{obj}"
@@ -240,15 +228,7 @@ async fn kubectl_reads_applies_restarts_and_deletes_against_the_stand_in() {
     }
     let mut broken = kube.get("secrets", "default", "a").unwrap();
     broken["data"] = json!("not a map");
-    assert!(!validate(d, "broken.json", &broken).status.success());
-}
-
-fn validate(dir: &Path, name: &str, obj: &Value) -> Output {
-    let file = dir.join(name);
-    std::fs::write(&file, obj.to_string()).unwrap();
-    std::process::Command::new(tool("kubernetes-validate"))
-        .args(["--strict", "-k", "1.34.0"])
-        .arg(&file)
-        .output()
-        .unwrap()
+    assert!(!kubernetes_validate(d, "broken.json", &broken)
+        .status
+        .success());
 }

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::kube_api::{KubeApiStandIn, Rule};
+use common::kube_api::{kubernetes_validate, tool, KubeApiStandIn, Rule};
 use common::Bao;
 use serde_json::{json, Value};
 
@@ -839,28 +839,10 @@ fn kubectl(w: &World, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn tool(name: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(".venv/bin")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} missing: run bash scripts/install-kubectl.sh",
-        p.display()
-    );
-    p
-}
-
 /// kubernetes-validate (strict) accepts every object the stand-in stores.
 fn validate_all(kube: &KubeApiStandIn, dir: &Path) {
     for (i, obj) in kube.objects().iter().enumerate() {
-        let file = dir.join(format!("object-{i}.json"));
-        std::fs::write(&file, obj.to_string()).unwrap();
-        let out = std::process::Command::new(tool("kubernetes-validate"))
-            .args(["--strict", "-k", "1.34.0"])
-            .arg(&file)
-            .output()
-            .unwrap();
+        let out = kubernetes_validate(dir, &format!("object-{i}.json"), obj);
         assert!(
             out.status.success(),
             "kubernetes-validate refused {obj}: {}{}",

@@ -530,3 +530,28 @@ async fn serve_tls(tcp: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcce
         .await
         .unwrap();
 }
+
+/// A tool `scripts/install-kubectl.sh` installs into `.venv/bin` (kubectl,
+/// kubernetes-validate); a missing one fails the test.
+pub fn tool(name: &str) -> std::path::PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".venv/bin")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} missing: run bash scripts/install-kubectl.sh",
+        p.display()
+    );
+    p
+}
+
+/// `kubernetes-validate --strict` (Kubernetes 1.34) on `obj`, written to `dir/name`.
+pub fn kubernetes_validate(dir: &Path, name: &str, obj: &Value) -> std::process::Output {
+    let file = dir.join(name);
+    std::fs::write(&file, obj.to_string()).unwrap();
+    std::process::Command::new(tool("kubernetes-validate"))
+        .args(["--strict", "-k", "1.34.0"])
+        .arg(&file)
+        .output()
+        .unwrap()
+}
