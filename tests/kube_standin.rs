@@ -33,6 +33,27 @@ async fn kubectl_ok(dir: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `kubectl apply --server-side` of `file` as field manager `manager` (`--validate=false`:
+/// the stand-in serves no OpenAPI document; schemas are kubernetes-validate's job).
+async fn apply(dir: &Path, manager: &str, file: &str, force: bool) -> Output {
+    let manager = format!("--field-manager={manager}");
+    let mut args = vec!["apply", "--validate=false", "--server-side", &manager];
+    if force {
+        args.push("--force-conflicts");
+    }
+    args.extend(["-f", file]);
+    kubectl(dir, &args).await
+}
+
+async fn apply_ok(dir: &Path, manager: &str, file: &str, force: bool) {
+    let out = apply(dir, manager, file, force).await;
+    assert!(
+        out.status.success(),
+        "kubectl apply {file}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A Secret manifest; `labels` null: no labels field.
 fn secret(name: &str, password_b64: &str, labels: Value) -> Value {
     let mut s = json!({"apiVersion": "v1", "kind": "Secret",
@@ -64,31 +85,9 @@ async fn kubectl_reads_applies_restarts_and_deletes_against_the_stand_in() {
             json!({"app.kubernetes.io/managed-by": "aegis"}),
         ),
     );
-    kubectl_ok(
-        d,
-        &[
-            "apply",
-            "--validate=false",
-            "--server-side",
-            "--field-manager=first",
-            "-f",
-            &f,
-        ],
-    )
-    .await;
+    apply_ok(d, "first", &f, false).await;
     let rv = kube.get("secrets", "default", "a").unwrap()["metadata"]["resourceVersion"].clone();
-    kubectl_ok(
-        d,
-        &[
-            "apply",
-            "--validate=false",
-            "--server-side",
-            "--field-manager=first",
-            "-f",
-            &f,
-        ],
-    )
-    .await;
+    apply_ok(d, "first", &f, false).await;
     assert_eq!(
         kube.get("secrets", "default", "a").unwrap()["metadata"]["resourceVersion"],
         rv
@@ -111,34 +110,11 @@ async fn kubectl_reads_applies_restarts_and_deletes_against_the_stand_in() {
 
     // A second manager applying another value conflicts, naming the owner; forcing moves it.
     let f2 = file("a2.json", &secret("a", "dHdv", Value::Null));
-    let out = kubectl(
-        d,
-        &[
-            "apply",
-            "--validate=false",
-            "--server-side",
-            "--field-manager=second",
-            "-f",
-            &f2,
-        ],
-    )
-    .await;
+    let out = apply(d, "second", &f2, false).await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("conflict") && err.contains("first"), "{err}");
-    kubectl_ok(
-        d,
-        &[
-            "apply",
-            "--validate=false",
-            "--server-side",
-            "--field-manager=second",
-            "--force-conflicts",
-            "-f",
-            &f2,
-        ],
-    )
-    .await;
+    apply_ok(d, "second", &f2, true).await;
     let stored = kube.get("secrets", "default", "a").unwrap();
     assert_eq!(stored["data"]["password"], "dHdv");
     let managers: Vec<&str> = stored["metadata"]["managedFields"]
@@ -151,17 +127,8 @@ async fn kubectl_reads_applies_restarts_and_deletes_against_the_stand_in() {
     assert_eq!(managers, ["second"]);
 
     // A label selector lists only the labelled Secrets.
-    kubectl_ok(
-        d,
-        &[
-            "apply",
-            "--validate=false",
-            "--server-side",
-            "-f",
-            &file("b.json", &secret("b", "Yg==", Value::Null)),
-        ],
-    )
-    .await;
+    let b = file("b.json", &secret("b", "Yg==", Value::Null));
+    apply_ok(d, "kubectl", &b, false).await;
     let listed = kubectl_ok(
         d,
         &[
