@@ -62,6 +62,16 @@ impl Logging {
         let filter = c.log_filter.as_deref().or(self.quiet.then_some("warn"));
         crate::telemetry::init(format, filter, &c.telemetry);
     }
+
+    /// Without a configuration (`model verify --public-key` reads none): warnings and
+    /// errors on stderr, nothing exported.
+    fn init_offline(self) {
+        let format = match self.flag {
+            Some(LogFormatArg::Json) => LogFormat::Json,
+            _ => LogFormat::Text,
+        };
+        crate::telemetry::init(format, Some("warn"), &Default::default());
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -276,7 +286,30 @@ impl ModelFlags {
             ignore_git_paths: !self.no_ignore_git_paths,
             allow_symlinks: self.allow_symlinks,
             progress: true,
+            cache_dir: None,
         }
+    }
+}
+
+/// Where `aegis model verify` keeps its digest cache.
+#[derive(Debug, clap::Args)]
+struct CacheFlags {
+    /// The digest cache's directory, overriding AEGIS_CACHE_DIR: files unchanged since an
+    /// earlier run (same device, inode, size, mtime and ctime) are not hashed again.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Hash every file; read and write no digest cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
+}
+
+impl CacheFlags {
+    /// The directory to use, given the configured one (`AEGIS_CACHE_DIR`).
+    fn dir(self, configured: Option<PathBuf>) -> Option<PathBuf> {
+        if self.no_cache {
+            return None;
+        }
+        self.cache_dir.or(configured)
     }
 }
 
@@ -307,6 +340,8 @@ enum ModelCommand {
         /// A PEM public key: verify offline, without Vault.
         #[arg(long, alias = "public_key")]
         public_key: Option<PathBuf>,
+        #[command(flatten)]
+        cache: CacheFlags,
         #[command(flatten)]
         flags: ModelFlags,
     },
@@ -491,20 +526,31 @@ async fn run_model(command: ModelCommand, logging: Logging) -> ExitCode {
             key,
             signature,
             public_key,
+            cache,
             flags,
         } => {
             let config = match public_key {
-                Some(_) => None,
+                Some(_) => {
+                    logging.init_offline();
+                    None
+                }
                 None => match load_config(flags.config.as_deref(), Credential::Optional, logging) {
                     Ok(c) => Some(c),
                     Err(code) => return code,
                 },
             };
+            let configured = match &config {
+                Some(c) => c.cache_dir.clone(),
+                None => crate::config::cache_dir_from_env(&ProcessEnv),
+            };
             let args = VerifyArgs {
                 key,
                 signature,
                 public_key,
-                options: flags.options(),
+                options: ModelOptions {
+                    cache_dir: cache.dir(configured),
+                    ..flags.options()
+                },
                 model: flags.model,
             };
             model_commands::run_verify(config.as_ref(), args).await

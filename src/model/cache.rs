@@ -37,8 +37,10 @@ pub const SUBDIR: &str = "model-digests";
 const SUFFIX: &str = ".digests";
 /// Cache files kept: one per model root and serialization.
 pub const MAX_MODELS: usize = 64;
-/// The largest cache file read (a 100 000-file model takes about 20 MB).
-pub const MAX_FILE_LEN: u64 = 64 * 1024 * 1024;
+/// The largest cache file read or written: about 40 000 files (an entry is about 200
+/// bytes). It is held in memory while a model is verified, so it stays well inside the
+/// sidecar's 64 MiB limit; a model with more files is verified without the cache.
+pub const MAX_FILE_LEN: u64 = 8 * 1024 * 1024;
 /// How much older than the recording run's start a file's ctime must be for its entry to
 /// be trusted: above the coarsest timestamp granularity of common filesystems (2 s, FAT).
 pub const RACY_MARGIN: Duration = Duration::from_secs(2);
@@ -246,6 +248,13 @@ impl DigestCache {
             entries: seen.clone(),
         };
         let bytes = serde_json::to_vec(&body).map_err(std::io::Error::other)?;
+        if bytes.len() as u64 > MAX_FILE_LEN {
+            return Err(std::io::Error::other(format!(
+                "{} entries take {} bytes, more than the {MAX_FILE_LEN} a cache file may hold",
+                body.entries.len(),
+                bytes.len()
+            )));
+        }
         crate::sealed::write(&self.dir, &self.file_name, MAGIC, &bytes)?;
         evict(&self.dir, MAX_MODELS)
     }

@@ -139,11 +139,13 @@ pub async fn run_verify(config: Option<&Config>, args: VerifyArgs) -> ExitCode {
     match result {
         Ok(v) => {
             println!(
-                "verified model {:?}: {} files ({}) match the signature by {}",
+                "verified model {:?}: {} files ({}) match the signature by {} ({} hashed, {} from the digest cache)",
                 v.model_name,
                 v.files,
                 human_bytes(v.bytes as f64),
-                v.signer
+                v.signer,
+                v.files - v.from_cache,
+                v.from_cache
             );
             ExitCode::SUCCESS
         }

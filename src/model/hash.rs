@@ -10,8 +10,13 @@
 //! streamed through one fixed buffer per worker: memory stays bounded by the number of
 //! workers, whatever the model's size. The digest is aws-lc's SHA-256 (SHA-NI where the
 //! CPU has it).
+//!
+//! With a digest cache ([`hash_model_cached`], used by verification), a file whose stamp
+//! the cache still trusts is not read; the others are hashed and recorded with the
+//! metadata the walk read before hashing them.
 
-use std::fs::File;
+use std::collections::HashMap;
+use std::fs::{File, Metadata};
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -19,6 +24,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
+
+use super::cache::DigestCache;
 
 /// Bytes read at once per worker: big enough for few syscalls, small enough to stay in
 /// the core's cache between the copy and the hash.
@@ -72,11 +79,13 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> HashError + '_ {
     }
 }
 
-/// A file found by the walk, not yet hashed.
+/// A file found by the walk, not yet hashed, with the metadata the walk read (the digest
+/// cache's stamp).
 struct Job {
     name: String,
     path: PathBuf,
     size: u64,
+    meta: Metadata,
 }
 
 /// A hashed model.
@@ -84,14 +93,62 @@ struct Job {
 pub struct Hashed {
     /// Sorted as the manifest orders them (see [`super::manifest::sort_resources`]).
     pub files: Vec<FileDigest>,
-    /// Bytes read.
+    /// The model's size: bytes read, plus the sizes of files taken from the digest cache.
     pub bytes: u64,
+    /// How many of `files` came from the digest cache instead of being read.
+    pub from_cache: usize,
 }
 
 /// Hashes every file of the model at `root`.
 pub fn hash_model(root: &Path, opts: &HashOptions) -> Result<Hashed, HashError> {
+    hash_model_cached(root, opts, None)
+}
+
+/// Hashes the model at `root`, taking from `cache` the digests of files whose stamp it
+/// still trusts and recording the others once hashed (the caller saves the cache).
+pub fn hash_model_cached(
+    root: &Path,
+    opts: &HashOptions,
+    cache: Option<&DigestCache>,
+) -> Result<Hashed, HashError> {
     let jobs = walk(root, opts)?;
-    hash_jobs(jobs, opts)
+    let Some(cache) = cache else {
+        return hash_jobs(jobs, opts);
+    };
+    let (mut known, mut cached_bytes, mut to_hash) = (Vec::new(), 0, Vec::new());
+    for job in jobs {
+        match cache.lookup(&job.name, &job.meta).and_then(sha256_of) {
+            Some(sha256) => {
+                cached_bytes += job.size;
+                known.push(FileDigest {
+                    name: job.name,
+                    sha256,
+                });
+            }
+            None => to_hash.push(job),
+        }
+    }
+    let stamps: HashMap<String, Metadata> = to_hash
+        .iter()
+        .map(|j| (j.name.clone(), j.meta.clone()))
+        .collect();
+    let mut hashed = hash_jobs(to_hash, opts)?;
+    for f in &hashed.files {
+        cache.record(&f.name, &stamps[&f.name], vec![f.sha256.to_vec()]);
+    }
+    hashed.from_cache = known.len();
+    hashed.bytes += cached_bytes;
+    hashed.files.append(&mut known);
+    super::manifest::sort_resources(&mut hashed.files, |d| &d.name);
+    Ok(hashed)
+}
+
+/// The one SHA-256 a `files` cache entry holds.
+fn sha256_of(digests: Vec<Vec<u8>>) -> Option<[u8; 32]> {
+    match digests.as_slice() {
+        [one] => one.as_slice().try_into().ok(),
+        _ => None,
+    }
 }
 
 /// Whether the relative path `rel` lies under one of the `ignore` paths.
@@ -111,6 +168,7 @@ fn walk(root: &Path, opts: &HashOptions) -> Result<Vec<Job>, HashError> {
             name: ".".into(),
             path: root.to_path_buf(),
             size: meta.len(),
+            meta,
         });
         return Ok(jobs);
     }
@@ -190,6 +248,7 @@ fn visit(
         name: rel.join("/"),
         path: path.to_path_buf(),
         size: meta.len(),
+        meta,
     });
     Ok(())
 }
@@ -255,6 +314,7 @@ fn hash_jobs(mut jobs: Vec<Job>, opts: &HashOptions) -> Result<Hashed, HashError
     Ok(Hashed {
         files,
         bytes: done.into_inner(),
+        from_cache: 0,
     })
 }
 

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use crate::lifecycle::LifecycleError;
 use crate::vault::VaultClient;
 use bundle::{Bundle, BundleError};
+use cache::DigestCache;
 use hash::{relative_components, HashError, HashOptions, Hashed};
 use keys::SignerKey;
 use manifest::{Manifest, Serialization, HASH_SHA256, METHOD_FILES};
@@ -127,6 +128,9 @@ pub struct ModelOptions {
     pub allow_symlinks: bool,
     /// Progress bar on stderr when it is a terminal.
     pub progress: bool,
+    /// Where verification keeps its digest cache ([`cache`]); `None`: every file is hashed.
+    /// Signing never uses it.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for ModelOptions {
@@ -136,6 +140,7 @@ impl Default for ModelOptions {
             ignore_git_paths: true,
             allow_symlinks: false,
             progress: false,
+            cache_dir: None,
         }
     }
 }
@@ -175,6 +180,8 @@ pub struct Verified {
     pub model_name: String,
     pub files: usize,
     pub bytes: u64,
+    /// How many of `files` the digest cache vouched for (the rest were read and hashed).
+    pub from_cache: usize,
     pub signer: Signer,
 }
 
@@ -259,13 +266,33 @@ fn model_name(model: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Hashes the model off the async runtime.
-async fn hash_blocking(model: &Path, opts: HashOptions) -> Result<Hashed, ModelError> {
+/// Hashes the model off the async runtime; with `cache` (its directory and the signed
+/// serialization), through the digest cache, which is saved afterwards.
+async fn hash_blocking(
+    model: &Path,
+    opts: HashOptions,
+    cache: Option<(PathBuf, &Serialization)>,
+) -> Result<Hashed, ModelError> {
     let model = model.to_path_buf();
-    tokio::task::spawn_blocking(move || hash::hash_model(&model, &opts))
-        .await
-        .map_err(|e| ModelError::Io(format!("the hashing task failed: {e}")))?
-        .map_err(ModelError::from)
+    let cache = cache.map(|(dir, s)| (dir, serde_json::to_string(s).expect("JSON")));
+    tokio::task::spawn_blocking(move || {
+        let Some((dir, serialization)) = cache else {
+            return hash::hash_model(&model, &opts);
+        };
+        let root = std::fs::canonicalize(&model).map_err(|source| HashError::Io {
+            path: model.clone(),
+            source,
+        })?;
+        let cache = DigestCache::open(&dir, &root, &serialization);
+        let hashed = hash::hash_model_cached(&model, &opts, Some(&cache))?;
+        if let Err(e) = cache.save() {
+            tracing::warn!(dir = %dir.display(), error = %e, "model digest cache not saved; the next run hashes every file");
+        }
+        Ok(hashed)
+    })
+    .await
+    .map_err(|e| ModelError::Io(format!("the hashing task failed: {e}")))?
+    .map_err(ModelError::from)
 }
 
 /// Writes `text` to `path` atomically (temporary file in the same directory, rename).
@@ -310,6 +337,7 @@ pub async fn sign(
             threads: 0,
             progress: opts.progress,
         },
+        None,
     )
     .await?;
     let hashing = started.elapsed();
@@ -452,6 +480,7 @@ pub async fn verify(
             threads: 0,
             progress: opts.progress,
         },
+        opts.cache_dir.clone().map(|d| (d, &expected.serialization)),
     )
     .await?;
     let actual = Manifest::new(
@@ -466,6 +495,7 @@ pub async fn verify(
         model_name: expected.model_name,
         files: hashed.files.len(),
         bytes: hashed.bytes,
+        from_cache: hashed.from_cache,
         signer,
     })
 }
