@@ -32,8 +32,25 @@ pub enum SealedError {
     },
 }
 
+/// How hard a write insists on reaching the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync the file and the directory: the write survives a crash (the keyset snapshot).
+    Synced,
+    /// Rename only: after a crash the file may be the old one, or torn, which its checksum
+    /// then refuses whole (the model digest cache, which can always be rebuilt).
+    Atomic,
+}
+
 /// Writes `body` atomically as `dir/file_name` (`dir` created 0700 if missing), mode 0600.
-pub fn write(dir: &Path, file_name: &str, magic: &str, body: &[u8]) -> std::io::Result<()> {
+pub fn write(
+    dir: &Path,
+    file_name: &str,
+    magic: &str,
+    body: &[u8],
+    durability: Durability,
+) -> std::io::Result<()> {
+    let synced = durability == Durability::Synced;
     create_private_dir(dir)?;
     let header = format!("{magic} len={} sha256={}\n", body.len(), sha256_hex(body));
     let target = dir.join(file_name);
@@ -46,10 +63,15 @@ pub fn write(dir: &Path, file_name: &str, magic: &str, body: &[u8]) -> std::io::
         let mut f = private_file(&tmp)?;
         f.write_all(header.as_bytes())?;
         f.write_all(body)?;
-        f.sync_all()?;
+        if synced {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, &target)?;
         // The rename itself must survive a crash: sync the directory entry.
-        std::fs::File::open(dir)?.sync_all()
+        if synced {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);

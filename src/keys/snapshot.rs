@@ -48,7 +48,13 @@ pub fn path(dir: &Path) -> PathBuf {
 /// Writes `payload` atomically to `dir` (created 0700 if missing), mode 0600.
 pub fn write(dir: &Path, payload: &Payload) -> std::io::Result<()> {
     let body = serde_json::to_vec(payload).map_err(std::io::Error::other)?;
-    crate::sealed::write(dir, FILE_NAME, MAGIC, &body)
+    crate::sealed::write(
+        dir,
+        FILE_NAME,
+        MAGIC,
+        &body,
+        crate::sealed::Durability::Synced,
+    )
 }
 
 /// Reads the snapshot in `dir`: `Ok(None)` when there is none.

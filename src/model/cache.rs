@@ -255,7 +255,13 @@ impl DigestCache {
                 bytes.len()
             )));
         }
-        crate::sealed::write(&self.dir, &self.file_name, MAGIC, &bytes)?;
+        crate::sealed::write(
+            &self.dir,
+            &self.file_name,
+            MAGIC,
+            &bytes,
+            crate::sealed::Durability::Atomic,
+        )?;
         evict(&self.dir, MAX_MODELS)
     }
 }

@@ -101,22 +101,25 @@ pub struct Hashed {
 
 /// Hashes every file of the model at `root`.
 pub fn hash_model(root: &Path, opts: &HashOptions) -> Result<Hashed, HashError> {
-    hash_model_cached(root, opts, None)
+    let jobs = walk(root, opts)?;
+    hash_jobs(jobs, opts)
 }
 
-/// Hashes the model at `root`, taking from `cache` the digests of files whose stamp it
-/// still trusts and recording the others once hashed (the caller saves the cache).
+/// Hashes the model at `root` through the digest cache that `open_cache` opens (on a
+/// second thread, while the model is walked): files whose stamp it still trusts are not
+/// read, the others are hashed and recorded. Returns the cache for the caller to save.
 pub fn hash_model_cached(
     root: &Path,
     opts: &HashOptions,
-    cache: Option<&DigestCache>,
-) -> Result<Hashed, HashError> {
-    let jobs = walk(root, opts)?;
-    let Some(cache) = cache else {
-        return hash_jobs(jobs, opts);
-    };
+    open_cache: impl FnOnce() -> DigestCache + Send,
+) -> Result<(Hashed, DigestCache), HashError> {
+    let (jobs, cache) = std::thread::scope(|scope| {
+        let opening = scope.spawn(open_cache);
+        let jobs = walk(root, opts);
+        (jobs, opening.join().expect("opening the digest cache"))
+    });
     let (mut known, mut cached_bytes, mut to_hash) = (Vec::new(), 0, Vec::new());
-    for job in jobs {
+    for job in jobs? {
         match cache.lookup(&job.name, &job.meta).and_then(sha256_of) {
             Some(sha256) => {
                 cached_bytes += job.size;
@@ -140,7 +143,7 @@ pub fn hash_model_cached(
     hashed.bytes += cached_bytes;
     hashed.files.append(&mut known);
     super::manifest::sort_resources(&mut hashed.files, |d| &d.name);
-    Ok(hashed)
+    Ok((hashed, cache))
 }
 
 /// The one SHA-256 a `files` cache entry holds.
@@ -210,7 +213,7 @@ fn walk_dir(
         };
         rel.push(name);
         if !ignored(rel, &opts.ignore) {
-            visit(&path, rel, opts, jobs, entry.file_type())?;
+            visit(&path, rel, opts, jobs, &entry)?;
         }
         rel.pop();
     }
@@ -222,9 +225,9 @@ fn visit(
     rel: &mut Vec<String>,
     opts: &HashOptions,
     jobs: &mut Vec<Job>,
-    file_type: std::io::Result<std::fs::FileType>,
+    entry: &std::fs::DirEntry,
 ) -> Result<(), HashError> {
-    let file_type = file_type.map_err(io_error(path))?;
+    let file_type = entry.file_type().map_err(io_error(path))?;
     if file_type.is_dir() {
         return walk_dir(path, rel, opts, jobs);
     }
@@ -239,7 +242,8 @@ fn visit(
         }
         target
     } else {
-        std::fs::symlink_metadata(path).map_err(io_error(path))?
+        // Relative to the open directory (`statx` on its descriptor): no path lookup.
+        entry.metadata().map_err(io_error(path))?
     };
     if !meta.is_file() {
         return Err(not_file_or_dir(path));

@@ -283,8 +283,8 @@ async fn hash_blocking(
             path: model.clone(),
             source,
         })?;
-        let cache = DigestCache::open(&dir, &root, &serialization);
-        let hashed = hash::hash_model_cached(&model, &opts, Some(&cache))?;
+        let open = || DigestCache::open(&dir, &root, &serialization);
+        let (hashed, cache) = hash::hash_model_cached(&model, &opts, open)?;
         if let Err(e) = cache.save() {
             tracing::warn!(dir = %dir.display(), error = %e, "model digest cache not saved; the next run hashes every file");
         }
