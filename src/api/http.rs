@@ -56,6 +56,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     probes()
         .route(OPENAPI_PATH, get(openapi))
         .route(JWKS_PATH, any(jwks))
+        .route(
+            super::model_verify::MODEL_VERIFY_PATH,
+            any(super::model_verify::model_verify),
+        )
         .route("/v1/{*path}", any(vault_api))
         .fallback(|| async {
             Error::NotFound(
@@ -150,7 +154,7 @@ const ENVELOPE_CAPACITY: usize = 512;
 /// fixed fields are literal text in Vault's order (`request_id`, `lease_id`, `renewable`,
 /// `lease_duration`, `data`, `wrap_info`, `warnings`, `auth`), only the request id (from a
 /// user-space RNG, not a syscall), `data` and the warning are serialized.
-fn envelope(data: Value, warnings: Option<String>) -> Response {
+pub(super) fn envelope(data: Value, warnings: Option<String>) -> Response {
     let mut body = Vec::with_capacity(ENVELOPE_CAPACITY);
     body.extend_from_slice(br#"{"request_id":""#);
     let mut id = uuid::Uuid::encode_buffer();
@@ -216,7 +220,7 @@ pub fn methods(action: Action) -> &'static [Method] {
     const WRITE: &[Method] = &[Method::POST, Method::PUT];
     const READ: &[Method] = &[Method::GET];
     match action {
-        Action::Sign | Action::Verify => WRITE,
+        Action::Sign | Action::Verify | Action::VerifyModel => WRITE,
         Action::ReadKey => READ,
     }
 }
@@ -369,6 +373,7 @@ impl Op<'_> {
             Action::Sign => Operation::Sign,
             Action::Verify => Operation::Verify,
             Action::ReadKey => Operation::ReadKey,
+            Action::VerifyModel => Operation::VerifyModel,
         }
     }
 }
@@ -420,7 +425,7 @@ async fn vault_api(
 }
 
 /// Vault's answer to a method a path does not take.
-fn method_not_allowed() -> Response {
+pub(super) fn method_not_allowed() -> Response {
     (
         StatusCode::METHOD_NOT_ALLOWED,
         axum::Json(json!({"errors": ["unsupported operation"]})),
@@ -605,7 +610,7 @@ const DRAIN_AFTER_LIMIT: usize = 1024 * 1024;
 /// read). Its bytes are taken from `budget` before they are held: the declared length
 /// before reading (refused at once when not free), or as read when none is declared. The
 /// body is one buffer of its exact size (or the one frame it came in): no copy grows.
-async fn read_body(
+pub(super) async fn read_body(
     req: Request,
     limit: usize,
     budget: &BodyBudget,
@@ -891,6 +896,13 @@ mod tests {
             .chain([&OPENAPI_PATH, &JWKS_PATH])
             .map(|p| (p.to_string(), get()))
             .collect();
+        served.insert(
+            super::super::model_verify::MODEL_VERIFY_PATH.into(),
+            methods(Action::VerifyModel)
+                .iter()
+                .map(|m| m.as_str().to_ascii_lowercase())
+                .collect(),
+        );
         for (template, action) in TRANSIT_ROUTES {
             let mut verbs: Vec<String> = methods(*action)
                 .iter()

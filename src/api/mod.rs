@@ -10,6 +10,7 @@
 pub mod budget;
 pub mod grpc;
 pub mod http;
+pub mod model_verify;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -256,7 +257,13 @@ impl AppState {
         }
     }
 
-    fn event(&self, kind: EventKind, caller: &str, key: &str, result: Outcome) -> AuditEvent {
+    pub(crate) fn event(
+        &self,
+        kind: EventKind,
+        caller: &str,
+        key: &str,
+        result: Outcome,
+    ) -> AuditEvent {
         AuditEvent::new(
             kind,
             Actor::caller(caller),

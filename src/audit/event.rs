@@ -33,6 +33,8 @@ pub enum EventKind {
     Sign,
     /// A verification the sidecar refused (bad signature, retired or unknown version).
     VerifyRefused,
+    /// A model verification through the sidecar (`/v1/aegis/model/verify`), valid or not.
+    VerifyModel,
     /// A request the guard or the caller policy refused before Vault was asked (no
     /// `X-Vault-Request`, a browser, an unknown caller, a key it may not use, its rate).
     Refused,
@@ -48,6 +50,7 @@ impl EventKind {
             EventKind::Sync => "sync",
             EventKind::Sign => "sign",
             EventKind::VerifyRefused => "verify_refused",
+            EventKind::VerifyModel => "verify_model",
             EventKind::Refused => "refused",
         }
     }

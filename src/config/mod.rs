@@ -250,6 +250,10 @@ pub struct Config {
     /// outage still verifies, and the model digest cache (`model-digests/`). Unset:
     /// neither.
     pub cache_dir: Option<PathBuf>,
+    /// `AEGIS_MODEL_ROOTS`: the absolute directories `POST /v1/aegis/model/verify` may
+    /// read models and signatures under (colon- or comma-separated). Empty: the endpoint
+    /// is off.
+    pub model_roots: Vec<PathBuf>,
     /// Where retention records live: `AEGIS_RETENTION_KV_MOUNT` (default `secret`, a KV v2
     /// mount) and `AEGIS_RETENTION_PREFIX` (default `aegis/keys`); the record of key K is
     /// `{kv_mount}/data/{prefix}/{transit_mount}/{K}`. It is endorsed by the Transit key
@@ -401,6 +405,25 @@ impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok().filter(|v| !v.is_empty())
     }
+}
+
+/// `AEGIS_MODEL_ROOTS`: colon- or comma-separated directories, each absolute.
+fn model_roots(value: Option<String>, errors: &mut Vec<String>) -> Vec<PathBuf> {
+    let Some(value) = value else {
+        return Vec::new();
+    };
+    let roots: Vec<PathBuf> = value
+        .split([':', ','])
+        .filter(|r| !r.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    for r in roots.iter().filter(|r| !r.is_absolute()) {
+        errors.push(format!(
+            "AEGIS_MODEL_ROOTS: {} is not an absolute directory",
+            r.display()
+        ));
+    }
+    roots
 }
 
 /// `AEGIS_CACHE_DIR` alone, for `aegis model verify --public-key`, which loads no other
@@ -925,6 +948,7 @@ impl Config {
                 .ok()
         });
         let listen_unix = pick("AEGIS_LISTEN_UNIX", fc.listen_unix).map(PathBuf::from);
+        let model_roots = model_roots(env.var("AEGIS_MODEL_ROOTS"), &mut errors);
         let path = |name: &str, file: Option<String>| pick(name, file).map(PathBuf::from);
         let tls = TlsConfig {
             ca_cert: path("VAULT_CACERT", fc.vault.tls.ca_cert),
@@ -970,6 +994,7 @@ impl Config {
             log_format,
             log_filter: env.var("RUST_LOG"),
             cache_dir: pick("AEGIS_CACHE_DIR", fc.cache_dir).map(PathBuf::from),
+            model_roots,
             retention: RetentionLocation {
                 kv_mount: pick("AEGIS_RETENTION_KV_MOUNT", fc.retention.kv_mount)
                     .unwrap_or_else(|| "secret".into())

@@ -51,6 +51,10 @@ pub struct CallerRule {
     /// Keys it may verify with.
     #[serde(default)]
     pub verify: Vec<String>,
+    /// Keys whose signed models it may verify (`POST /v1/aegis/model/verify`); never
+    /// implied by `verify`.
+    #[serde(default)]
+    pub verify_model: Vec<String>,
     /// Requests per second per key (token bucket refill); unset: no limit.
     pub rate: Option<f64>,
     /// Bucket size: requests allowed at once; default the rate rounded up.
@@ -114,9 +118,9 @@ impl PolicyFile {
                     Err(e) => problems.push(format!("{who}: token_file {}: {e}", f.display())),
                 }
             }
-            if c.sign.is_empty() && c.verify.is_empty() {
+            if c.sign.is_empty() && c.verify.is_empty() && c.verify_model.is_empty() {
                 problems.push(format!(
-                    "{who}: may neither sign nor verify (set sign and/or verify)"
+                    "{who}: may neither sign nor verify (set sign, verify and/or verify_model)"
                 ));
             }
             if let Some(r) = c.rate {

@@ -22,6 +22,7 @@ pub mod hash;
 pub(crate) mod hex;
 pub mod keys;
 pub mod manifest;
+pub mod runtime;
 pub mod transit;
 
 use std::path::{Path, PathBuf};

@@ -73,6 +73,8 @@ pub enum Action {
     Sign,
     Verify,
     ReadKey,
+    /// Verify a model directory against its signature (`/v1/aegis/model/verify`).
+    VerifyModel,
 }
 
 /// The caller of one request, once identified.
@@ -271,6 +273,7 @@ impl Policy {
         let allowed = match action {
             Action::Sign => CallerRule::lists(&rule.rule.sign, key),
             Action::Verify => CallerRule::lists(&rule.rule.verify, key),
+            Action::VerifyModel => CallerRule::lists(&rule.rule.verify_model, key),
             Action::ReadKey => {
                 CallerRule::lists(&rule.rule.sign, key) || CallerRule::lists(&rule.rule.verify, key)
             }
@@ -280,6 +283,7 @@ impl Policy {
                 Action::Sign => "sign with",
                 Action::Verify => "verify with",
                 Action::ReadKey => "read",
+                Action::VerifyModel => "verify models signed with",
             };
             return Err(Error::Refused(format!(
                 "caller {:?} may not {what} key {key:?}",

@@ -48,6 +48,7 @@ pub enum Operation {
     Verify,
     ReadKey,
     ListKeys,
+    VerifyModel,
     Other,
 }
 
@@ -58,6 +59,7 @@ impl Operation {
             Operation::Verify => "verify",
             Operation::ReadKey => "read_key",
             Operation::ListKeys => "list_keys",
+            Operation::VerifyModel => "verify_model",
             Operation::Other => "other",
         }
     }
