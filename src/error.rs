@@ -77,6 +77,18 @@ pub enum Error {
     Internal(String),
 }
 
+/// A model verification's failure, for the sidecar's model endpoint: the caller's input
+/// (a bundle, a path, a key version the validity rule refuses) is a 400; Vault is not
+/// asked by the sidecar's model check, so its failures are unavailability.
+impl From<crate::model::ModelError> for Error {
+    fn from(e: crate::model::ModelError) -> Self {
+        match e {
+            crate::model::ModelError::Vault(v) => Error::Unavailable(v.to_string()),
+            e => Error::BadRequest(e.to_string()),
+        }
+    }
+}
+
 impl Error {
     pub fn bad_request(msg: impl Into<String>) -> Self {
         Error::BadRequest(msg.into())

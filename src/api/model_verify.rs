@@ -21,8 +21,8 @@ use super::http::{envelope, method_not_allowed, read_body};
 use super::AppState;
 use crate::audit::{EventKind, Outcome as AuditOutcome};
 use crate::error::Error;
-use crate::model::runtime::{self, Checked};
-use crate::model::ModelError;
+use crate::model::runtime;
+use crate::model::{ModelError, Signer, Verified};
 use crate::policy::{Action, Headers, Peer};
 use crate::telemetry::metrics::{self, Operation};
 
@@ -88,12 +88,25 @@ async fn serve(
         )
         .await?
         .actor;
+    let answer = check(state, &caller, request).await?;
+    Ok(envelope(answer, None))
+}
+
+/// What both faces do once the caller is admitted: the roots rule (403, nothing opened,
+/// nothing audited), the one slot (429), the cached key set, the verification, its audit
+/// event and failure count; the answer's `data`.
+pub(crate) async fn check(
+    state: &AppState,
+    caller: &str,
+    request: runtime::Request,
+) -> Result<Value, Error> {
     let paths = runtime::confine(
         &state.config.model_roots,
         &request.model,
         &request.signature,
     )
     .map_err(Error::Refused)?;
+    let key = request.key.clone();
     let Some(_slot) = runtime::try_slot() else {
         return Err(Error::TooManyRequests {
             key,
@@ -107,45 +120,46 @@ async fn serve(
             e.into()
         }
     })?;
-    let model = paths.model.display().to_string();
-    let checked = runtime::verify(set, paths, request).await;
-    audit(state, &caller, &key, &model, &checked).await;
+    let checked = runtime::verify(&set, &paths, &request, state.config.cache_dir.clone()).await;
+    audit(
+        state,
+        caller,
+        &key,
+        &paths.model.display().to_string(),
+        &checked,
+    )
+    .await;
     if let Err(e) = &checked {
         metrics::get().model_verify_failure(&key, e.reason());
-    } else if let Ok(Checked::Mismatch { .. }) = &checked {
-        metrics::get().model_verify_failure(&key, "model_mismatch");
     }
-    answer(checked).map(|data| envelope(data, None))
+    answer(checked)
 }
 
-/// The `data` of the answer, or the 4xx: a bad signature or a model that differs is
-/// `valid: false` (as Transit's verify answers a bad signature); a version the validity
-/// rule refuses, or none matching, is a 400 (as the sidecar's verify answers one).
-fn answer(checked: Result<Checked, ModelError>) -> Result<Value, Error> {
+/// The `data` of the answer, or the 4xx: a model that differs or a signature that does
+/// not verify is `valid: false` (as Transit's verify answers a bad signature); anything
+/// else is refused through `Error` (a version the validity rule refuses is a 400).
+fn answer(checked: Result<Verified, ModelError>) -> Result<Value, Error> {
     match checked {
-        Ok(Checked::Valid {
-            key_version,
-            model_name,
-            files,
-            bytes,
-        }) => Ok(json!({
-            "valid": true, "key_version": key_version, "model_name": model_name,
-            "files": files, "bytes": bytes,
-        })),
-        Ok(Checked::Mismatch {
-            key_version,
-            changed,
-            added,
-            missing,
-        }) => Ok(json!({
-            "valid": false, "reason": "model_mismatch", "key_version": key_version,
-            "changed": changed, "added": added, "missing": missing,
+        Ok(v) => {
+            let Signer::Transit { version, .. } = v.signer else {
+                return Err(Error::Internal(
+                    "a cached key verified without a version".into(),
+                ));
+            };
+            Ok(json!({
+                "valid": true, "key_version": version, "model_name": v.model_name,
+                "files": v.files, "bytes": v.bytes,
+            }))
+        }
+        Err(ModelError::Mismatch(d)) => Ok(json!({
+            "valid": false, "reason": "model_mismatch", "error": format!("the model does not match its signature: {d}"),
+            "changed": d.changed, "added": d.added, "missing": d.missing,
         })),
         Err(e @ ModelError::Signature(_)) => Ok(json!({
             "valid": false, "reason": e.reason(), "error": e.to_string(),
+            "changed": [], "added": [], "missing": [],
         })),
-        Err(ModelError::Vault(e)) => Err(Error::Internal(e.to_string())),
-        Err(e) => Err(Error::bad_request(e.to_string())),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -155,17 +169,17 @@ async fn audit(
     caller: &str,
     key: &str,
     model: &str,
-    checked: &Result<Checked, ModelError>,
+    checked: &Result<Verified, ModelError>,
 ) {
     if !state.auditor.is_enabled() {
         return;
     }
     let (outcome, version) = match checked {
-        Ok(Checked::Valid { key_version, .. }) => (AuditOutcome::Ok, Some(*key_version)),
-        Ok(Checked::Mismatch { key_version, .. }) => (
-            AuditOutcome::error("the model does not match its signature"),
-            Some(*key_version),
-        ),
+        Ok(Verified {
+            signer: Signer::Transit { version, .. },
+            ..
+        }) => (AuditOutcome::Ok, Some(*version)),
+        Ok(_) => (AuditOutcome::Ok, None),
         Err(e) => (AuditOutcome::error(e), None),
     };
     let mut event = state

@@ -202,48 +202,75 @@ impl Manifest {
 
     /// What differs between this (expected) manifest and the model's `actual` one:
     /// `None` when they hold the same files with the same digests.
-    pub fn diff(&self, actual: &Manifest) -> Option<String> {
+    pub fn diff(&self, actual: &Manifest) -> Option<Differences> {
+        let absent = |from: &Manifest, other: &Manifest| -> Vec<String> {
+            from.files
+                .keys()
+                .filter(|n| !other.files.contains_key(*n))
+                .cloned()
+                .collect()
+        };
+        let changed: Vec<String> = self
+            .files
+            .iter()
+            .filter(|(n, d)| actual.files.get(*n).is_some_and(|a| a != *d))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let d = Differences {
+            changed,
+            added: absent(actual, self),
+            missing: absent(self, actual),
+        };
+        (!d.is_empty()).then_some(d)
+    }
+}
+
+/// How a model differs from its signed manifest, by file name (relative to the model,
+/// in manifest order).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Differences {
+    /// Signed files whose content changed.
+    pub changed: Vec<String>,
+    /// Files not in the signature.
+    pub added: Vec<String>,
+    /// Signed files no longer there.
+    pub missing: Vec<String>,
+}
+
+impl Differences {
+    /// No file differs.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.added.is_empty() && self.missing.is_empty()
+    }
+}
+
+impl std::fmt::Display for Differences {
+    /// At most ten names per list, then "and N more".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         const SHOWN: usize = 10;
-        let list = |names: Vec<&String>| {
-            let more = names.len().saturating_sub(SHOWN);
+        let list = |names: &[String]| {
             let mut s = names
                 .iter()
                 .take(SHOWN)
                 .map(|n| format!("{n:?}"))
                 .collect::<Vec<_>>()
                 .join(", ");
+            let more = names.len().saturating_sub(SHOWN);
             if more > 0 {
                 s.push_str(&format!(" and {more} more"));
             }
             s
         };
-        let extra: Vec<_> = actual
-            .files
-            .keys()
-            .filter(|n| !self.files.contains_key(*n))
-            .collect();
-        let missing: Vec<_> = self
-            .files
-            .keys()
-            .filter(|n| !actual.files.contains_key(*n))
-            .collect();
-        let changed: Vec<_> = self
-            .files
-            .iter()
-            .filter(|(n, d)| actual.files.get(*n).is_some_and(|a| a != *d))
-            .map(|(n, _)| n)
-            .collect();
-        let mut parts = Vec::new();
-        if !changed.is_empty() {
-            parts.push(format!("content changed: {}", list(changed)));
-        }
-        if !extra.is_empty() {
-            parts.push(format!("files not in the signature: {}", list(extra)));
-        }
-        if !missing.is_empty() {
-            parts.push(format!("signed files missing: {}", list(missing)));
-        }
-        (!parts.is_empty()).then(|| parts.join("; "))
+        let parts: Vec<String> = [
+            ("content changed", &self.changed),
+            ("files not in the signature", &self.added),
+            ("signed files missing", &self.missing),
+        ]
+        .into_iter()
+        .filter(|(_, names)| !names.is_empty())
+        .map(|(what, names)| format!("{what}: {}", list(names)))
+        .collect();
+        f.write_str(&parts.join("; "))
     }
 }
 
@@ -314,7 +341,20 @@ mod tests {
     fn diff_names_changed_extra_and_missing_files() {
         let signed = Manifest::new("m".into(), serialization(), &files(&[("a", 1), ("b", 2)]));
         let now = Manifest::new("m".into(), serialization(), &files(&[("a", 3), ("c", 2)]));
-        let d = signed.diff(&now).unwrap();
+        let diff = signed.diff(&now).unwrap();
+        assert_eq!(
+            (
+                diff.changed.clone(),
+                diff.added.clone(),
+                diff.missing.clone()
+            ),
+            (
+                vec!["a".to_string()],
+                vec!["c".to_string()],
+                vec!["b".to_string()]
+            )
+        );
+        let d = diff.to_string();
         assert!(d.contains("content changed: \"a\""), "{d}");
         assert!(d.contains("files not in the signature: \"c\""), "{d}");
         assert!(d.contains("signed files missing: \"b\""), "{d}");

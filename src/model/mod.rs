@@ -62,7 +62,7 @@ pub enum ModelError {
     KeyVersionRefused(String),
     /// The model on disk is not what was signed.
     #[error("the model does not match its signature: {0}")]
-    Mismatch(String),
+    Mismatch(manifest::Differences),
     /// The model holds something the format refuses (a symlink without
     /// `--allow-symlinks`, a device file).
     #[error("{0}")]
@@ -196,6 +196,10 @@ pub enum VerifyKey<'a> {
     },
     /// A PEM public key: offline, no Vault at all.
     PublicKey(&'a SignerKey),
+    /// The sidecar's cached key versions: the version is chosen by the bundle's hint as
+    /// for `Transit`, and the validity rule is the sidecar's own
+    /// (`keys::KeySet::version_status`) instead of a question to Transit.
+    Cached(&'a crate::keys::KeySet),
 }
 
 fn io(what: &str, path: &Path, e: std::io::Error) -> ModelError {
@@ -385,11 +389,6 @@ pub async fn sign(
 /// Checks the bundle's signature with `key`; returns who signed.
 async fn authenticate(key: VerifyKey<'_>, b: &Bundle) -> Result<Signer, ModelError> {
     let pae = bundle::pae(&b.payload);
-    let not_der = |e| {
-        ModelError::Signature(format!(
-            "the bundle's signature is not an ASN.1 DER ECDSA signature ({e})"
-        ))
-    };
     match key {
         VerifyKey::PublicKey(k) => {
             let hint = k.hint();
@@ -412,52 +411,103 @@ async fn authenticate(key: VerifyKey<'_>, b: &Bundle) -> Result<Signer, ModelErr
                 // The same refusal signing gives for a key that is not ECDSA.
                 tk.signer(tk.latest_version)?;
             }
-            // The hinted version, or (an old bundle without a hint) every version, newest first.
-            let candidates: Vec<(u32, SignerKey)> = tk
+            let versions = tk
                 .versions
                 .iter()
-                .rev()
-                .filter_map(|(v, der)| Some((*v, SignerKey::from_spki(der).ok()?)))
-                .filter(|(_, k)| b.hint.as_ref().is_none_or(|h| *h == k.hint()))
-                .collect();
-            if candidates.is_empty() {
-                return Err(ModelError::Key(match &b.hint {
-                    Some(h) => format!(
-                        "no version of key {key:?} has the public key the bundle names (hint {h}); versions listed: {:?}",
-                        tk.versions.keys().collect::<Vec<_>>()
-                    ),
-                    None => format!("key {key:?} has no ECDSA version to verify with"),
-                }));
+                .filter_map(|(v, der)| Some((*v, SignerKey::from_spki(der).ok()?)));
+            let (version, signer) = signed_by(versions, b, &pae, key)?;
+            transit::KeyVersion {
+                vault,
+                mount,
+                key,
+                version,
+                signer: &signer,
             }
-            let mut last = None;
-            for (version, signer) in candidates {
-                match signer.verify(&pae, &b.signature) {
-                    Ok(true) => {
-                        transit::KeyVersion {
-                            vault,
-                            mount,
-                            key,
-                            version,
-                            signer: &signer,
-                        }
-                        .check(&pae, &b.signature)
-                        .await?;
-                        return Ok(Signer::Transit {
-                            key: key.to_string(),
-                            version,
-                        });
-                    }
-                    Ok(false) => {
-                        last = Some(ModelError::Signature(format!(
-                            "the signature does not verify with version {version} of key {key:?}"
-                        )))
-                    }
-                    Err(e) => return Err(not_der(e)),
-                }
-            }
-            Err(last.expect("at least one candidate was tried"))
+            .check(&pae, &b.signature)
+            .await?;
+            Ok(Signer::Transit {
+                key: key.to_string(),
+                version,
+            })
+        }
+        VerifyKey::Cached(set) => {
+            let Some(kt @ crate::crypto::KeyType::Ecdsa(_)) = set.local_type else {
+                return Err(ModelError::Key(format!(
+                    "key {:?} is of type {}: models are signed with ECDSA keys",
+                    set.name, set.key_type
+                )));
+            };
+            let versions = set.versions.values().filter_map(|v| {
+                let der = keys::transit_spki(kt, &v.public_key).ok()?;
+                Some((v.version, SignerKey::from_spki(&der).ok()?))
+            });
+            let (version, _) = signed_by(versions, b, &pae, &set.name)?;
+            still_valid(set, version)?;
+            Ok(Signer::Transit {
+                key: set.name.clone(),
+                version,
+            })
         }
     }
+}
+
+fn not_der(e: impl std::fmt::Display) -> ModelError {
+    ModelError::Signature(format!(
+        "the bundle's signature is not an ASN.1 DER ECDSA signature ({e})"
+    ))
+}
+
+/// The version of `key` (among `versions`, oldest first) whose public key the bundle's
+/// hint names (or, an old bundle without a hint, any, newest first) and whose key
+/// verifies the signature over `pae`.
+fn signed_by(
+    versions: impl DoubleEndedIterator<Item = (u32, SignerKey)>,
+    b: &Bundle,
+    pae: &[u8],
+    key: &str,
+) -> Result<(u32, SignerKey), ModelError> {
+    let candidates: Vec<(u32, SignerKey)> = versions
+        .rev()
+        .filter(|(_, k)| b.hint.as_ref().is_none_or(|h| *h == k.hint()))
+        .collect();
+    if candidates.is_empty() {
+        return Err(ModelError::Key(match &b.hint {
+            Some(h) => {
+                format!("no version of key {key:?} has the public key the bundle names (hint {h})")
+            }
+            None => format!("key {key:?} has no ECDSA version to verify with"),
+        }));
+    }
+    let mut last = None;
+    for (version, signer) in candidates {
+        match signer.verify(pae, &b.signature) {
+            Ok(true) => return Ok((version, signer)),
+            Ok(false) => {
+                last = Some(ModelError::Signature(format!(
+                    "the signature does not verify with version {version} of key {key:?}"
+                )))
+            }
+            Err(e) => return Err(not_der(e)),
+        }
+    }
+    Err(last.expect("at least one candidate was tried"))
+}
+
+/// Refuses `version` unless the sidecar's validity rule
+/// (`keys::KeySet::version_status`: the retention window, revocation) accepts it now.
+fn still_valid(set: &crate::keys::KeySet, version: u32) -> Result<(), ModelError> {
+    use crate::keys::VersionStatus;
+    let refused = match set.version_status(version) {
+        VersionStatus::Valid(_) => return Ok(()),
+        VersionStatus::Retired { message, .. } => message,
+        VersionStatus::TooOld => VersionStatus::TOO_OLD.into(),
+        VersionStatus::TooNew => VersionStatus::TOO_NEW.into(),
+        VersionStatus::Missing => format!("version {version} has no public key in the cache"),
+    };
+    Err(ModelError::KeyVersionRefused(format!(
+        "version {version} of key {:?} may not verify: {refused}",
+        set.name
+    )))
 }
 
 /// Verifies the model at `model` against the bundle at `signature`.

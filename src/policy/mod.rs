@@ -318,6 +318,7 @@ mod tests {
                     gids: vec![],
                     sign: vec!["k".into()],
                     verify: vec!["*".into()],
+                    verify_model: vec!["m".into()],
                     rate: Some(1.0),
                     burst: Some(1),
                 },
@@ -328,6 +329,7 @@ mod tests {
                     gids: vec![50],
                     sign: vec![],
                     verify: vec!["k".into()],
+                    verify_model: vec![],
                     rate: None,
                     burst: None,
                 },
@@ -423,6 +425,9 @@ mod tests {
 
         assert!(p.authorize(&by_gid, Action::Verify, "k").is_ok());
         assert!(p.authorize(&by_gid, Action::ReadKey, "k").is_ok());
+        // `verify` never implies `verify_model`.
+        let e = p.authorize(&by_gid, Action::VerifyModel, "k").unwrap_err();
+        assert!(e.to_string().contains("may not verify models"), "{e}");
         assert_eq!(
             p.authorize(&by_gid, Action::Sign, "k")
                 .unwrap_err()
