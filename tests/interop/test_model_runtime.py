@@ -1,0 +1,199 @@
+"""Model verification through the sidecar (`POST /v1/aegis/model/verify`) against a real
+OpenBao: models signed with `aegis model sign` through a running `aegis serve`, then
+verified by the same sidecar with AEGIS_MODEL_ROOTS set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import REPO, aegis_path, clean_env, running_sidecar
+
+KEY = "runtime-p256"
+PATH = "/v1/aegis/model/verify"
+HEADERS = {"X-Vault-Request": "true"}
+
+
+@pytest.fixture(scope="module")
+def key(bao) -> str:
+    r = bao.api("POST", f"transit/keys/{KEY}", json={"type": "ecdsa-p256"})
+    assert r.status_code in (200, 204), r.text
+    return KEY
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory) -> tuple:
+    base = tmp_path_factory.mktemp("roots")
+    a, b = base / "a", base / "b"
+    a.mkdir()
+    b.mkdir()
+    return a, b
+
+
+@pytest.fixture(scope="module")
+def side(bao, key, roots):
+    with running_sidecar(bao, AEGIS_KEYS=key, AEGIS_MODEL_ROOTS=f"{roots[0]}:{roots[1]}") as s:
+        yield s
+
+
+def make_model(parent: Path, name: str = "model") -> Path:
+    model = parent / name
+    (model / "tok").mkdir(parents=True)
+    (model / "weights.bin").write_bytes(bytes(range(256)) * 4096)
+    (model / "config.json").write_text('{"layers": 2}')
+    (model / "tok" / "vocab.txt").write_text("a\nb\n")
+    return model
+
+
+def sign(addr: str, model: Path, sig: Path) -> None:
+    env = clean_env(VAULT_ADDR=addr, AEGIS_LOG_FORMAT="text")
+    p = subprocess.run(
+        [aegis_path(), "model", "sign", "--key", KEY, "--signature", str(sig), str(model)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert p.returncode == 0, p.stderr
+
+
+def ask(addr: str, body, headers=None) -> requests.Response:
+    data = body if isinstance(body, (bytes, str)) else json.dumps(body)
+    return requests.post(f"{addr}{PATH}", data=data, headers={**HEADERS, **(headers or {})}, timeout=60)
+
+
+def signed_model(side, root: Path, name: str) -> tuple:
+    model = make_model(root, name)
+    sig = root / f"{name}.sig"
+    sign(side.addr, model, sig)
+    return model, sig
+
+
+def test_valid_model(side, roots):
+    model, sig = signed_model(side, roots[0], "valid")
+    r = ask(side.addr, {"model": str(model), "signature": str(sig), "key": KEY})
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert data["valid"] is True and data["key_version"] == 1
+    assert data["model_name"] == "valid" and data["files"] == 3
+    assert data["bytes"] == 256 * 4096 + len('{"layers": 2}') + 4
+
+
+@pytest.mark.parametrize(
+    "tamper,field,name",
+    [
+        ("changed", "changed", "weights.bin"),
+        ("added", "added", "tok/extra.txt"),
+        ("missing", "missing", "config.json"),
+    ],
+)
+def test_tampered_model_names_exactly_that_file(side, roots, tamper, field, name):
+    model, sig = signed_model(side, roots[0], f"tampered-{tamper}")
+    if tamper == "changed":
+        data = bytearray((model / name).read_bytes())
+        data[1000] ^= 1
+        (model / name).write_bytes(bytes(data))
+    elif tamper == "added":
+        (model / name).write_text("new")
+    else:
+        (model / name).unlink()
+    r = ask(side.addr, {"model": str(model), "signature": str(sig), "key": KEY})
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert data["valid"] is False and data["reason"] == "model_mismatch"
+    expected = {"changed": [], "added": [], "missing": []}
+    expected[field] = [name]
+    assert {k: data[k] for k in expected} == expected
+
+
+def test_paths_outside_one_root_are_refused(side, roots, tmp_path):
+    model, sig = signed_model(side, roots[0], "confined")
+    outside = make_model(tmp_path, "outside")
+    (roots[0] / "link-out").symlink_to(outside)
+    other_sig = roots[1] / "other.sig"
+    other_sig.write_bytes(sig.read_bytes())
+    for m, s in [
+        (f"{model}/../../{tmp_path.name}/outside", str(sig)),
+        (str(roots[0] / "link-out"), str(sig)),
+        (str(model), str(other_sig)),
+        ("confined", str(sig)),
+        (str(outside), str(sig)),
+    ]:
+        r = ask(side.addr, {"model": m, "signature": s, "key": KEY})
+        assert r.status_code == 403, (m, s, r.text)
+        assert "AEGIS_MODEL_ROOTS" in r.json()["errors"][0]
+
+
+def test_symlinks_and_bad_input_are_400(side, roots, tmp_path):
+    model, sig = signed_model(side, roots[0], "links")
+    body = {"model": str(model), "signature": str(sig), "key": KEY}
+    r = ask(side.addr, {**body, "allow_symlinks": True})
+    assert r.status_code == 400 and "allow_symlinks" in r.json()["errors"][0], r.text
+    for bad in ["/etc/passwd", "../x"]:
+        r = ask(side.addr, {**body, "ignore_paths": [bad]})
+        assert r.status_code == 400 and "ignore path" in r.json()["errors"][0], r.text
+    secret = tmp_path / "secret"
+    secret.write_text("outside")
+    (model / "leak").symlink_to(secret)
+    r = ask(side.addr, body)
+    assert r.status_code == 400 and "symbolic link" in r.json()["errors"][0], r.text
+    r = ask(side.addr, b"{not json")
+    assert r.status_code == 400 and r.json()["errors"], r.text
+
+
+def test_off_without_roots(bao, key, tmp_path):
+    with running_sidecar(bao, AEGIS_KEYS=key) as s:
+        r = ask(s.addr, {"model": str(tmp_path), "signature": str(tmp_path / "x"), "key": KEY})
+        assert r.status_code == 403 and "AEGIS_MODEL_ROOTS" in r.json()["errors"][0], r.text
+
+
+def test_verify_permission_does_not_imply_verify_model(bao, key, roots, tmp_path):
+    token = tmp_path / "t"
+    token.write_text("attacker-token\n")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[[caller]]\nname = "verifier"\ntoken_file = "{token}"\nverify = ["{KEY}"]\n')
+    with running_sidecar(bao, AEGIS_KEYS=key, AEGIS_MODEL_ROOTS=str(roots[0]), AEGIS_POLICY_FILE=str(policy)) as s:
+        r = ask(s.addr, {"model": str(roots[0]), "signature": str(roots[0] / "x"), "key": KEY},
+                {"X-Vault-Token": "attacker-token"})
+        assert r.status_code == 403 and "may not verify models" in r.json()["errors"][0], r.text
+
+
+def test_second_request_at_once_is_429(side, roots):
+    model = roots[0] / "big"
+    model.mkdir()
+    for i in range(8):
+        (model / f"w{i}.bin").write_bytes(os.urandom(64 * 1024 * 1024))
+    sig = roots[0] / "big.sig"
+    sign(side.addr, model, sig)
+    body = {"model": str(model), "signature": str(sig), "key": KEY}
+    first = {}
+    t = threading.Thread(target=lambda: first.setdefault("r", ask(side.addr, body)))
+    t.start()
+    answers = []
+    while t.is_alive() and not any(a.status_code == 429 for a in answers):
+        answers.append(ask(side.addr, body))
+    t.join()
+    busy = [a for a in answers if a.status_code == 429]
+    assert busy, "no request overlapped the first"
+    assert busy[0].headers["Retry-After"] == "1"
+    assert first["r"].status_code == 200 and first["r"].json()["data"]["valid"] is True
+
+
+def test_example_refuses_a_changed_adapter(side, roots):
+    model, sig = signed_model(side, roots[0], "adapter")
+    example = REPO / "examples/model-server/verify_before_load.py"
+    env = clean_env(AEGIS_ADDR=side.addr)
+    run = lambda: subprocess.run(
+        [sys.executable, str(example), "--key", KEY, "--signature", str(sig), str(model)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    ok = run()
+    assert ok.returncode == 0 and "valid" in ok.stdout, ok.stderr
+    (model / "config.json").write_text("{}")
+    bad = run()
+    assert bad.returncode == 1 and "config.json" in bad.stderr, bad.stderr
