@@ -151,7 +151,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(open_sidecar
         pytest.fail(f"schemathesis ran over {SCHEMATHESIS_TIMEOUT} s: {e.stdout}", pytrace=False)
     output = run.stdout + run.stderr
     assert run.returncode == 0, f"schemathesis failed (exit {run.returncode}, seed {SEED}):\n{output[-20000:]}"
-    assert "Operations:       13 selected / 13 total" in output, output[-5000:]
+    assert "Operations:       15 selected / 15 total" in output, output[-5000:]
     # The happy paths ran for every key type: signed, verified and read with success.
     counts = _request_counts(open_sidecar.addr)
     for key in FUZZED_KEYS:
