@@ -60,11 +60,7 @@ async fn serve(
     req: Request,
     key_out: &mut String,
 ) -> Result<Response, Error> {
-    if state.config.model_roots.is_empty() {
-        return Err(Error::Refused(
-            "model verification is not enabled: set AEGIS_MODEL_ROOTS".into(),
-        ));
-    }
+    enabled(state)?;
     if req.method() != Method::POST && req.method() != Method::PUT {
         return Ok(method_not_allowed());
     }
@@ -90,6 +86,16 @@ async fn serve(
         .actor;
     let answer = check(state, &caller, request).await?;
     Ok(envelope(answer, None))
+}
+
+/// Refuses (403) while `AEGIS_MODEL_ROOTS` is unset: the endpoint is off.
+pub(crate) fn enabled(state: &AppState) -> Result<(), Error> {
+    if state.config.model_roots.is_empty() {
+        return Err(Error::Refused(
+            "model verification is not enabled: set AEGIS_MODEL_ROOTS".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// What both faces do once the caller is admitted: the roots rule (403, nothing opened,

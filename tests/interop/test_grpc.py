@@ -306,3 +306,32 @@ def test_grpc_traceparent_metadata_continues_the_callers_trace(pb):
             assert vault_call.parent_span_id == sign.span_id
     finally:
         receiver.stop()
+
+
+def test_verify_model_over_grpc(pb, grpc_sidecar, tmp_path):
+    """VerifyModel answers what POST /v1/aegis/model/verify answers (the same code)."""
+    from test_model_runtime import KEY, make_model, sign
+
+    bao, _ = grpc_sidecar
+    r = bao.api("POST", f"transit/keys/{KEY}", json={"type": "ecdsa-p256"})
+    assert r.status_code in (200, 204), r.text
+    model = make_model(tmp_path)
+    sig = tmp_path / "model.sig"
+    with running_sidecar(bao, AEGIS_KEYS=KEY, AEGIS_MODEL_ROOTS=str(tmp_path)) as s:
+        sign(s.addr, model, sig)
+        m = pb.messages
+        with grpc.insecure_channel(s.addr.removeprefix("http://")) as ch:
+            stub = pb.services.SignerStub(ch)
+            ask = lambda path: stub.VerifyModel(
+                m.VerifyModelRequest(key=KEY, model=str(path), signature=str(sig)), metadata=METADATA, timeout=TIMEOUT
+            )
+            ok = ask(model)
+            assert (ok.valid, ok.key_version, ok.model_name, ok.files) == (True, 1, "model", 3), ok
+            (model / "config.json").unlink()
+            bad = ask(model)
+            assert (bad.valid, bad.reason, list(bad.missing), list(bad.changed), list(bad.added)) == (
+                False, "model_mismatch", ["config.json"], [], []
+            ), bad
+            with pytest.raises(grpc.RpcError) as e:
+                ask("/etc")
+            assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED, e.value

@@ -417,6 +417,29 @@ impl Signer for GrpcSigner {
         .await
     }
 
+    async fn verify_model(
+        &self,
+        request: Request<pb::VerifyModelRequest>,
+    ) -> Result<Response<pb::VerifyModelResponse>, Status> {
+        let key = request.get_ref().key.clone();
+        self.observed(Operation::VerifyModel, &key, request.metadata(), async {
+            super::model_verify::enabled(&self.state)?;
+            let caller = self.admit(&request, Action::VerifyModel, &key).await?;
+            let req = request.get_ref();
+            let asked = crate::model::runtime::Request {
+                model: req.model.clone().into(),
+                signature: req.signature.clone().into(),
+                key: key.clone(),
+                ignore_paths: req.ignore_paths.iter().map(Into::into).collect(),
+                ignore_git_paths: !req.hash_git_paths,
+                allow_symlinks: false,
+            };
+            let data = super::model_verify::check(&self.state, &caller.actor, asked).await?;
+            Ok(model_answer(&data))
+        })
+        .await
+    }
+
     type WatchKeysStream = ReceiverStream<Result<pb::KeySet, Status>>;
 
     async fn watch_keys(
@@ -493,5 +516,32 @@ impl Signer for GrpcSigner {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// The HTTP answer's `data` (`api::model_verify`) as the gRPC message.
+fn model_answer(data: &Value) -> pb::VerifyModelResponse {
+    let names = |field: &str| -> Vec<String> {
+        data[field]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let text = |field: &str| data[field].as_str().unwrap_or_default().to_string();
+    pb::VerifyModelResponse {
+        valid: data["valid"] == true,
+        key_version: data["key_version"].as_u64().unwrap_or_default() as u32,
+        model_name: text("model_name"),
+        files: data["files"].as_u64().unwrap_or_default(),
+        bytes: data["bytes"].as_u64().unwrap_or_default(),
+        reason: text("reason"),
+        error: text("error"),
+        changed: names("changed"),
+        added: names("added"),
+        missing: names("missing"),
     }
 }

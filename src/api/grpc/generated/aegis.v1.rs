@@ -173,6 +173,49 @@ pub struct KeySet {
     pub keys: ::prost::alloc::vec::Vec<Key>,
 }
 #[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VerifyModelRequest {
+    #[prost(string, tag = "1")]
+    pub key: ::prost::alloc::string::String,
+    /// Absolute paths inside one directory of AEGIS_MODEL_ROOTS.
+    #[prost(string, tag = "2")]
+    pub model: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub signature: ::prost::alloc::string::String,
+    /// Relative to the model, inside it.
+    #[prost(string, repeated, tag = "4")]
+    pub ignore_paths: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Hash git metadata too (by default .git, .gitattributes, .github, .gitignore are not).
+    #[prost(bool, tag = "5")]
+    pub hash_git_paths: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct VerifyModelResponse {
+    #[prost(bool, tag = "1")]
+    pub valid: bool,
+    #[prost(uint32, tag = "2")]
+    pub key_version: u32,
+    #[prost(string, tag = "3")]
+    pub model_name: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "4")]
+    pub files: u64,
+    #[prost(uint64, tag = "5")]
+    pub bytes: u64,
+    /// When not valid: model_mismatch or bad_signature, and the message.
+    #[prost(string, tag = "6")]
+    pub reason: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub error: ::prost::alloc::string::String,
+    /// File names relative to the model.
+    #[prost(string, repeated, tag = "8")]
+    pub changed: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "9")]
+    pub added: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(string, repeated, tag = "10")]
+    pub missing: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+}
+#[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
 #[repr(i32)]
 pub enum Validity {
@@ -259,6 +302,15 @@ pub mod signer_server {
             &self,
             request: tonic::Request<super::WatchKeysRequest>,
         ) -> std::result::Result<tonic::Response<Self::WatchKeysStream>, tonic::Status>;
+        /// Whether a model directory under AEGIS_MODEL_ROOTS is the one signed with the key
+        /// (as POST /v1/aegis/model/verify; caller permission verify_model).
+        async fn verify_model(
+            &self,
+            request: tonic::Request<super::VerifyModelRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::VerifyModelResponse>,
+            tonic::Status,
+        >;
     }
     #[derive(Debug)]
     pub struct SignerServer<T> {
@@ -550,6 +602,51 @@ pub mod signer_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/aegis.v1.Signer/VerifyModel" => {
+                    #[allow(non_camel_case_types)]
+                    struct VerifyModelSvc<T: Signer>(pub Arc<T>);
+                    impl<
+                        T: Signer,
+                    > tonic::server::UnaryService<super::VerifyModelRequest>
+                    for VerifyModelSvc<T> {
+                        type Response = super::VerifyModelResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::VerifyModelRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as Signer>::verify_model(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = VerifyModelSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
