@@ -9,7 +9,9 @@
 //! Verification reads the bundle, picks the key version by the bundle's public-key hint
 //! ([`keys`]), checks the signature over the PAE, asks Transit whether that version may
 //! still verify (through the sidecar: the retention rule), then hashes the model and
-//! compares it with the signed manifest. With a PEM public key it runs offline.
+//! compares it with the signed manifest. With a PEM public key it runs offline. Inside the
+//! sidecar ([`runtime`]) the versions come from its key cache and the validity rule is the
+//! cache's own (`VerifyKey::Cached`).
 //! Both return typed results: [`Verified`] on success, a [`ModelError`] whose
 //! [`reason`](ModelError::reason) labels the failure (for a failure metric).
 //!
