@@ -512,6 +512,26 @@ fn still_valid(set: &crate::keys::KeySet, version: u32) -> Result<(), ModelError
     )))
 }
 
+/// A signature file larger than this is not a bundle (they are a few KiB, a few MiB for a
+/// model of many files): refused before it is held in memory.
+pub const MAX_BUNDLE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The bundle's bytes, at most [`MAX_BUNDLE_BYTES`].
+fn read_bundle(path: &Path) -> Result<Vec<u8>, ModelError> {
+    use std::io::Read as _;
+    let mut text = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_BUNDLE_BYTES + 1).read_to_end(&mut text))
+        .map_err(|e| io("read", path, e))?;
+    if text.len() as u64 > MAX_BUNDLE_BYTES {
+        return Err(ModelError::Bundle(BundleError(format!(
+            "{} is larger than {MAX_BUNDLE_BYTES} bytes: not a signature bundle",
+            path.display()
+        ))));
+    }
+    Ok(text)
+}
+
 /// Verifies the model at `model` against the bundle at `signature`.
 pub async fn verify(
     key: VerifyKey<'_>,
@@ -519,7 +539,7 @@ pub async fn verify(
     signature: &Path,
     opts: &ModelOptions,
 ) -> Result<Verified, ModelError> {
-    let text = std::fs::read(signature).map_err(|e| io("read", signature, e))?;
+    let text = read_bundle(signature)?;
     let b = Bundle::parse(&text)?;
     let signer = authenticate(key, &b).await?;
     let expected =
@@ -645,5 +665,14 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!((e.reason(), e.exit_code()), ("io", 74), "{e}");
+
+        // A signature file past the bound is refused before it is held.
+        let huge = dir.path().join("huge.sig");
+        std::fs::write(&huge, vec![b' '; MAX_BUNDLE_BYTES as usize + 1]).unwrap();
+        let e = verify(VerifyKey::PublicKey(&key), &model, &huge, &opts)
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "bad_bundle", "{e}");
+        assert!(e.to_string().contains("larger than 16777216 bytes"), "{e}");
     }
 }
