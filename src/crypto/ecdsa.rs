@@ -408,10 +408,11 @@ mod tests {
             pk.verify(Marshaling::Jws, d.as_bytes(), sig.as_ref()),
             Ok(true)
         );
-        assert_eq!(
-            pk.verify(Marshaling::Jws, d.as_bytes(), &sig.as_ref()[1..]),
-            Ok(false)
-        );
+        // One byte short: split in halves as Vault splits it, r and s are other numbers.
+        // (Dropping the first byte instead is not a refusal when r's top byte is zero, one
+        // signature in 256: r is then the same number, and Vault accepts it too.)
+        let short = &sig.as_ref()[..sig.as_ref().len() - 1];
+        assert_eq!(pk.verify(Marshaling::Jws, d.as_bytes(), short), Ok(false));
         assert_eq!(pk.verify(Marshaling::Jws, d.as_bytes(), &[]), Ok(false));
     }
 }
