@@ -14,6 +14,7 @@ use crate::lifecycle::{self, RetireArgs, RotateOptions};
 use crate::model::commands::{
     self as model_commands, ExportFormat, PublishArgs, SignArgs, VerifyArgs,
 };
+use crate::model::digest::{Algorithm, Layout};
 use crate::model::ModelOptions;
 
 /// Exit code for invalid configuration (EX_CONFIG-style usage error, sysexits' EX_USAGE).
@@ -287,6 +288,39 @@ impl ModelFlags {
             allow_symlinks: self.allow_symlinks,
             progress: true,
             cache_dir: None,
+            layout: Layout::default(),
+        }
+    }
+}
+
+/// How `aegis model sign` hashes: the choices of the library's `hashing.Config()`.
+#[derive(Debug, clap::Args)]
+struct HashingFlags {
+    /// The hash of each file or shard. model_signing 1.1.1 signs with blake2 (BLAKE2b-512)
+    /// but its verifier refuses what it signed; Aegis verifies both.
+    #[arg(long, value_enum, default_value = "sha256")]
+    hashing_algorithm: HashingAlgorithm,
+    /// Hash each file in shards of this many bytes, as the library's
+    /// use_shard_serialization (its default is 1000000000): one large file is then hashed
+    /// on every core. Without it, one digest per file (use_file_serialization).
+    #[arg(long, value_name = "BYTES")]
+    shard_size: Option<std::num::NonZeroU64>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum HashingAlgorithm {
+    Sha256,
+    Blake2,
+}
+
+impl HashingFlags {
+    fn layout(&self) -> Layout {
+        Layout {
+            algorithm: match self.hashing_algorithm {
+                HashingAlgorithm::Sha256 => Algorithm::Sha256,
+                HashingAlgorithm::Blake2 => Algorithm::Blake2b,
+            },
+            shard_size: self.shard_size,
         }
     }
 }
@@ -324,6 +358,8 @@ enum ModelCommand {
         /// Where to write the signature.
         #[arg(long, default_value = "model.sig")]
         signature: PathBuf,
+        #[command(flatten)]
+        hashing: HashingFlags,
         #[command(flatten)]
         flags: ModelFlags,
     },
@@ -508,6 +544,7 @@ async fn run_model(command: ModelCommand, logging: Logging) -> ExitCode {
         ModelCommand::Sign {
             key,
             signature,
+            hashing,
             flags,
         } => {
             let config = match load_config(flags.config.as_deref(), Credential::Optional, logging) {
@@ -517,7 +554,10 @@ async fn run_model(command: ModelCommand, logging: Logging) -> ExitCode {
             let args = SignArgs {
                 key,
                 signature,
-                options: flags.options(),
+                options: ModelOptions {
+                    layout: hashing.layout(),
+                    ..flags.options()
+                },
                 model: flags.model,
             };
             model_commands::run_sign(&config, args).await

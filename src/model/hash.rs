@@ -1,15 +1,15 @@
-//! Hashing a model directory the way OMS `files` serialization does: one SHA-256 per
-//! regular file, named by its path relative to the model root with `/` separators.
+//! Hashing a model directory the way OMS serializations do: the digests of each regular
+//! file's pieces ([`super::digest::Layout`]: the whole file for `files`, each shard for
+//! `shards`), the file named by its path relative to the model root with `/` separators.
 //!
 //! The walk follows the upstream tool's rules: ignored paths (relative to the root) are
 //! skipped with everything below them, a symbolic link is refused unless links are
 //! allowed (then a link to a file is hashed as its target's content, and a link to a
 //! directory is not descended into, as Python's `Path.glob("**/*")` does), and anything
-//! that is neither a regular file nor a directory is refused. Files are hashed in parallel, largest first
-//! (the `files` format gives one digest per file, so a file cannot be split), each
-//! streamed through one fixed buffer per worker: memory stays bounded by the number of
-//! workers, whatever the model's size. The digest is aws-lc's SHA-256 (SHA-NI where the
-//! CPU has it).
+//! that is neither a regular file nor a directory is refused. Pieces are hashed in parallel,
+//! largest first (with `files` a file is one piece; with `shards` one large file keeps
+//! every core busy), each streamed through one fixed buffer per worker. Memory is bounded
+//! by the number of workers and by [`MAX_RESOURCES`], whatever the model's size.
 //!
 //! With a digest cache ([`hash_model_cached`], used by verification), a file whose stamp
 //! the cache still trusts is not read; the others are hashed and recorded with the
@@ -17,15 +17,14 @@
 
 use std::collections::HashMap;
 use std::fs::{File, Metadata};
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::digest;
-
 use super::cache::DigestCache;
+use super::digest::{Layout, Piece};
 
 /// Bytes read at once per worker: big enough for few syscalls, small enough to stay in
 /// the core's cache between the copy and the hash.
@@ -36,12 +35,20 @@ const READ_BUFFER: usize = 256 * 1024;
 /// malloc's 16-byte-aligned blocks are): measured 0.09 s against 0.44 s for 805 MB.
 const BUFFER_ALIGN: usize = 4096;
 
+/// The most files, and the most pieces, a model may have: beyond it hashing is refused
+/// before anything is read. It bounds the walk's memory (a few hundred bytes per file) and
+/// matches what a signature file of at most `MAX_BUNDLE_BYTES` can list.
+pub const MAX_RESOURCES: usize = 65_536;
+
 /// One hashed file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileDigest {
     /// Path relative to the model root, `/`-separated (`.` when the model is one file).
     pub name: String,
-    pub sha256: [u8; 32],
+    /// The size the walk read, which placed the shards.
+    pub size: u64,
+    /// One digest per piece, in file order (none for an empty file cut into shards).
+    pub digests: Vec<Vec<u8>>,
 }
 
 /// What to hash and how.
@@ -52,6 +59,8 @@ pub struct HashOptions {
     pub ignore: Vec<Vec<String>>,
     /// Follow symbolic links instead of refusing them.
     pub allow_symlinks: bool,
+    /// The hash and how files are cut into pieces.
+    pub layout: Layout,
     /// Worker threads; 0: one per available core.
     pub threads: usize,
     /// Draw a progress bar on stderr (only when stderr is a terminal).
@@ -120,12 +129,14 @@ pub fn hash_model_cached(
     });
     let (mut known, mut cached_bytes, mut to_hash) = (Vec::new(), 0, Vec::new());
     for job in jobs? {
-        match cache.lookup(&job.name, &job.meta).and_then(sha256_of) {
-            Some(sha256) => {
+        let cached = cache.lookup(&job.name, &job.meta);
+        match cached.filter(|d| opts.layout.fits(job.size, d)) {
+            Some(digests) => {
                 cached_bytes += job.size;
                 known.push(FileDigest {
                     name: job.name,
-                    sha256,
+                    size: job.size,
+                    digests,
                 });
             }
             None => to_hash.push(job),
@@ -137,21 +148,13 @@ pub fn hash_model_cached(
         .collect();
     let mut hashed = hash_jobs(to_hash, opts)?;
     for f in &hashed.files {
-        cache.record(&f.name, &stamps[&f.name], vec![f.sha256.to_vec()]);
+        cache.record(&f.name, &stamps[&f.name], f.digests.clone());
     }
     hashed.from_cache = known.len();
     hashed.bytes += cached_bytes;
     hashed.files.append(&mut known);
     super::manifest::sort_resources(&mut hashed.files, |d| &d.name);
     Ok((hashed, cache))
-}
-
-/// The one SHA-256 a `files` cache entry holds.
-fn sha256_of(digests: Vec<Vec<u8>>) -> Option<[u8; 32]> {
-    match digests.as_slice() {
-        [one] => one.as_slice().try_into().ok(),
-        _ => None,
-    }
 }
 
 /// Whether the relative path `rel` lies under one of the `ignore` paths.
@@ -180,6 +183,12 @@ fn walk(root: &Path, opts: &HashOptions) -> Result<Vec<Job>, HashError> {
     }
     walk_dir(root, &mut Vec::new(), opts, &mut jobs)?;
     Ok(jobs)
+}
+
+fn too_many(what: &str) -> HashError {
+    HashError::Refused(format!(
+        "the model has more than {MAX_RESOURCES} {what}, more than Aegis hashes for one model"
+    ))
 }
 
 fn symlink_refused(path: &Path) -> HashError {
@@ -248,6 +257,9 @@ fn visit(
     if !meta.is_file() {
         return Err(not_file_or_dir(path));
     }
+    if jobs.len() == MAX_RESOURCES {
+        return Err(too_many("files"));
+    }
     jobs.push(Job {
         name: rel.join("/"),
         path: path.to_path_buf(),
@@ -257,63 +269,70 @@ fn visit(
     Ok(())
 }
 
-/// Hashes the jobs on a pool of scoped threads, largest file first so that one big shard
-/// does not start last.
-fn hash_jobs(mut jobs: Vec<Job>, opts: &HashOptions) -> Result<Hashed, HashError> {
-    jobs.sort_by_key(|j| std::cmp::Reverse(j.size));
+/// One piece of one file, for a worker.
+struct Work {
+    job: usize,
+    index: usize,
+    piece: Piece,
+    len: u64,
+}
+
+/// Every piece of every job, largest first so that one big piece does not start last;
+/// refused past [`MAX_RESOURCES`] pieces before anything is read.
+fn plan(jobs: &[Job], layout: &Layout) -> Result<Vec<Work>, HashError> {
+    let total: u64 = jobs.iter().map(|j| layout.piece_count(j.size)).sum();
+    if total > MAX_RESOURCES as u64 {
+        return Err(too_many("shards"));
+    }
+    let mut work = Vec::with_capacity(total as usize);
+    for (job, j) in jobs.iter().enumerate() {
+        for (index, piece) in layout.pieces(j.size).enumerate() {
+            let len = piece.end.unwrap_or(j.size) - piece.start;
+            work.push(Work {
+                job,
+                index,
+                piece,
+                len,
+            });
+        }
+    }
+    work.sort_by_key(|w| std::cmp::Reverse(w.len));
+    Ok(work)
+}
+
+/// Hashes the jobs' pieces on a pool of scoped threads.
+fn hash_jobs(jobs: Vec<Job>, opts: &HashOptions) -> Result<Hashed, HashError> {
+    let work = plan(&jobs, &opts.layout)?;
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map_or(1, usize::from)
     } else {
         opts.threads
     }
-    .clamp(1, jobs.len().max(1));
-    let total: u64 = jobs.iter().map(|j| j.size).sum();
-    let next = AtomicUsize::new(0);
+    .clamp(1, work.len().max(1));
+    let total: u64 = work.iter().map(|w| w.len).sum();
     let done = AtomicU64::new(0);
-    let failed = AtomicBool::new(false);
-    let first_error = Mutex::new(None);
-    let results = Mutex::new(Vec::with_capacity(jobs.len()));
     let show = opts.progress && std::io::stderr().is_terminal();
-    std::thread::scope(|scope| {
+    let digests = std::thread::scope(|scope| {
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         if show {
             let done = &done;
             scope.spawn(move || progress_bar(total, done, &stop_rx));
         }
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut raw = vec![0u8; READ_BUFFER + BUFFER_ALIGN];
-                    let start = raw.as_ptr().align_offset(BUFFER_ALIGN);
-                    let buf = &mut raw[start..start + READ_BUFFER];
-                    let mut mine = Vec::new();
-                    while !failed.load(Ordering::Relaxed) {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(job) = jobs.get(i) else { break };
-                        match hash_file(&job.path, buf, &done) {
-                            Ok(sha256) => mine.push(FileDigest {
-                                name: job.name.clone(),
-                                sha256,
-                            }),
-                            Err(e) => {
-                                failed.store(true, Ordering::Relaxed);
-                                first_error.lock().expect("error slot").get_or_insert(e);
-                            }
-                        }
-                    }
-                    results.lock().expect("results").extend(mine);
-                })
-            })
-            .collect();
-        for w in workers {
-            let _ = w.join();
-        }
+        let digests = run_pool(&jobs, &work, opts, threads, &done);
         drop(stop_tx);
-    });
-    if let Some(e) = first_error.into_inner().expect("error slot") {
-        return Err(e);
+        digests
+    })?;
+    let mut files: Vec<FileDigest> = jobs
+        .into_iter()
+        .map(|j| FileDigest {
+            digests: vec![Vec::new(); opts.layout.piece_count(j.size) as usize],
+            name: j.name,
+            size: j.size,
+        })
+        .collect();
+    for (w, digest) in work.iter().zip(digests) {
+        files[w.job].digests[w.index] = digest;
     }
-    let mut files = results.into_inner().expect("results");
     super::manifest::sort_resources(&mut files, |d| &d.name);
     Ok(Hashed {
         files,
@@ -322,23 +341,86 @@ fn hash_jobs(mut jobs: Vec<Job>, opts: &HashOptions) -> Result<Hashed, HashError
     })
 }
 
-/// Streams one file through SHA-256 with the worker's buffer.
-fn hash_file(path: &Path, buf: &mut [u8], done: &AtomicU64) -> Result<[u8; 32], HashError> {
+/// Hashes `work` on `threads` workers, each with one aligned buffer; the digests come back
+/// in `work`'s order. The first error stops every worker.
+fn run_pool(
+    jobs: &[Job],
+    work: &[Work],
+    opts: &HashOptions,
+    threads: usize,
+    done: &AtomicU64,
+) -> Result<Vec<Vec<u8>>, HashError> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error = Mutex::new(None);
+    let results = Mutex::new(vec![Vec::new(); work.len()]);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let mut raw = vec![0u8; READ_BUFFER + BUFFER_ALIGN];
+                let start = raw.as_ptr().align_offset(BUFFER_ALIGN);
+                let buf = &mut raw[start..start + READ_BUFFER];
+                let mut mine = Vec::new();
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(w) = work.get(i) else { break };
+                    let path = &jobs[w.job].path;
+                    match hash_piece(path, w.piece, opts.layout, buf, done) {
+                        Ok(d) => mine.push((i, d)),
+                        Err(e) => {
+                            failed.store(true, Ordering::Relaxed);
+                            first_error.lock().expect("error slot").get_or_insert(e);
+                        }
+                    }
+                }
+                let mut results = results.lock().expect("results");
+                for (i, d) in mine {
+                    results[i] = d;
+                }
+            });
+        }
+    });
+    match first_error.into_inner().expect("error slot") {
+        Some(e) => Err(e),
+        None => Ok(results.into_inner().expect("results")),
+    }
+}
+
+/// Streams one piece of a file through the layout's hash with the worker's buffer: from
+/// `start` to `end`, or to the end of the file (a file that shrank since the walk hashes
+/// short, and then does not match).
+fn hash_piece(
+    path: &Path,
+    piece: Piece,
+    layout: Layout,
+    buf: &mut [u8],
+    done: &AtomicU64,
+) -> Result<Vec<u8>, HashError> {
     let mut file = File::open(path).map_err(io_error(path))?;
-    let mut ctx = digest::Context::new(&digest::SHA256);
+    if piece.start > 0 {
+        file.seek(SeekFrom::Start(piece.start))
+            .map_err(io_error(path))?;
+    }
+    let mut left = piece.end.map(|end| end - piece.start);
+    let mut hasher = layout.algorithm.hasher();
     loop {
-        let n = match file.read(buf) {
+        let want = left.map_or(buf.len(), |l| l.min(buf.len() as u64) as usize);
+        if want == 0 {
+            break;
+        }
+        let n = match file.read(&mut buf[..want]) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(io_error(path)(e)),
         };
-        ctx.update(&buf[..n]);
+        hasher.update(&buf[..n]);
         done.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(l) = left.as_mut() {
+            *l -= n as u64;
+        }
     }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    Ok(out)
+    Ok(hasher.finish())
 }
 
 /// Redraws `hashing  x / y  (p%)  rate` on stderr ten times a second until `stop` closes.
@@ -404,10 +486,16 @@ pub fn relative_components(p: &Path) -> Option<Vec<String>> {
 mod tests {
     use super::*;
 
-    fn sha(data: &[u8]) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        out.copy_from_slice(digest::digest(&digest::SHA256, data).as_ref());
-        out
+    use super::super::digest::Algorithm;
+
+    fn digest_of(algorithm: Algorithm, data: &[u8]) -> Vec<u8> {
+        let mut h = algorithm.hasher();
+        h.update(data);
+        h.finish()
+    }
+
+    fn sha(data: &[u8]) -> Vec<u8> {
+        digest_of(Algorithm::Sha256, data)
     }
 
     #[test]
@@ -430,8 +518,8 @@ mod tests {
         let names: Vec<_> = got.iter().map(|d| d.name.as_str()).collect();
         // "a/deep/x" sorts before "a-c": paths compare by component, as upstream's.
         assert_eq!(names, ["a/deep/x", "a-c", "big"]);
-        assert_eq!(got[2].sha256, sha(&big));
-        assert_eq!(got[0].sha256, sha(b"x"));
+        assert_eq!(got[2].digests, [sha(&big)]);
+        assert_eq!(got[0].digests, [sha(b"x")]);
     }
 
     #[test]
@@ -452,7 +540,7 @@ mod tests {
         let got = hash_model(root, &opts).unwrap().files;
         let names: Vec<_> = got.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(names, ["d/f", "link"]);
-        assert_eq!(got[0].sha256, got[1].sha256);
+        assert_eq!(got[0].digests, got[1].digests);
         std::os::unix::fs::symlink("missing", root.join("broken")).unwrap();
         assert!(matches!(
             hash_model(root, &opts).unwrap_err(),
@@ -469,6 +557,54 @@ mod tests {
         assert_eq!((got.files[0].name.as_str(), got.bytes), (".", 7));
         let err = hash_model(&dir.path().join("missing"), &HashOptions::default()).unwrap_err();
         assert!(matches!(err, HashError::Io { .. }), "{err}");
+    }
+
+    #[test]
+    fn shards_are_hashed_in_pieces_and_their_count_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // Not a multiple of the shard size or of the read buffer: the last shard is short.
+        let big: Vec<u8> = (0..(2 * READ_BUFFER + 7)).map(|i| i as u8).collect();
+        std::fs::write(root.join("big"), &big).unwrap();
+        std::fs::write(root.join("empty"), b"").unwrap();
+        let shard = READ_BUFFER + 3;
+        let layout = Layout {
+            algorithm: Algorithm::Blake2b,
+            shard_size: std::num::NonZeroU64::new(shard as u64),
+        };
+        let opts = HashOptions {
+            layout,
+            threads: 2,
+            ..HashOptions::default()
+        };
+        let got = hash_model(root, &opts).unwrap();
+        let want: Vec<Vec<u8>> = big
+            .chunks(shard)
+            .map(|c| digest_of(Algorithm::Blake2b, c))
+            .collect();
+        assert_eq!(want.len(), 3);
+        assert_eq!(
+            (got.files[0].name.as_str(), &got.files[0].digests),
+            ("big", &want)
+        );
+        // An empty file has no shard (upstream lists no resource for it).
+        assert_eq!(
+            (got.files[1].name.as_str(), got.files[1].digests.len()),
+            ("empty", 0)
+        );
+        assert_eq!(got.bytes, big.len() as u64);
+
+        // One byte per shard: more pieces than Aegis hashes, refused before reading.
+        std::fs::write(root.join("big"), vec![0u8; MAX_RESOURCES + 1]).unwrap();
+        let tiny = HashOptions {
+            layout: Layout {
+                shard_size: std::num::NonZeroU64::new(1),
+                ..layout
+            },
+            ..HashOptions::default()
+        };
+        let err = hash_model(root, &tiny).unwrap_err();
+        assert!(err.to_string().contains("more than 65536 shards"), "{err}");
     }
 
     #[test]

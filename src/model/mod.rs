@@ -20,6 +20,7 @@
 pub mod bundle;
 pub mod cache;
 pub mod commands;
+pub mod digest;
 pub mod hash;
 pub(crate) mod hex;
 pub mod keys;
@@ -34,9 +35,10 @@ use crate::lifecycle::LifecycleError;
 use crate::vault::VaultClient;
 use bundle::{Bundle, BundleError};
 use cache::DigestCache;
+use digest::Layout;
 use hash::{relative_components, HashError, HashOptions, Hashed};
 use keys::SignerKey;
-use manifest::{Manifest, Serialization, HASH_SHA256, METHOD_FILES};
+use manifest::{Manifest, Serialization};
 
 /// Paths the upstream tool ignores by default: git metadata.
 pub const GIT_PATHS: [&str; 4] = [".git", ".gitattributes", ".github", ".gitignore"];
@@ -134,6 +136,8 @@ pub struct ModelOptions {
     /// Where verification keeps its digest cache ([`cache`]); `None`: every file is hashed.
     /// Signing never uses it.
     pub cache_dir: Option<PathBuf>,
+    /// How signing hashes (verification follows the bundle's serialization).
+    pub layout: Layout,
 }
 
 impl Default for ModelOptions {
@@ -144,6 +148,7 @@ impl Default for ModelOptions {
             allow_symlinks: false,
             progress: false,
             cache_dir: None,
+            layout: Layout::default(),
         }
     }
 }
@@ -341,6 +346,7 @@ pub async fn sign(
         HashOptions {
             ignore: ignore.clone(),
             allow_symlinks: opts.allow_symlinks,
+            layout: opts.layout,
             threads: 0,
             progress: opts.progress,
         },
@@ -348,13 +354,7 @@ pub async fn sign(
     )
     .await?;
     let hashing = started.elapsed();
-    let serialization = Serialization {
-        method: METHOD_FILES.into(),
-        hash_type: HASH_SHA256.into(),
-        allow_symlinks: opts.allow_symlinks,
-        ignore_paths: ignore.iter().map(|c| c.join("/")).collect(),
-    };
-    let manifest = Manifest::new(model_name(model), serialization, &hashed.files);
+    let manifest = signed_manifest(model_name(model), &ignore, opts, &hashed)?;
     let payload = manifest.to_payload();
     let pae = bundle::pae(&payload);
     let sig = transit::KeyVersion {
@@ -386,6 +386,32 @@ pub async fn sign(
         hint: signer.hint(),
         hashing,
     })
+}
+
+/// The manifest `sign` signs. With shards, a file name holding `:` is refused: upstream
+/// parses a shard's name as exactly `path:start:end`, so it could not verify it.
+fn signed_manifest(
+    model_name: String,
+    ignore: &[Vec<String>],
+    opts: &ModelOptions,
+    hashed: &Hashed,
+) -> Result<Manifest, ModelError> {
+    if opts.layout.shard_size.is_some() {
+        if let Some(f) = hashed.files.iter().find(|f| f.name.contains(':')) {
+            return Err(ModelError::Refused(format!(
+                "{:?}: a file name with ':' cannot be named in a shard manifest (path:start:end); sign without --shard-size",
+                f.name
+            )));
+        }
+    }
+    let ignore_paths = ignore.iter().map(|c| c.join("/")).collect();
+    let serialization = Serialization::new(opts.layout, opts.allow_symlinks, ignore_paths);
+    Ok(Manifest::new(
+        model_name,
+        serialization,
+        &opts.layout,
+        &hashed.files,
+    ))
 }
 
 /// Checks the bundle's signature with `key`; returns who signed.
@@ -544,12 +570,17 @@ pub async fn verify(
     let signer = authenticate(key, &b).await?;
     let expected =
         Manifest::from_payload(&b.payload).map_err(|e| ModelError::Statement(e.to_string()))?;
+    let layout = expected
+        .serialization
+        .layout()
+        .map_err(|e| ModelError::Statement(e.to_string()))?;
     let ignore = ignore_set(model, signature, opts, &expected.serialization.ignore_paths)?;
     let hashed = hash_blocking(
         model,
         HashOptions {
             ignore,
             allow_symlinks: opts.allow_symlinks,
+            layout,
             threads: 0,
             progress: opts.progress,
         },
@@ -559,6 +590,7 @@ pub async fn verify(
     let actual = Manifest::new(
         model_name(model),
         expected.serialization.clone(),
+        &layout,
         &hashed.files,
     );
     if let Some(diff) = expected.diff(&actual) {
@@ -581,23 +613,23 @@ mod tests {
     use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair};
 
     /// Signs `model` offline the way `sign` does, with a local key instead of Transit.
-    fn sign_locally(model: &Path, sig_path: &Path, kp: &EcdsaKeyPair) {
-        let ignore = ignore_set(model, sig_path, &ModelOptions::default(), &[]).unwrap();
+    fn sign_locally(
+        model: &Path,
+        sig_path: &Path,
+        kp: &EcdsaKeyPair,
+        opts: &ModelOptions,
+    ) -> Result<(), ModelError> {
+        let ignore = ignore_set(model, sig_path, opts, &[]).unwrap();
         let hashed = hash::hash_model(
             model,
             &HashOptions {
                 ignore: ignore.clone(),
+                layout: opts.layout,
                 ..HashOptions::default()
             },
         )
         .unwrap();
-        let serialization = Serialization {
-            method: METHOD_FILES.into(),
-            hash_type: HASH_SHA256.into(),
-            allow_symlinks: false,
-            ignore_paths: ignore.iter().map(|c| c.join("/")).collect(),
-        };
-        let payload = Manifest::new("m".into(), serialization, &hashed.files).to_payload();
+        let payload = signed_manifest("m".into(), &ignore, opts, &hashed)?.to_payload();
         let sig = kp
             .sign(&SystemRandom::new(), &bundle::pae(&payload))
             .unwrap();
@@ -608,6 +640,7 @@ mod tests {
             signature: sig.as_ref().to_vec(),
         };
         std::fs::write(sig_path, b.to_json()).unwrap();
+        Ok(())
     }
 
     #[tokio::test]
@@ -619,9 +652,9 @@ mod tests {
         std::fs::write(model.join("sub/cfg.json"), b"{}").unwrap();
         let sig_path = model.join("model.sig");
         let kp = EcdsaKeyPair::generate(&signature::ECDSA_P384_SHA384_ASN1_SIGNING).unwrap();
-        sign_locally(&model, &sig_path, &kp);
-        let key = SignerKey::from_spki(kp.public_key().as_der().unwrap().as_ref()).unwrap();
         let opts = ModelOptions::default();
+        sign_locally(&model, &sig_path, &kp, &opts).unwrap();
+        let key = SignerKey::from_spki(kp.public_key().as_der().unwrap().as_ref()).unwrap();
         let ok = verify(VerifyKey::PublicKey(&key), &model, &sig_path, &opts)
             .await
             .unwrap();
@@ -674,5 +707,49 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.reason(), "bad_bundle", "{e}");
         assert!(e.to_string().contains("larger than 16777216 bytes"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn sharded_blake2_round_trip_names_the_changed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m");
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::write(model.join("w.bin"), vec![1u8; 5000]).unwrap();
+        std::fs::write(model.join("small"), b"s").unwrap();
+        let sig_path = dir.path().join("model.sig");
+        let kp = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING).unwrap();
+        let key = SignerKey::from_spki(kp.public_key().as_der().unwrap().as_ref()).unwrap();
+        let opts = ModelOptions {
+            layout: Layout {
+                algorithm: digest::Algorithm::Blake2b,
+                shard_size: std::num::NonZeroU64::new(1024),
+            },
+            ..ModelOptions::default()
+        };
+        sign_locally(&model, &sig_path, &kp, &opts).unwrap();
+        // Verification follows the bundle's serialization, whatever its own options say.
+        let plain = ModelOptions::default();
+        let ok = verify(VerifyKey::PublicKey(&key), &model, &sig_path, &plain)
+            .await
+            .unwrap();
+        assert_eq!((ok.files, ok.bytes), (2, 5001));
+
+        // One byte changed in the fourth shard: the file is named once, as changed.
+        let mut w = vec![1u8; 5000];
+        w[3500] = 2;
+        std::fs::write(model.join("w.bin"), w).unwrap();
+        let e = verify(VerifyKey::PublicKey(&key), &model, &sig_path, &plain)
+            .await
+            .unwrap_err();
+        let ModelError::Mismatch(diff) = e else {
+            panic!("{e}")
+        };
+        assert_eq!(diff.changed, ["w.bin"]);
+        assert!(diff.added.is_empty() && diff.missing.is_empty(), "{diff}");
+
+        // A shard name could not carry this file's name: refused when signing.
+        std::fs::write(model.join("a:b"), b"x").unwrap();
+        let e = sign_locally(&model, &sig_path, &kp, &opts).unwrap_err();
+        assert_eq!(e.reason(), "model_refused", "{e}");
     }
 }

@@ -97,6 +97,8 @@ pub async fn verify(
         allow_symlinks: false,
         progress: false,
         cache_dir,
+        // Only signing reads it: verification follows the bundle's serialization.
+        layout: Default::default(),
     };
     super::verify(
         VerifyKey::Cached(set),
