@@ -91,7 +91,7 @@ def signed(tmp_path):
     return model, sig, priv, pub, tmp_path / "cache"
 
 
-@pytest.mark.parametrize("shard_size", [None])
+@pytest.mark.parametrize("shard_size", [None, 100_000])
 def test_an_unchanged_model_is_not_rehashed_and_a_changed_file_is_hashed_alone(tmp_path, shard_size):
     priv, pub = keys(tmp_path)
     model = make_model(tmp_path)

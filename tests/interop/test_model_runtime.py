@@ -55,10 +55,10 @@ def make_model(parent: Path, name: str = "model") -> Path:
     return model
 
 
-def sign(addr: str, model: Path, sig: Path) -> None:
+def sign(addr: str, model: Path, sig: Path, *flags: str) -> None:
     env = clean_env(VAULT_ADDR=addr, AEGIS_LOG_FORMAT="text")
     p = subprocess.run(
-        [aegis_path(), "model", "sign", "--key", KEY, "--signature", str(sig), str(model)],
+        [aegis_path(), "model", "sign", "--key", KEY, "--signature", str(sig), *flags, str(model)],
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert p.returncode == 0, p.stderr
@@ -111,6 +111,23 @@ def test_tampered_model_names_exactly_that_file(side, roots, tamper, field, name
     expected = {"changed": [], "added": [], "missing": []}
     expected[field] = [name]
     assert {k: data[k] for k in expected} == expected
+
+
+def test_a_sharded_blake2_model_is_verified_by_the_bundles_serialization(side, roots):
+    model = make_model(roots[0], "sharded")
+    sig = roots[0] / "sharded.sig"
+    # weights.bin (1 MiB) in 11 shards of 100 000 bytes, each a BLAKE2b-512 digest.
+    sign(side.addr, model, sig, "--shard-size", "100000", "--hashing-algorithm", "blake2")
+    r = ask(side.addr, {"model": str(model), "signature": str(sig), "key": KEY})
+    assert r.status_code == 200, r.text
+    assert r.json()["data"]["valid"] is True and r.json()["data"]["files"] == 3, r.text
+    data = bytearray((model / "weights.bin").read_bytes())
+    data[-1] ^= 1
+    (model / "weights.bin").write_bytes(bytes(data))
+    r = ask(side.addr, {"model": str(model), "signature": str(sig), "key": KEY})
+    assert r.status_code == 200, r.text
+    d = r.json()["data"]
+    assert (d["valid"], d["changed"], d["added"], d["missing"]) == (False, ["weights.bin"], [], []), r.text
 
 
 def test_paths_outside_one_root_are_refused(side, roots, tmp_path):

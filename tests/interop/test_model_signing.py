@@ -8,6 +8,11 @@
 - A model signed by `model_signing sign key` with a local key verifies with
   `aegis model verify --public-key`.
 - Bad bundles are refused with a clear message and exit 65, never a panic.
+- Shard serialization (any shard size) and the blake2 hash, through the library's Python
+  API (its CLI offers neither): what upstream signs, Aegis verifies and names the changed
+  file; Aegis signs the very statement upstream signs for the same model and options, and
+  upstream's API verifies it (blake2 only when told the hashing config: 1.1.1's own guess
+  refuses the "blake2b" it writes; its CLI verifies files with SHA-256 only).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -338,3 +344,124 @@ def test_ignore_paths_and_symlinks_as_upstream_reads_them(oms_sidecar, tmp_path)
     assert up.returncode == 0, describe(up)
     names = [r["name"] for r in json.loads(base64.b64decode(json.loads(sig.read_text())["dsseEnvelope"]["payload"]))["predicate"]["resources"]]
     assert "alias.json" in names and not any(n.startswith("tokenizer-link") for n in names), names
+
+
+# Hashing options as the library's Python API takes them: (hashing_algorithm, shard_size),
+# shard_size None meaning use_file_serialization.
+HASHINGS = {
+    "sha256-shards-1000000": ("sha256", 1_000_000),
+    "sha256-shards-4097": ("sha256", 4097),
+    "sha256-shards-default": ("sha256", 1_000_000_000),
+    "blake2-shards-65536": ("blake2", 65_536),
+    "blake2-files": ("blake2", None),
+}
+
+
+def upstream_hashing(algorithm: str, shard_size: int | None):
+    from model_signing import hashing
+
+    if shard_size is None:
+        return hashing.Config().use_file_serialization(hashing_algorithm=algorithm)
+    return hashing.Config().use_shard_serialization(hashing_algorithm=algorithm, shard_size=shard_size)
+
+
+def upstream_sign(model: Path, sig: Path, priv: Path, algorithm: str, shard_size: int | None) -> None:
+    from model_signing import signing
+
+    cfg = signing.Config().use_elliptic_key_signer(private_key=priv)
+    cfg.set_hashing_config(upstream_hashing(algorithm, shard_size))
+    cfg.sign(model, sig)
+
+
+def aegis_hashing_flags(algorithm: str, shard_size: int | None) -> list:
+    flags = ["--hashing-algorithm", algorithm]
+    return flags + (["--shard-size", str(shard_size)] if shard_size else [])
+
+
+def statement(sig: Path) -> dict:
+    return json.loads(base64.b64decode(json.loads(sig.read_text())["dsseEnvelope"]["payload"]))
+
+
+def comparable(st: dict) -> dict:
+    """The statement with ignore_paths as a set: upstream writes them in a frozenset's
+    order, which changes from run to run. (Its shard_size is a float, 1000000.0, that
+    Python compares equal to Aegis's integer.)"""
+    serialization = st["predicate"]["serialization"]
+    serialization["ignore_paths"] = set(serialization.get("ignore_paths", []))
+    return st
+
+
+@pytest.mark.parametrize("case", sorted(HASHINGS))
+def test_upstream_shards_and_blake2_verify_with_aegis_and_a_changed_shard_is_named(tmp_path, case):
+    algorithm, shard_size = HASHINGS[case]
+    priv, pub = local_key_pair(tmp_path, ec.SECP256R1())
+    model = make_model(tmp_path)
+    sig = tmp_path / "model.sig"
+    upstream_sign(model, sig, priv, algorithm, shard_size)
+    serialization_type = statement(sig)["predicate"]["serialization"]
+    assert serialization_type["hash_type"] == ("blake2b" if algorithm == "blake2" else "sha256"), serialization_type
+    assert serialization_type.get("shard_size") == shard_size, serialization_type
+
+    ok = run([aegis_path(), "model", "verify", "--public-key", pub, "--signature", sig, model])
+    assert ok.returncode == 0, describe(ok)
+    assert "match the signature" in ok.stdout, describe(ok)
+
+    flip_one_byte(model)
+    bad = run([aegis_path(), "model", "verify", "--public-key", pub, "--signature", sig, model])
+    assert bad.returncode == EXIT_REFUSED, describe(bad)
+    assert bad.stderr.endswith('content changed: "model-00001.safetensors"\n'), describe(bad)
+
+
+@pytest.mark.parametrize("case", sorted(HASHINGS))
+def test_aegis_signs_upstreams_statement_and_upstream_verifies_it(bao, oms_sidecar, tmp_path, case):
+    from model_signing import verifying
+
+    algorithm, shard_size = HASHINGS[case]
+    key = KEY_PREFIX + "ecdsa-p256"
+    model = make_model(tmp_path)
+    theirs, mine = tmp_path / "upstream.sig", tmp_path / "aegis.sig"
+    priv, _ = local_key_pair(tmp_path, ec.SECP256R1())
+    upstream_sign(model, theirs, priv, algorithm, shard_size)
+    signed = aegis(oms_sidecar, "model", "sign", "--key", key, "--signature", mine,
+                   *aegis_hashing_flags(algorithm, shard_size), model)
+    assert signed.returncode == 0, describe(signed)
+    # The same model and options: the same in-toto statement, resource for resource.
+    assert comparable(statement(mine)) == comparable(statement(theirs))
+
+    pem = tmp_path / "key.pem"
+    pem.write_text(transit_pem(bao, key, 1))
+    told = verifying.Config().use_elliptic_key_verifier(public_key=pem)
+    told.set_hashing_config(upstream_hashing(algorithm, shard_size))
+    told.verify(model, mine)
+    # Without a hashing config, the library guesses it from the signed serialization (its
+    # CLI never does: it always hashes files with SHA-256, so it cannot check these).
+    guessing = verifying.Config().use_elliptic_key_verifier(public_key=pem)
+    if algorithm == "blake2":
+        # model_signing 1.1.1 writes hash_type "blake2b" but its guess only takes "blake2".
+        with pytest.raises(ValueError, match="Unsupported hashing method blake2b"):
+            guessing.verify(model, mine)
+    else:
+        guessing.verify(model, mine)
+
+    flip_one_byte(model)
+    with pytest.raises(ValueError, match="model-00001.safetensors"):
+        told.verify(model, mine)
+
+
+def test_more_shards_than_the_bound_are_refused_before_hashing(oms_sidecar, tmp_path):
+    """A bundle naming more than 65 536 shards (or a sign asked for them) is refused: the
+    work and memory per model are bounded whatever a bundle's shard_size says."""
+    priv, pub = local_key_pair(tmp_path, ec.SECP256R1())
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "w.bin").write_bytes(os.urandom(65_537 * 16))
+    sig = tmp_path / "model.sig"
+    upstream_sign(model, sig, priv, "sha256", 16)
+    refused = run([aegis_path(), "model", "verify", "--public-key", pub, "--signature", sig, model])
+    assert refused.returncode == EXIT_REFUSED, describe(refused)
+    assert "more than 65536 shards" in refused.stderr, describe(refused)
+    mine = tmp_path / "aegis.sig"
+    asked = aegis(oms_sidecar, "model", "sign", "--key", KEY_PREFIX + "ecdsa-p256", "--signature", mine,
+                  "--shard-size", "16", model)
+    assert asked.returncode == EXIT_REFUSED and "more than 65536 shards" in asked.stderr, describe(asked)
+    assert not mine.exists()
