@@ -22,36 +22,16 @@ the script working in scripts/test.sh).
 import argparse
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from model_bench import best, key_pair, run, sign, write_random
+
 REPO = Path(__file__).resolve().parent.parent
 RACY_MARGIN_S = 2.0  # src/model/cache.rs: RACY_MARGIN
-
-
-def run(argv):
-    """Runs argv; returns (wall s, cpu s, exit code, stdout)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    p = subprocess.run(argv, capture_output=True, text=True)
-    wall = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, p.returncode, p.stdout + p.stderr
-
-
-def write_random(path, size, chunk):
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, len(chunk))
-            f.write(chunk[:n])
-            left -= n
 
 
 def make_model(root, big, small_n, small_size):
@@ -65,47 +45,11 @@ def make_model(root, big, small_n, small_size):
         )
 
 
-def sign(model, sig, key):
-    from model_signing import signing
-
-    signing.Config().use_elliptic_key_signer(private_key=key).sign(model, sig)
-
-
-def private_key(work):
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    k = ec.generate_private_key(ec.SECP256R1())
-    (work / "key.pem").write_bytes(
-        k.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    (work / "pub.pem").write_bytes(
-        k.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-    return work / "key.pem", work / "pub.pem"
-
-
 def wait_out_racy_margin(model):
     """Entries of files changed less than the margin before a run are not trusted (the
     racy rule); the benchmark lets the margin pass once, as any real model has."""
     newest = max(p.stat().st_ctime for p in model.rglob("*"))
     time.sleep(max(0.0, newest + RACY_MARGIN_S + 0.2 - time.time()))
-
-
-def best(runs, argv, expect):
-    out = []
-    for _ in range(runs):
-        wall, cpu, code, text = run(argv)
-        if code != expect:
-            sys.exit(f"bench-model-cache: {argv} exited {code}, expected {expect}:\n{text}")
-        out.append((wall, cpu))
-    return min(out)
 
 
 def main():
@@ -121,7 +65,7 @@ def main():
         big, n, small, runs = (4 << 20, 40, 48 << 10, 1)
     work = Path(tempfile.mkdtemp(prefix="aegis-bench-cache-"))
     try:
-        key, pub = private_key(work)
+        key, pub = key_pair(work)
         model, alone = work / "model", work / "alone"
         make_model(model, big, n, small)
         alone.mkdir()

@@ -50,6 +50,9 @@ step "benchmark smoke run (scripts/bench.py --smoke, debug build: keeps the scri
 step "model digest cache benchmark smoke run (scripts/bench-model-cache.py --smoke, debug build; no timing checked)"
 .venv/bin/python scripts/bench-model-cache.py --smoke --aegis target/debug/aegis --json target/bench-model-cache-smoke.json
 
+step "model shard hashing benchmark smoke run (scripts/bench-model-shards.py --smoke, debug build; no timing checked)"
+.venv/bin/python scripts/bench-model-shards.py --smoke --aegis target/debug/aegis --json target/bench-model-shards-smoke.json
+
 step "fleet smoke run (scripts/fleet.py --smoke: 20 sidecars on a 3-node OpenBao raft cluster, debug build; fails unless revocation, rotation and recovery reach every sidecar; no timing checked)"
 .venv/bin/python scripts/fleet.py --smoke --aegis target/debug/aegis --json target/fleet-smoke.json
 
