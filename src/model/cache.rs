@@ -121,8 +121,9 @@ pub struct DigestCache {
 
 impl DigestCache {
     /// Opens the cache in `cache_dir` for the model at `root` (canonical) hashed as
-    /// `serialization` (for example `shards:sha256:1000000000`). Called before the model
-    /// is walked: the run's start is what later entries are judged against.
+    /// `serialization` (the signed serialization's JSON: method, hash, shard size, ignored
+    /// paths). Called before the model is walked: the run's start is what later entries
+    /// are judged against.
     pub fn open(cache_dir: &Path, root: &Path, serialization: &str) -> DigestCache {
         Self::open_at(cache_dir, root, serialization, SystemTime::now())
     }

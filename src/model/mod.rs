@@ -1,15 +1,17 @@
 //! OpenSSF Model Signing (OMS) with Transit keys: `aegis model sign` / `aegis model verify`.
 //!
-//! Signing hashes the model locally ([`hash`]: every file, in parallel, streamed), builds
-//! the in-toto statement ([`manifest`]) and its DSSE pre-authentication encoding
+//! Signing hashes the model locally ([`hash`]: every file, or every shard of it, in
+//! parallel, streamed, as the [`digest::Layout`] asked for says), builds the in-toto
+//! statement ([`manifest`]) and its DSSE pre-authentication encoding
 //! ([`bundle`]), has Transit sign the PAE's digest with an ECDSA key ([`transit`]), and
 //! writes the Sigstore bundle `model_signing` 1.1.1 writes for key-based signatures, so
 //! `model_signing verify key` accepts it with the key version's PEM.
 //!
 //! Verification reads the bundle, picks the key version by the bundle's public-key hint
 //! ([`keys`]), checks the signature over the PAE, asks Transit whether that version may
-//! still verify (through the sidecar: the retention rule), then hashes the model and
-//! compares it with the signed manifest. With a PEM public key it runs offline. Inside the
+//! still verify (through the sidecar: the retention rule), then hashes the model the way
+//! the signed serialization says (files or shards, sha256 or blake2b) and compares it with
+//! the signed manifest, file by file. With a PEM public key it runs offline. Inside the
 //! sidecar ([`runtime`]) the versions come from its key cache and the validity rule is the
 //! cache's own (`VerifyKey::Cached`).
 //! Both return typed results: [`Verified`] on success, a [`ModelError`] whose
