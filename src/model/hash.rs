@@ -37,7 +37,9 @@ const BUFFER_ALIGN: usize = 4096;
 
 /// The most files, and the most pieces, a model may have: beyond it hashing is refused
 /// before anything is read. It bounds the walk's memory (a few hundred bytes per file) and
-/// matches what a signature file of at most `MAX_BUNDLE_BYTES` can list.
+/// the work a bundle can ask for (a 1-byte `shard_size` would otherwise make one digest
+/// per byte). A signature file of at most `MAX_BUNDLE_BYTES` lists fewer: about 55 000
+/// SHA-256 resources with short names.
 pub const MAX_RESOURCES: usize = 65_536;
 
 /// One hashed file.

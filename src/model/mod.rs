@@ -357,7 +357,7 @@ pub async fn sign(
     .await?;
     let hashing = started.elapsed();
     let manifest = signed_manifest(model_name(model), &ignore, opts, &hashed)?;
-    let payload = manifest.to_payload();
+    let payload = bundle_payload(&manifest)?;
     let pae = bundle::pae(&payload);
     let sig = transit::KeyVersion {
         vault,
@@ -414,6 +414,26 @@ fn signed_manifest(
         &opts.layout,
         &hashed.files,
     ))
+}
+
+/// Room in a bundle for all but its base64 payload: the media type, the public-key hint,
+/// the payload type and one DER signature (at most 139 bytes for P-521), in base64 and
+/// JSON: about 600 bytes, so 2 KiB is a safe upper bound.
+const BUNDLE_ENVELOPE_BYTES: u64 = 2048;
+
+/// The manifest's payload, refused (before Transit is asked) if its bundle could be larger
+/// than [`MAX_BUNDLE_BYTES`], which verification would not read.
+fn bundle_payload(manifest: &Manifest) -> Result<Vec<u8>, ModelError> {
+    let payload = manifest.to_payload();
+    let encoded = (payload.len() as u64).div_ceil(3) * 4;
+    if encoded + BUNDLE_ENVELOPE_BYTES > MAX_BUNDLE_BYTES {
+        return Err(ModelError::Refused(format!(
+            "the manifest of {} resources ({} bytes) would make a signature file larger than the {MAX_BUNDLE_BYTES} bytes verification reads; sign with a larger --shard-size, or without one",
+            manifest.resources.len(),
+            payload.len()
+        )));
+    }
+    Ok(payload)
 }
 
 /// Checks the bundle's signature with `key`; returns who signed.
@@ -631,7 +651,7 @@ mod tests {
             },
         )
         .unwrap();
-        let payload = signed_manifest("m".into(), &ignore, opts, &hashed)?.to_payload();
+        let payload = bundle_payload(&signed_manifest("m".into(), &ignore, opts, &hashed)?)?;
         let sig = kp
             .sign(&SystemRandom::new(), &bundle::pae(&payload))
             .unwrap();
@@ -709,6 +729,39 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.reason(), "bad_bundle", "{e}");
         assert!(e.to_string().contains("larger than 16777216 bytes"), "{e}");
+    }
+
+    #[test]
+    fn a_manifest_too_large_for_a_bundle_is_refused_before_signing() {
+        // What surrounds the payload is well inside the room kept for it.
+        let envelope = Bundle {
+            hint: Some("f".repeat(64)),
+            payload: Vec::new(),
+            signature: vec![0x30; 139],
+        };
+        assert!((envelope.to_json().len() as u64) < BUNDLE_ENVELOPE_BYTES / 2);
+
+        let files: Vec<hash::FileDigest> = (0..9000)
+            .map(|i| hash::FileDigest {
+                name: format!("{i}-{}", "n".repeat(1500)),
+                size: 1,
+                digests: vec![vec![0; 32]],
+            })
+            .collect();
+        let layout = Layout::default();
+        let serialization = Serialization::new(layout, false, vec![]);
+        let big = Manifest::new("m".into(), serialization.clone(), &layout, &files);
+        let e = bundle_payload(&big).unwrap_err();
+        assert_eq!(e.reason(), "model_refused", "{e}");
+        assert!(e.to_string().contains("manifest of 9000 resources"), "{e}");
+        let fits = Manifest::new("m".into(), serialization, &layout, &files[..6000]);
+        let payload = bundle_payload(&fits).unwrap();
+        let b = Bundle {
+            hint: Some("f".repeat(64)),
+            payload,
+            signature: vec![0x30; 139],
+        };
+        assert!(b.to_json().len() as u64 <= MAX_BUNDLE_BYTES);
     }
 
     #[tokio::test]

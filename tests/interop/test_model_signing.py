@@ -449,7 +449,8 @@ def test_aegis_signs_upstreams_statement_and_upstream_verifies_it(bao, oms_sidec
 
 def test_more_shards_than_the_bound_are_refused_before_hashing(oms_sidecar, tmp_path):
     """A bundle naming more than 65 536 shards (or a sign asked for them) is refused: the
-    work and memory per model are bounded whatever a bundle's shard_size says."""
+    work and memory per model are bounded whatever a bundle's shard_size says. A sign
+    whose signature file would exceed the 16 MiB verification reads is refused too."""
     priv, pub = local_key_pair(tmp_path, ec.SECP256R1())
     model = tmp_path / "model"
     model.mkdir()
@@ -463,4 +464,13 @@ def test_more_shards_than_the_bound_are_refused_before_hashing(oms_sidecar, tmp_
     asked = aegis(oms_sidecar, "model", "sign", "--key", KEY_PREFIX + "ecdsa-p256", "--signature", mine,
                   "--shard-size", "16", model)
     assert asked.returncode == EXIT_REFUSED and "more than 65536 shards" in asked.stderr, describe(asked)
+    assert not mine.exists()
+    # Under the bound but too many to list in a signature file verification would read:
+    # refused before Transit is asked, rather than written and then refused by verify.
+    (model / "w.bin").unlink()
+    (model / ("w" * 200)).write_bytes(os.urandom(60_000 * 16))
+    asked = aegis(oms_sidecar, "model", "sign", "--key", KEY_PREFIX + "ecdsa-p256", "--signature", mine,
+                  "--shard-size", "16", model)
+    assert asked.returncode == EXIT_REFUSED, describe(asked)
+    assert "manifest of 60000 resources" in asked.stderr and "larger --shard-size" in asked.stderr, describe(asked)
     assert not mine.exists()
