@@ -289,6 +289,7 @@ impl ModelFlags {
             progress: true,
             cache_dir: None,
             layout: Layout::default(),
+            limits: Default::default(),
         }
     }
 }

@@ -9,6 +9,8 @@
 //! `Retry-After: 1`) and counted in `aegis_body_budget_refusals_total`; nothing waits, so
 //! a burst of large bodies cannot pile up memory or hold connections.
 
+use std::time::Duration;
+
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::error::Error;
@@ -48,6 +50,12 @@ impl BodyBudget {
         self.drains.try_acquire().ok()
     }
 
+    /// The refusal (counted in `aegis_body_budget_refusals_total`).
+    fn refused(&self) -> Error {
+        metrics::get().body_budget_refusal();
+        Error::OverBodyBudget { limit: self.limit }
+    }
+
     /// The bytes free now.
     pub fn available(&self) -> usize {
         self.bytes.available_permits()
@@ -63,20 +71,31 @@ impl BodyBudget {
         Ok(held)
     }
 
+    /// Takes `n` bytes, waiting at most `within` for them (in turn: while this waits, bytes
+    /// given back go to it before later requests); then refuses as [`Self::take`] does.
+    /// For a model verification, which holds the one slot while it waits, so at most one
+    /// waits; sign bodies never wait.
+    pub async fn take_within(&self, n: usize, within: Duration) -> Result<Held<'_>, Error> {
+        let permits = u32::try_from(n).map_err(|_| self.refused())?;
+        match tokio::time::timeout(within, self.bytes.acquire_many(permits)).await {
+            Ok(Ok(permit)) => Ok(Held {
+                permit: Some(permit),
+                bytes: n,
+            }),
+            _ => Err(self.refused()),
+        }
+    }
+
     /// Takes `n` more bytes for `held` (a body read without a declared length).
     pub fn grow<'a>(&'a self, held: &mut Held<'a>, n: usize) -> Result<(), Error> {
         if n == 0 {
             return Ok(());
         }
-        let refused = || {
-            metrics::get().body_budget_refusal();
-            Error::OverBodyBudget { limit: self.limit }
-        };
-        let permits = u32::try_from(n).map_err(|_| refused())?;
+        let permits = u32::try_from(n).map_err(|_| self.refused())?;
         let permit = self
             .bytes
             .try_acquire_many(permits)
-            .map_err(|_| refused())?;
+            .map_err(|_| self.refused())?;
         match &mut held.permit {
             Some(p) => p.merge(permit),
             None => held.permit = Some(permit),
@@ -114,5 +133,26 @@ mod tests {
         drop(b);
         assert_eq!(budget.take(100).unwrap().bytes(), 100);
         assert_eq!(budget.take(0).unwrap().bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_take_is_served_before_later_requests_and_gives_up_in_time() {
+        let budget = BodyBudget::new(100);
+        let a = budget.take(60).unwrap();
+        let short = Duration::from_millis(20);
+        let e = budget
+            .take_within(50, short)
+            .await
+            .err()
+            .expect("not free in time");
+        assert_eq!((e.status().as_u16(), e.retry_after_secs()), (503, Some(1)));
+        let waiting = budget.take_within(50, Duration::from_secs(60));
+        tokio::pin!(waiting);
+        assert!(futures::poll!(&mut waiting).is_pending());
+        drop(a);
+        // The 60 bytes given back went to the waiter: a later request finds 50, not 100.
+        assert!(budget.take(51).is_err());
+        assert_eq!(waiting.await.unwrap().bytes(), 50);
+        assert_eq!(budget.available(), 100);
     }
 }

@@ -5,8 +5,12 @@
 //! limits and parsed (400); admission as [`Action::VerifyModel`] (the guard, the caller,
 //! the allowlist, the caller policy's `verify_model`); the roots rule
 //! ([`runtime::confine`], 403, nothing opened, nothing audited); the one verification slot
-//! (429 with `Retry-After` when busy); the cached key set; then the check itself
-//! ([`runtime::verify`]). Every request past the roots rule is audited as `verify_model`.
+//! (429 with `Retry-After` when busy); what the verification may hold, taken from the
+//! body budget (`Config::model_verify_budget`), waited for in turn for up to 5 s (503 with
+//! `Retry-After` then);
+//! the cached key set; then the check itself ([`runtime::verify`], within
+//! `AEGIS_MODEL_MAX_SIGNATURE_BYTES` and `AEGIS_MODEL_MAX_RESOURCES`). Every request past
+//! the roots rule is audited as `verify_model`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,7 +26,7 @@ use super::AppState;
 use crate::audit::{EventKind, Outcome as AuditOutcome};
 use crate::error::Error;
 use crate::model::runtime;
-use crate::model::{ModelError, Signer, Verified};
+use crate::model::{Limits, ModelError, Signer, Verified};
 use crate::policy::{Action, Headers, Peer};
 use crate::telemetry::metrics::{self, Operation};
 
@@ -31,6 +35,10 @@ pub const MODEL_VERIFY_PATH: &str = "/v1/aegis/model/verify";
 
 /// `Retry-After` when another verification holds the slot.
 const BUSY_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// How long a verification waits for its share of the body budget (holding the slot)
+/// before it is answered 503.
+const BUDGET_WAIT: Duration = Duration::from_secs(5);
 
 /// One model verification request: its span, answer and count.
 pub async fn model_verify(
@@ -99,7 +107,8 @@ pub(crate) fn enabled(state: &AppState) -> Result<(), Error> {
 }
 
 /// What both faces do once the caller is admitted: the roots rule (403, nothing opened,
-/// nothing audited), the one slot (429), the cached key set, the verification, its audit
+/// nothing audited), the one slot (429), its share of the body budget (503), the cached
+/// key set, the verification, its audit
 /// event and failure count; the answer's `data`.
 pub(crate) async fn check(
     state: &AppState,
@@ -119,6 +128,12 @@ pub(crate) async fn check(
             retry_after: BUSY_RETRY_AFTER,
         });
     };
+    // What the verification may hold, from the body budget: waited for in turn, so a
+    // stream of sign bodies cannot starve it (503 after BUDGET_WAIT).
+    let _held = state
+        .body_budget
+        .take_within(state.config.model_verify_budget(), BUDGET_WAIT)
+        .await?;
     let set = state.keys.get(&key).await.map_err(|e| {
         if e.is_not_found() {
             Error::NotFound(format!("no key {key:?} in Transit"))
@@ -126,7 +141,18 @@ pub(crate) async fn check(
             e.into()
         }
     })?;
-    let checked = runtime::verify(&set, &paths, &request, state.config.cache_dir.clone()).await;
+    let limits = Limits {
+        max_signature_bytes: state.config.model_max_signature_bytes as u64,
+        max_resources: state.config.model_max_resources,
+    };
+    let checked = runtime::verify(
+        &set,
+        &paths,
+        &request,
+        state.config.cache_dir.clone(),
+        limits,
+    )
+    .await;
     audit(
         state,
         caller,

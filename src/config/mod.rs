@@ -254,6 +254,13 @@ pub struct Config {
     /// read models and signatures under (colon- or comma-separated). Empty: the endpoint
     /// is off.
     pub model_roots: Vec<PathBuf>,
+    /// `AEGIS_MODEL_MAX_SIGNATURE_BYTES`, default 4 MiB: the largest signature file the
+    /// sidecar reads for one model verification (about 15 000 resources with short names).
+    pub model_max_signature_bytes: usize,
+    /// `AEGIS_MODEL_MAX_RESOURCES`, default 16 384: the most files, and the most
+    /// resources (files or shards), the sidecar walks and hashes for one model. With
+    /// the signature bound, what one verification may hold (README, "Memory bounds").
+    pub model_max_resources: usize,
     /// Where retention records live: `AEGIS_RETENTION_KV_MOUNT` (default `secret`, a KV v2
     /// mount) and `AEGIS_RETENTION_PREFIX` (default `aegis/keys`); the record of key K is
     /// `{kv_mount}/data/{prefix}/{transit_mount}/{K}`. It is endorsed by the Transit key
@@ -686,7 +693,23 @@ fn auth_config(
     }
 }
 
+/// Bytes of the body budget (`AEGIS_MAX_BODY_BYTES_IN_FLIGHT`) one model verification in
+/// the sidecar takes while it runs. The budget counts a body's bytes, and a body costs
+/// about twice its size in memory; a verification holds about twice its signature file
+/// (its text, then its payload and parsed statement) and about 1.5 KiB per file or
+/// resource (the walk, both manifests, the digest cache), measured at the limits by
+/// `scripts/bench-model-memory.py`. So it takes the signature bound plus 768 bytes per
+/// resource: 8 MiB with the defaults, half the default budget.
+pub const fn model_verify_budget(max_signature_bytes: usize, max_resources: usize) -> usize {
+    max_signature_bytes.saturating_add(max_resources.saturating_mul(768))
+}
+
 impl Config {
+    /// Bytes of the body budget one model verification takes (see [`model_verify_budget`]).
+    pub fn model_verify_budget(&self) -> usize {
+        model_verify_budget(self.model_max_signature_bytes, self.model_max_resources)
+    }
+
     /// The limits of each Transit sign call the signer makes.
     pub fn sign_limits(&self) -> crate::sign::coalesce::Limits {
         crate::sign::coalesce::Limits {
@@ -790,6 +813,8 @@ impl Config {
         let max_batch_items = number("AEGIS_MAX_BATCH_ITEMS", fc.max_batch_items, 10_000);
         let sign_max_batch = number("AEGIS_SIGN_MAX_BATCH", fc.sign_max_batch, 200);
         let sign_max_in_flight = number("AEGIS_SIGN_MAX_IN_FLIGHT", fc.sign_max_in_flight, 2);
+        let model_max_signature_bytes = number("AEGIS_MODEL_MAX_SIGNATURE_BYTES", None, 2 * MIB);
+        let model_max_resources = number("AEGIS_MODEL_MAX_RESOURCES", None, 8192);
         let audit_queue_size = number(
             "AEGIS_AUDIT_QUEUE_SIZE",
             fc.audit.queue_size,
@@ -949,6 +974,12 @@ impl Config {
         });
         let listen_unix = pick("AEGIS_LISTEN_UNIX", fc.listen_unix).map(PathBuf::from);
         let model_roots = model_roots(env.var("AEGIS_MODEL_ROOTS"), &mut errors);
+        let verify_budget = model_verify_budget(model_max_signature_bytes, model_max_resources);
+        if !model_roots.is_empty() && verify_budget > max_body_bytes_in_flight {
+            errors.push(format!(
+                "AEGIS_MODEL_MAX_SIGNATURE_BYTES ({model_max_signature_bytes}) and AEGIS_MODEL_MAX_RESOURCES ({model_max_resources}) make a model verification take {verify_budget} bytes of AEGIS_MAX_BODY_BYTES_IN_FLIGHT ({max_body_bytes_in_flight}), more than all of it: lower them or raise the budget (and the pod's memory limit)"
+            ));
+        }
         let path = |name: &str, file: Option<String>| pick(name, file).map(PathBuf::from);
         let tls = TlsConfig {
             ca_cert: path("VAULT_CACERT", fc.vault.tls.ca_cert),
@@ -995,6 +1026,8 @@ impl Config {
             log_filter: env.var("RUST_LOG"),
             cache_dir: pick("AEGIS_CACHE_DIR", fc.cache_dir).map(PathBuf::from),
             model_roots,
+            model_max_signature_bytes,
+            model_max_resources,
             retention: RetentionLocation {
                 kv_mount: pick("AEGIS_RETENTION_KV_MOUNT", fc.retention.kv_mount)
                     .unwrap_or_else(|| "secret".into())
@@ -1098,6 +1131,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn model_bounds_must_fit_in_the_body_budget_when_the_endpoint_is_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_str().unwrap();
+        let load = |roots: Option<&str>, resources: &str| {
+            let env = [
+                ("VAULT_ADDR", "http://127.0.0.1:8200"),
+                ("VAULT_TOKEN", "s.abc"),
+                ("AEGIS_MAX_BODY_BYTES", "1048576"),
+                ("AEGIS_MAX_BODY_BYTES_IN_FLIGHT", "2097152"),
+                ("AEGIS_MODEL_MAX_SIGNATURE_BYTES", "1048576"),
+                ("AEGIS_MODEL_MAX_RESOURCES", resources),
+                roots.map_or(("UNSET", ""), |r| ("AEGIS_MODEL_ROOTS", r)),
+            ];
+            Config::load(None, &env)
+        };
+        // 1 MiB + 1366 x 768 B = 2 097 664 B: over the 2 MiB budget by 512 bytes.
+        let e = load(Some(root), "1366").unwrap_err().to_string();
+        assert!(
+            e.contains("take 2097664 bytes of AEGIS_MAX_BODY_BYTES_IN_FLIGHT (2097152)"),
+            "{e}"
+        );
+        assert_eq!(
+            load(Some(root), "1365").unwrap().model_verify_budget(),
+            2_096_896
+        );
+        // With the endpoint off the bounds are not used, so not checked.
+        assert!(load(None, "1366").is_ok());
+        let e = load(Some(root), "0").unwrap_err().to_string();
+        assert!(
+            e.contains("AEGIS_MODEL_MAX_RESOURCES: expected a positive integer"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn defaults_with_only_vault_settings() {
         let c = Config::load(
             None,
@@ -1112,6 +1180,9 @@ mod tests {
         assert_eq!(c.keys, KeyScope::Unset);
         assert_eq!(c.max_body_bytes, 8 * 1024 * 1024);
         assert_eq!(c.max_body_bytes_in_flight, 16 * 1024 * 1024);
+        assert_eq!(c.model_max_signature_bytes, 2 * 1024 * 1024);
+        assert_eq!(c.model_max_resources, 8192);
+        assert_eq!(c.model_verify_budget(), 8 * 1024 * 1024);
         assert_eq!(c.sign_max_batch_bytes, 1024 * 1024);
         assert_eq!(c.http_read_timeout, Duration::from_secs(30));
         assert_eq!(c.refresh_interval, Duration::from_secs(600));

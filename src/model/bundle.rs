@@ -6,6 +6,8 @@
 //! in-toto statement), `payloadType` `application/vnd.in-toto+json`, and one signature:
 //! base64 of an ASN.1 DER ECDSA signature over `PAE(payloadType, payload)`.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -13,13 +15,16 @@ use serde_json::Value;
 pub const MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
 pub const PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 
-/// The bundle as JSON (field names and order as the upstream tool writes them).
+/// The bundle as JSON (field names and order as the upstream tool writes them). The
+/// base64 texts are read borrowed from the file's bytes: a large payload is not copied
+/// before it is decoded.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct BundleJson {
+struct BundleJson<'a> {
     media_type: String,
     verification_material: VerificationMaterial,
-    dsse_envelope: Option<Envelope>,
+    #[serde(borrow)]
+    dsse_envelope: Option<Envelope<'a>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,15 +44,18 @@ struct PublicKeyIdentifier {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Envelope {
-    payload: String,
+struct Envelope<'a> {
+    #[serde(borrow)]
+    payload: Cow<'a, str>,
     payload_type: String,
-    signatures: Vec<EnvelopeSignature>,
+    #[serde(borrow)]
+    signatures: Vec<EnvelopeSignature<'a>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct EnvelopeSignature {
-    sig: String,
+struct EnvelopeSignature<'a> {
+    #[serde(borrow)]
+    sig: Cow<'a, str>,
     #[serde(default)]
     keyid: String,
 }
@@ -68,16 +76,33 @@ pub struct Bundle {
 #[error("the signature file is not a usable OMS bundle: {0}")]
 pub struct BundleError(pub String);
 
-/// DSSE v1 pre-authentication encoding of an in-toto payload: what is signed.
-pub fn pae(payload: &[u8]) -> Vec<u8> {
-    let mut out = format!(
-        "DSSEv1 {} {PAYLOAD_TYPE} {} ",
-        PAYLOAD_TYPE.len(),
-        payload.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(payload);
-    out
+/// The DSSE v1 pre-authentication encoding of an in-toto payload: what is signed. Kept
+/// as its header and the payload, hashed in parts: never built as one copy.
+pub struct Pae<'a> {
+    header: String,
+    payload: &'a [u8],
+}
+
+impl<'a> Pae<'a> {
+    pub fn new(payload: &'a [u8]) -> Self {
+        let header = format!(
+            "DSSEv1 {} {PAYLOAD_TYPE} {} ",
+            PAYLOAD_TYPE.len(),
+            payload.len()
+        );
+        Pae { header, payload }
+    }
+
+    /// The encoding's digest with `hash` (a real hash: `None` hashes nothing).
+    pub fn digest(&self, hash: crate::crypto::HashAlgorithm) -> Option<Vec<u8>> {
+        let parts: [&[u8]; 2] = [self.header.as_bytes(), self.payload];
+        Some(hash.digest_parts(&parts)?.as_bytes().to_vec())
+    }
+
+    /// The encoding as one byte string (for a signer that hashes it itself).
+    pub fn to_vec(&self) -> Vec<u8> {
+        [self.header.as_bytes(), self.payload].concat()
+    }
 }
 
 impl Bundle {
@@ -93,10 +118,10 @@ impl Bundle {
                 tlog_entries: Vec::new(),
             },
             dsse_envelope: Some(Envelope {
-                payload: b64.encode(&self.payload),
+                payload: b64.encode(&self.payload).into(),
                 payload_type: PAYLOAD_TYPE.into(),
                 signatures: vec![EnvelopeSignature {
-                    sig: b64.encode(&self.signature),
+                    sig: b64.encode(&self.signature).into(),
                     keyid: String::new(),
                 }],
             }),
@@ -174,9 +199,15 @@ mod tests {
 
     #[test]
     fn pae_is_dsse_v1() {
+        let pae = Pae::new(b"{}");
         assert_eq!(
-            pae(b"{}"),
+            pae.to_vec(),
             b"DSSEv1 28 application/vnd.in-toto+json 2 {}".to_vec()
+        );
+        let sha256 = crate::crypto::HashAlgorithm::Sha2_256;
+        assert_eq!(
+            pae.digest(sha256),
+            Some(sha256.digest(&pae.to_vec()).unwrap().as_bytes().to_vec())
         );
     }
 

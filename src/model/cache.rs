@@ -47,7 +47,7 @@ pub const RACY_MARGIN: Duration = Duration::from_secs(2);
 
 /// What user space cannot set at will: a rewrite or a rename changes ctime or the inode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Stamp {
+pub struct Stamp {
     dev: u64,
     ino: u64,
     size: u64,
@@ -56,7 +56,8 @@ struct Stamp {
 }
 
 impl Stamp {
-    fn of(meta: &Metadata) -> Stamp {
+    /// The stamp of a file as `meta` (read by the walk) describes it.
+    pub fn of(meta: &Metadata) -> Stamp {
         let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
         Stamp {
             dev: meta.dev(),
@@ -85,11 +86,12 @@ impl Entry {
     }
 }
 
+/// A cache file's JSON (written from borrowed parts, read into owned ones).
 #[derive(Debug, Serialize, Deserialize)]
-struct Body {
-    root: String,
-    serialization: String,
-    entries: BTreeMap<String, Entry>,
+struct Body<R, E> {
+    root: R,
+    serialization: R,
+    entries: E,
 }
 
 /// What the cache held when it was opened.
@@ -114,7 +116,9 @@ pub struct DigestCache {
     serialization: String,
     started_ns: i64,
     state: CacheState,
-    old: HashMap<String, Entry>,
+    /// Entries read from the file and not yet looked up (a lookup moves its entry to
+    /// `seen`: no entry is held twice).
+    old: Mutex<HashMap<String, Entry>>,
     seen: Mutex<BTreeMap<String, Entry>>,
     dirty: AtomicBool,
 }
@@ -146,7 +150,7 @@ impl DigestCache {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as i64),
             state: CacheState::Empty,
-            old: HashMap::new(),
+            old: Mutex::new(HashMap::new()),
             seen: Mutex::new(BTreeMap::new()),
             dirty: AtomicBool::new(false),
         };
@@ -173,7 +177,7 @@ impl DigestCache {
             Ok(Some(b)) => b,
             Err(e) => return CacheState::Ignored(e.to_string()),
         };
-        let body: Body = match serde_json::from_slice(&body) {
+        let body: Body<String, HashMap<String, Entry>> = match serde_json::from_slice(&body) {
             Ok(b) => b,
             Err(e) => return CacheState::Ignored(format!("{}: {e}", path.display())),
         };
@@ -187,8 +191,9 @@ impl DigestCache {
                 self.serialization
             ));
         }
-        self.old = body.entries.into_iter().collect();
-        CacheState::Loaded(self.old.len())
+        let loaded = body.entries.len();
+        self.old = Mutex::new(body.entries);
+        CacheState::Loaded(loaded)
     }
 
     /// What the cache held when opened.
@@ -196,11 +201,12 @@ impl DigestCache {
         &self.state
     }
 
-    /// The digests (one per piece, in order) recorded for the file `name` if its metadata,
-    /// as the walk read it, still matches and the entry can be trusted.
-    pub fn lookup(&self, name: &str, meta: &Metadata) -> Option<Vec<Vec<u8>>> {
-        let entry = self.old.get(name)?;
-        if !entry.trusted_for(&Stamp::of(meta)) {
+    /// The digests (one per piece, in order) recorded for the file `name` if its stamp,
+    /// as the walk read it, still matches and the entry can be trusted. Each entry is
+    /// looked up once.
+    pub fn lookup(&self, name: &str, stamp: &Stamp) -> Option<Vec<Vec<u8>>> {
+        let (name, entry) = self.old.lock().expect("cache entries").remove_entry(name)?;
+        if !entry.trusted_for(stamp) {
             return None;
         }
         let digests = entry
@@ -208,17 +214,14 @@ impl DigestCache {
             .iter()
             .map(|d| hex::decode(d))
             .collect::<Option<Vec<_>>>()?;
-        self.seen
-            .lock()
-            .expect("cache entries")
-            .insert(name.to_string(), entry.clone());
+        self.seen.lock().expect("cache entries").insert(name, entry);
         Some(digests)
     }
 
-    /// Records the digests of the file `name`, hashed after the walk read `meta`.
-    pub fn record(&self, name: &str, meta: &Metadata, digests: Vec<Vec<u8>>) {
+    /// Records the digests of the file `name`, hashed after the walk read `stamp`.
+    pub fn record(&self, name: &str, stamp: &Stamp, digests: &[Vec<u8>]) {
         let entry = Entry {
-            stamp: Stamp::of(meta),
+            stamp: stamp.clone(),
             recorded_at_ns: self.started_ns,
             digests: digests.iter().map(|d| hex::encode(d)).collect(),
         };
@@ -238,24 +241,23 @@ impl DigestCache {
         }
         let seen = self.seen.lock().expect("cache entries");
         let unchanged = !self.dirty.load(Ordering::Relaxed)
-            && matches!(self.state, CacheState::Loaded(_))
-            && seen.len() == self.old.len();
+            && matches!(self.state, CacheState::Loaded(n) if n == seen.len());
         if unchanged {
             return Ok(());
         }
         let body = Body {
-            root: self.root.clone(),
-            serialization: self.serialization.clone(),
-            entries: seen.clone(),
+            root: self.root.as_str(),
+            serialization: self.serialization.as_str(),
+            entries: &*seen,
         };
-        let bytes = serde_json::to_vec(&body).map_err(std::io::Error::other)?;
-        if bytes.len() as u64 > MAX_FILE_LEN {
-            return Err(std::io::Error::other(format!(
-                "{} entries take {} bytes, more than the {MAX_FILE_LEN} a cache file may hold",
+        let mut out = Capped(Vec::new());
+        serde_json::to_writer(&mut out, &body).map_err(|_| {
+            std::io::Error::other(format!(
+                "{} entries take more than the {MAX_FILE_LEN} bytes a cache file may hold",
                 body.entries.len(),
-                bytes.len()
-            )));
-        }
+            ))
+        })?;
+        let bytes = out.0;
         crate::sealed::write(
             &self.dir,
             &self.file_name,
@@ -264,6 +266,24 @@ impl DigestCache {
             crate::sealed::Durability::Atomic,
         )?;
         evict(&self.dir, MAX_MODELS)
+    }
+}
+
+/// A buffer that refuses to grow past [`MAX_FILE_LEN`]: a cache too large to keep is
+/// given up while it is written, not after it is held whole.
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if (self.0.len() + buf.len()) as u64 > MAX_FILE_LEN {
+            return Err(std::io::Error::other("over MAX_FILE_LEN"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -333,19 +353,23 @@ mod tests {
         std::fs::metadata(p).unwrap()
     }
 
+    fn stamp(p: &Path) -> Stamp {
+        Stamp::of(&meta(p))
+    }
+
     #[test]
     fn an_unchanged_file_is_found_and_a_rewritten_one_is_not() {
         let (_d, model, dir) = setup();
         let w = model.join("w");
         let c = DigestCache::open_at(&dir, &model, "files:sha256", later());
         assert_eq!(c.state(), &CacheState::Empty);
-        assert_eq!(c.lookup("w", &meta(&w)), None);
-        c.record("w", &meta(&w), vec![vec![1; 32]]);
+        assert_eq!(c.lookup("w", &stamp(&w)), None);
+        c.record("w", &stamp(&w), &[vec![1; 32]]);
         c.save().unwrap();
         let c = DigestCache::open_at(&dir, &model, "files:sha256", later());
         assert_eq!(c.state(), &CacheState::Loaded(1));
-        assert_eq!(c.lookup("w", &meta(&w)), Some(vec![vec![1; 32]]));
-        assert_eq!(c.lookup("other", &meta(&w)), None);
+        assert_eq!(c.lookup("w", &stamp(&w)), Some(vec![vec![1; 32]]));
+        assert_eq!(c.lookup("other", &stamp(&w)), None);
         // Nothing recorded and everything found: the file is not rewritten.
         let file = dir.join(SUBDIR).join(&c.file_name);
         let written = meta(&file).modified().unwrap();
@@ -357,7 +381,30 @@ mod tests {
         let f = std::fs::File::options().write(true).open(&w).unwrap();
         f.set_modified(before.modified().unwrap()).unwrap();
         assert_eq!(meta(&w).modified().unwrap(), before.modified().unwrap());
-        assert_eq!(c.lookup("w", &meta(&w)), None);
+        let c = DigestCache::open_at(&dir, &model, "files:sha256", later());
+        assert_eq!(c.state(), &CacheState::Loaded(1));
+        assert_eq!(c.lookup("w", &stamp(&w)), None);
+    }
+
+    #[test]
+    fn a_cache_too_large_to_keep_is_given_up_while_it_is_written() {
+        let (_d, model, dir) = setup();
+        let w = stamp(&model.join("w"));
+        let c = DigestCache::open_at(&dir, &model, "files:sha256", later());
+        // About 250 bytes of JSON each: 40 000 entries are over the 8 MiB a file may hold.
+        for i in 0..40_000 {
+            c.record(&format!("layer-{i:06}.bin"), &w, &[vec![7; 32]]);
+        }
+        let e = c.save().unwrap_err().to_string();
+        assert!(
+            e.contains("40000 entries take more than the 8388608 bytes"),
+            "{e}"
+        );
+        assert!(!dir.join(SUBDIR).join(&c.file_name).exists());
+        let mut out = Capped(Vec::new());
+        use std::io::Write as _;
+        out.write_all(&vec![0; MAX_FILE_LEN as usize]).unwrap();
+        assert!(out.write_all(b"x").is_err());
     }
 
     #[test]
@@ -365,11 +412,11 @@ mod tests {
         let (_d, model, dir) = setup();
         let w = model.join("w");
         let c = DigestCache::open(&dir, &model, "files:sha256");
-        c.record("w", &meta(&w), vec![vec![1; 32]]);
+        c.record("w", &stamp(&w), &[vec![1; 32]]);
         c.save().unwrap();
         let c = DigestCache::open(&dir, &model, "files:sha256");
         assert_eq!(c.state(), &CacheState::Loaded(1));
-        assert_eq!(c.lookup("w", &meta(&w)), None);
+        assert_eq!(c.lookup("w", &stamp(&w)), None);
     }
 
     #[test]
@@ -377,7 +424,7 @@ mod tests {
         let (_d, model, dir) = setup();
         let w = model.join("w");
         let c = DigestCache::open_at(&dir, &model, "files:sha256", later());
-        c.record("w", &meta(&w), vec![vec![1; 32]]);
+        c.record("w", &stamp(&w), &[vec![1; 32]]);
         c.save().unwrap();
         let file = dir.join(SUBDIR).join(&c.file_name);
         let good = std::fs::read(&file).unwrap();
@@ -391,7 +438,7 @@ mod tests {
             "{:?}",
             c.state()
         );
-        assert_eq!(c.lookup("w", &meta(&w)), None);
+        assert_eq!(c.lookup("w", &stamp(&w)), None);
         // Another serialization of the same root is another file; a file copied over
         // from another model is refused by what it says it is for.
         let other = DigestCache::open_at(&dir, &model, "shards:sha256:1000", later());
@@ -416,7 +463,7 @@ mod tests {
             "{:?}",
             c.state()
         );
-        c.record("w", &meta(&model.join("w")), vec![vec![1; 32]]);
+        c.record("w", &stamp(&model.join("w")), &[vec![1; 32]]);
         c.save().unwrap();
         assert_eq!(std::fs::read_dir(dir.join(SUBDIR)).unwrap().count(), 0);
     }
@@ -426,7 +473,7 @@ mod tests {
         let (_d, model, dir) = setup();
         for i in 0..MAX_MODELS + 3 {
             let c = DigestCache::open_at(&dir, &model, &format!("s{i}"), later());
-            c.record("w", &meta(&model.join("w")), vec![vec![1; 32]]);
+            c.record("w", &stamp(&model.join("w")), &[vec![1; 32]]);
             c.save().unwrap();
         }
         let n = std::fs::read_dir(dir.join(SUBDIR)).unwrap().count();

@@ -9,7 +9,9 @@
 //! that is neither a regular file nor a directory is refused. Pieces are hashed in parallel,
 //! largest first (with `files` a file is one piece; with `shards` one large file keeps
 //! every core busy), each streamed through one fixed buffer per worker. Memory is bounded
-//! by the number of workers and by [`MAX_RESOURCES`], whatever the model's size.
+//! by the number of workers and by `max_resources` ([`MAX_RESOURCES`], or the sidecar's
+//! lower bound), whatever the model's size: the walk keeps a name, a size and a stamp
+//! per file.
 //!
 //! With a digest cache ([`hash_model_cached`], used by verification), a file whose stamp
 //! the cache still trusts is not read; the others are hashed and recorded with the
@@ -23,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::cache::DigestCache;
+use super::cache::{DigestCache, Stamp};
 use super::digest::{Layout, Piece};
 
 /// Bytes read at once per worker: big enough for few syscalls, small enough to stay in
@@ -54,7 +56,7 @@ pub struct FileDigest {
 }
 
 /// What to hash and how.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HashOptions {
     /// Paths relative to the model root, each as its normal components; a file under
     /// any of them is not hashed.
@@ -67,6 +69,22 @@ pub struct HashOptions {
     pub threads: usize,
     /// Draw a progress bar on stderr (only when stderr is a terminal).
     pub progress: bool,
+    /// The most files, and the most pieces, hashed for one model: [`MAX_RESOURCES`], or
+    /// less where memory is tighter (the sidecar's `AEGIS_MODEL_MAX_RESOURCES`).
+    pub max_resources: usize,
+}
+
+impl Default for HashOptions {
+    fn default() -> Self {
+        HashOptions {
+            ignore: Vec::new(),
+            allow_symlinks: false,
+            layout: Layout::default(),
+            threads: 0,
+            progress: false,
+            max_resources: MAX_RESOURCES,
+        }
+    }
 }
 
 /// Why a model could not be hashed.
@@ -90,13 +108,30 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> HashError + '_ {
     }
 }
 
-/// A file found by the walk, not yet hashed, with the metadata the walk read (the digest
-/// cache's stamp).
+/// A file found by the walk, not yet hashed, with the stamp the walk read (what the digest
+/// cache compares). Kept small: the walk holds one per file, up to [`MAX_RESOURCES`].
 struct Job {
     name: String,
-    path: PathBuf,
     size: u64,
-    meta: Metadata,
+    stamp: Stamp,
+}
+
+impl Job {
+    fn new(name: String, meta: &Metadata) -> Job {
+        Job {
+            name,
+            size: meta.len(),
+            stamp: Stamp::of(meta),
+        }
+    }
+
+    /// The file's path: the model root itself for a one-file model (named `.`).
+    fn path(&self, root: &Path) -> PathBuf {
+        match self.name.as_str() {
+            "." => root.to_path_buf(),
+            name => root.join(name),
+        }
+    }
 }
 
 /// A hashed model.
@@ -113,7 +148,7 @@ pub struct Hashed {
 /// Hashes every file of the model at `root`.
 pub fn hash_model(root: &Path, opts: &HashOptions) -> Result<Hashed, HashError> {
     let jobs = walk(root, opts)?;
-    hash_jobs(jobs, opts)
+    hash_jobs(root, jobs, opts)
 }
 
 /// Hashes the model at `root` through the digest cache that `open_cache` opens (on a
@@ -131,7 +166,7 @@ pub fn hash_model_cached(
     });
     let (mut known, mut cached_bytes, mut to_hash) = (Vec::new(), 0, Vec::new());
     for job in jobs? {
-        let cached = cache.lookup(&job.name, &job.meta);
+        let cached = cache.lookup(&job.name, &job.stamp);
         match cached.filter(|d| opts.layout.fits(job.size, d)) {
             Some(digests) => {
                 cached_bytes += job.size;
@@ -144,14 +179,15 @@ pub fn hash_model_cached(
             None => to_hash.push(job),
         }
     }
-    let stamps: HashMap<String, Metadata> = to_hash
+    let stamps: HashMap<String, Stamp> = to_hash
         .iter()
-        .map(|j| (j.name.clone(), j.meta.clone()))
+        .map(|j| (j.name.clone(), j.stamp.clone()))
         .collect();
-    let mut hashed = hash_jobs(to_hash, opts)?;
+    let mut hashed = hash_jobs(root, to_hash, opts)?;
     for f in &hashed.files {
-        cache.record(&f.name, &stamps[&f.name], f.digests.clone());
+        cache.record(&f.name, &stamps[&f.name], &f.digests);
     }
+    drop(stamps);
     hashed.from_cache = known.len();
     hashed.bytes += cached_bytes;
     hashed.files.append(&mut known);
@@ -172,12 +208,7 @@ fn walk(root: &Path, opts: &HashOptions) -> Result<Vec<Job>, HashError> {
     }
     let meta = std::fs::metadata(root).map_err(io_error(root))?;
     if meta.is_file() {
-        jobs.push(Job {
-            name: ".".into(),
-            path: root.to_path_buf(),
-            size: meta.len(),
-            meta,
-        });
+        jobs.push(Job::new(".".into(), &meta));
         return Ok(jobs);
     }
     if !meta.is_dir() {
@@ -187,9 +218,9 @@ fn walk(root: &Path, opts: &HashOptions) -> Result<Vec<Job>, HashError> {
     Ok(jobs)
 }
 
-fn too_many(what: &str) -> HashError {
+fn too_many(max: usize, what: &str) -> HashError {
     HashError::Refused(format!(
-        "the model has more than {MAX_RESOURCES} {what}, more than Aegis hashes for one model"
+        "the model has more than {max} {what}, more than this verification hashes for one model"
     ))
 }
 
@@ -259,15 +290,10 @@ fn visit(
     if !meta.is_file() {
         return Err(not_file_or_dir(path));
     }
-    if jobs.len() == MAX_RESOURCES {
-        return Err(too_many("files"));
+    if jobs.len() >= opts.max_resources {
+        return Err(too_many(opts.max_resources, "files"));
     }
-    jobs.push(Job {
-        name: rel.join("/"),
-        path: path.to_path_buf(),
-        size: meta.len(),
-        meta,
-    });
+    jobs.push(Job::new(rel.join("/"), &meta));
     Ok(())
 }
 
@@ -280,11 +306,11 @@ struct Work {
 }
 
 /// Every piece of every job, largest first so that one big piece does not start last;
-/// refused past [`MAX_RESOURCES`] pieces before anything is read.
-fn plan(jobs: &[Job], layout: &Layout) -> Result<Vec<Work>, HashError> {
+/// refused past `max` pieces before anything is read.
+fn plan(jobs: &[Job], layout: &Layout, max: usize) -> Result<Vec<Work>, HashError> {
     let total: u64 = jobs.iter().map(|j| layout.piece_count(j.size)).sum();
-    if total > MAX_RESOURCES as u64 {
-        return Err(too_many("shards"));
+    if total > max as u64 {
+        return Err(too_many(max, "shards"));
     }
     let mut work = Vec::with_capacity(total as usize);
     for (job, j) in jobs.iter().enumerate() {
@@ -302,9 +328,9 @@ fn plan(jobs: &[Job], layout: &Layout) -> Result<Vec<Work>, HashError> {
     Ok(work)
 }
 
-/// Hashes the jobs' pieces on a pool of scoped threads.
-fn hash_jobs(jobs: Vec<Job>, opts: &HashOptions) -> Result<Hashed, HashError> {
-    let work = plan(&jobs, &opts.layout)?;
+/// Hashes the pieces of the jobs (files under `root`) on a pool of scoped threads.
+fn hash_jobs(root: &Path, jobs: Vec<Job>, opts: &HashOptions) -> Result<Hashed, HashError> {
+    let work = plan(&jobs, &opts.layout, opts.max_resources)?;
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map_or(1, usize::from)
     } else {
@@ -320,18 +346,18 @@ fn hash_jobs(jobs: Vec<Job>, opts: &HashOptions) -> Result<Hashed, HashError> {
             let done = &done;
             scope.spawn(move || progress_bar(total, done, &stop_rx));
         }
-        let digests = run_pool(&jobs, &work, opts, threads, &done);
+        let digests = run_pool(root, &jobs, &work, opts, threads, &done);
         drop(stop_tx);
         digests
     })?;
-    let mut files: Vec<FileDigest> = jobs
-        .into_iter()
-        .map(|j| FileDigest {
-            digests: vec![Vec::new(); opts.layout.piece_count(j.size) as usize],
-            name: j.name,
-            size: j.size,
-        })
-        .collect();
+    // Not `collect`: it would reuse the jobs' (larger) allocation for the files for as
+    // long as they live.
+    let mut files = Vec::with_capacity(jobs.len());
+    files.extend(jobs.into_iter().map(|j| FileDigest {
+        digests: vec![Vec::new(); opts.layout.piece_count(j.size) as usize],
+        name: j.name,
+        size: j.size,
+    }));
     for (w, digest) in work.iter().zip(digests) {
         files[w.job].digests[w.index] = digest;
     }
@@ -346,6 +372,7 @@ fn hash_jobs(jobs: Vec<Job>, opts: &HashOptions) -> Result<Hashed, HashError> {
 /// Hashes `work` on `threads` workers, each with one aligned buffer; the digests come back
 /// in `work`'s order. The first error stops every worker.
 fn run_pool(
+    root: &Path,
     jobs: &[Job],
     work: &[Work],
     opts: &HashOptions,
@@ -366,8 +393,8 @@ fn run_pool(
                 while !failed.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(w) = work.get(i) else { break };
-                    let path = &jobs[w.job].path;
-                    match hash_piece(path, w.piece, opts.layout, buf, done) {
+                    let path = jobs[w.job].path(root);
+                    match hash_piece(&path, w.piece, opts.layout, buf, done) {
                         Ok(d) => mine.push((i, d)),
                         Err(e) => {
                             failed.store(true, Ordering::Relaxed);

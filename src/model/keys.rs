@@ -12,6 +12,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::SubjectPublicKeyInfoDer;
 use serde_json::{json, Value};
 
+use super::bundle::Pae;
 use super::hex;
 use crate::crypto::{CryptoError, Curve, EcdsaPublicKey, HashAlgorithm, KeyType, Marshaling};
 
@@ -120,16 +121,13 @@ impl SignerKey {
     }
 
     /// The digest Transit signs (`prehashed`) for a DSSE PAE.
-    pub fn digest(&self, pae: &[u8]) -> Vec<u8> {
-        self.hash()
-            .digest(pae)
+    pub fn digest(&self, pae: &Pae<'_>) -> Vec<u8> {
+        pae.digest(self.hash())
             .expect("curve hashes are real hashes")
-            .as_bytes()
-            .to_vec()
     }
 
     /// Checks an ASN.1 DER signature over `pae`. `Err` when it is not DER at all.
-    pub fn verify(&self, pae: &[u8], signature: &[u8]) -> Result<bool, CryptoError> {
+    pub fn verify(&self, pae: &Pae<'_>, signature: &[u8]) -> Result<bool, CryptoError> {
         self.key
             .verify(Marshaling::Asn1, &self.digest(pae), signature)
     }
@@ -251,10 +249,11 @@ mod tests {
             let (kp, der) = pair(alg);
             let key = SignerKey::from_pem(spki_pem(&der).as_bytes()).unwrap();
             assert_eq!(key.curve, curve);
-            let sig = kp.sign(&rng, b"pae bytes").unwrap();
-            assert_eq!(key.verify(b"pae bytes", sig.as_ref()), Ok(true));
-            assert_eq!(key.verify(b"pae bytez", sig.as_ref()), Ok(false));
-            assert!(key.verify(b"pae bytes", b"\x01\x02").is_err());
+            let (pae, other) = (Pae::new(b"{}"), Pae::new(b"{ }"));
+            let sig = kp.sign(&rng, &pae.to_vec()).unwrap();
+            assert_eq!(key.verify(&pae, sig.as_ref()), Ok(true));
+            assert_eq!(key.verify(&other, sig.as_ref()), Ok(false));
+            assert!(key.verify(&pae, b"\x01\x02").is_err());
             let jwk = jwk(KeyType::Ecdsa(curve), &der, "k:v1").unwrap();
             assert_eq!(jwk["crv"], curve_name(curve));
         }

@@ -10,6 +10,7 @@
 //! Manifest order compares paths component by component (`a/b` before `a-c`), as Python's
 //! `PurePosixPath` does, then shards by their offsets.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU64;
@@ -33,15 +34,18 @@ pub fn sort_resources<T>(items: &mut [T], name: impl Fn(&T) -> &str) {
     items.sort_by(|a, b| name(a).split('/').cmp(name(b).split('/')));
 }
 
-/// An in-toto Statement v1 as the predicate v1.0 lays it out (field order kept).
+/// An in-toto Statement v1 as the predicate v1.0 lays it out (field order kept). Read
+/// back, the resources' texts borrow from the payload: a manifest of many resources is
+/// not copied before it is checked.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Statement {
+pub struct Statement<'a> {
     #[serde(rename = "_type")]
     pub statement_type: String,
     pub subject: Vec<Subject>,
     #[serde(rename = "predicateType")]
     pub predicate_type: String,
-    pub predicate: Predicate,
+    #[serde(borrow)]
+    pub predicate: Predicate<'a>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,9 +55,10 @@ pub struct Subject {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Predicate {
+pub struct Predicate<'a> {
     pub serialization: Serialization,
-    pub resources: Vec<Resource>,
+    #[serde(borrow)]
+    pub resources: Vec<Resource<'a>>,
 }
 
 /// How the model was serialized into the manifest (upstream's field order).
@@ -140,10 +145,13 @@ fn whole_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D:
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Resource {
-    pub name: String,
-    pub algorithm: String,
-    pub digest: String,
+pub struct Resource<'a> {
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    #[serde(borrow)]
+    pub algorithm: Cow<'a, str>,
+    #[serde(borrow)]
+    pub digest: Cow<'a, str>,
 }
 
 /// Why a statement cannot be used.
@@ -226,17 +234,18 @@ impl Manifest {
         model_name: String,
         serialization: Serialization,
         layout: &Layout,
-        files: &[FileDigest],
+        files: Vec<FileDigest>,
     ) -> Self {
         let resources = files
-            .iter()
+            .into_iter()
             .flat_map(|f| {
-                layout.pieces(f.size).zip(&f.digests).map(|(p, d)| {
+                let name = f.name;
+                layout.pieces(f.size).zip(f.digests).map(move |(p, d)| {
                     let key = ResourceKey {
-                        path: f.name.clone(),
+                        path: name.clone(),
                         shard: p.end.map(|end| (p.start, end)),
                     };
-                    (key, d.clone())
+                    (key, d)
                 })
             })
             .collect();
@@ -248,7 +257,7 @@ impl Manifest {
     }
 
     /// The statement to sign, with resources in manifest order.
-    pub fn to_statement(&self) -> Statement {
+    pub fn to_statement(&self) -> Statement<'static> {
         let algorithm = self
             .serialization
             .layout()
@@ -261,9 +270,9 @@ impl Manifest {
             .map(|(key, d)| {
                 root.update(d);
                 Resource {
-                    name: key.name(),
-                    algorithm: algorithm.clone(),
-                    digest: hex::encode(d),
+                    name: key.name().into(),
+                    algorithm: algorithm.clone().into(),
+                    digest: hex::encode(d).into(),
                 }
             })
             .collect();
@@ -370,13 +379,13 @@ impl Manifest {
     pub fn diff(&self, actual: &Manifest) -> Option<Differences> {
         let expected = self.by_file();
         let actual = actual.by_file();
-        let index = |files: &[FileResources<'_>]| -> HashMap<String, usize> {
+        fn index<'a>(files: &[FileResources<'a>]) -> HashMap<&'a str, usize> {
             files
                 .iter()
                 .enumerate()
-                .map(|(i, (p, _))| (p.to_string(), i))
+                .map(|(i, (p, _))| (*p, i))
                 .collect()
-        };
+        }
         let (in_expected, in_actual) = (index(&expected), index(&actual));
         let mut d = Differences::default();
         for (path, pieces) in &expected {
@@ -475,7 +484,7 @@ mod tests {
             "m".into(),
             serialization(),
             &Layout::default(),
-            &files(items),
+            files(items),
         )
     }
 
@@ -500,7 +509,7 @@ mod tests {
     fn inconsistent_or_foreign_statements_are_refused() {
         let m = manifest(&[("a", 1)]);
         let mut st = m.to_statement();
-        st.predicate.resources[0].digest = hex::encode(&[9u8; 32]);
+        st.predicate.resources[0].digest = hex::encode(&[9u8; 32]).into();
         let e = Manifest::from_payload(&serde_json::to_vec(&st).unwrap()).unwrap_err();
         assert!(e.0.contains("inconsistent"), "{e}");
         let mut st = m.to_statement();
@@ -531,15 +540,10 @@ mod tests {
             "m".into(),
             serialization.clone(),
             &layout,
-            &[file("w", 12, 1), file("a/b", 3, 2), file("empty", 0, 3)],
+            vec![file("w", 12, 1), file("a/b", 3, 2), file("empty", 0, 3)],
         );
         let st = m.to_statement();
-        let names: Vec<_> = st
-            .predicate
-            .resources
-            .iter()
-            .map(|r| r.name.as_str())
-            .collect();
+        let names: Vec<_> = st.predicate.resources.iter().map(|r| &*r.name).collect();
         // Offsets compare as numbers (w:5:10 before w:10:12); the empty file has none.
         assert_eq!(names, ["a/b:0:3", "w:0:5", "w:5:10", "w:10:12"]);
         assert!(st

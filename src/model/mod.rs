@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use crate::lifecycle::LifecycleError;
 use crate::vault::VaultClient;
-use bundle::{Bundle, BundleError};
+use bundle::{Bundle, BundleError, Pae};
 use cache::DigestCache;
 use digest::Layout;
 use hash::{relative_components, HashError, HashOptions, Hashed};
@@ -140,6 +140,27 @@ pub struct ModelOptions {
     pub cache_dir: Option<PathBuf>,
     /// How signing hashes (verification follows the bundle's serialization).
     pub layout: Layout,
+    /// What one verification may read and hold.
+    pub limits: Limits,
+}
+
+/// What one verification may read and hold: the signature file's size and the model's
+/// files and pieces. The CLI's are [`MAX_BUNDLE_BYTES`] and [`hash::MAX_RESOURCES`]; the
+/// sidecar's are lower (`AEGIS_MODEL_MAX_SIGNATURE_BYTES`, `AEGIS_MODEL_MAX_RESOURCES`),
+/// sized for its memory limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_signature_bytes: u64,
+    pub max_resources: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_signature_bytes: MAX_BUNDLE_BYTES,
+            max_resources: hash::MAX_RESOURCES,
+        }
+    }
 }
 
 impl Default for ModelOptions {
@@ -151,6 +172,7 @@ impl Default for ModelOptions {
             progress: false,
             cache_dir: None,
             layout: Layout::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -351,14 +373,16 @@ pub async fn sign(
             layout: opts.layout,
             threads: 0,
             progress: opts.progress,
+            max_resources: opts.limits.max_resources,
         },
         None,
     )
     .await?;
     let hashing = started.elapsed();
-    let manifest = signed_manifest(model_name(model), &ignore, opts, &hashed)?;
+    let (files, bytes) = (hashed.files.len(), hashed.bytes);
+    let manifest = signed_manifest(model_name(model), &ignore, opts, hashed.files)?;
     let payload = bundle_payload(&manifest)?;
-    let pae = bundle::pae(&payload);
+    let pae = Pae::new(&payload);
     let sig = transit::KeyVersion {
         vault,
         mount,
@@ -382,8 +406,8 @@ pub async fn sign(
     write_atomic(signature, &b.to_json())?;
     Ok(Signed {
         model_name: manifest.model_name,
-        files: hashed.files.len(),
-        bytes: hashed.bytes,
+        files,
+        bytes,
         key_version: version,
         hint: signer.hint(),
         hashing,
@@ -396,10 +420,10 @@ fn signed_manifest(
     model_name: String,
     ignore: &[Vec<String>],
     opts: &ModelOptions,
-    hashed: &Hashed,
+    files: Vec<hash::FileDigest>,
 ) -> Result<Manifest, ModelError> {
     if opts.layout.shard_size.is_some() {
-        if let Some(f) = hashed.files.iter().find(|f| f.name.contains(':')) {
+        if let Some(f) = files.iter().find(|f| f.name.contains(':')) {
             return Err(ModelError::Refused(format!(
                 "{:?}: a file name with ':' cannot be named in a shard manifest (path:start:end); sign without --shard-size",
                 f.name
@@ -412,7 +436,7 @@ fn signed_manifest(
         model_name,
         serialization,
         &opts.layout,
-        &hashed.files,
+        files,
     ))
 }
 
@@ -438,7 +462,7 @@ fn bundle_payload(manifest: &Manifest) -> Result<Vec<u8>, ModelError> {
 
 /// Checks the bundle's signature with `key`; returns who signed.
 async fn authenticate(key: VerifyKey<'_>, b: &Bundle) -> Result<Signer, ModelError> {
-    let pae = bundle::pae(&b.payload);
+    let pae = Pae::new(&b.payload);
     match key {
         VerifyKey::PublicKey(k) => {
             let hint = k.hint();
@@ -513,7 +537,7 @@ fn not_der(e: impl std::fmt::Display) -> ModelError {
 fn signed_by(
     versions: impl DoubleEndedIterator<Item = (u32, SignerKey)>,
     b: &Bundle,
-    pae: &[u8],
+    pae: &Pae<'_>,
     key: &str,
 ) -> Result<(u32, SignerKey), ModelError> {
     let candidates: Vec<(u32, SignerKey)> = versions
@@ -564,16 +588,16 @@ fn still_valid(set: &crate::keys::KeySet, version: u32) -> Result<(), ModelError
 /// model of many files): refused before it is held in memory.
 pub const MAX_BUNDLE_BYTES: u64 = 16 * 1024 * 1024;
 
-/// The bundle's bytes, at most [`MAX_BUNDLE_BYTES`].
-fn read_bundle(path: &Path) -> Result<Vec<u8>, ModelError> {
+/// The bundle's bytes, at most `max`.
+fn read_bundle(path: &Path, max: u64) -> Result<Vec<u8>, ModelError> {
     use std::io::Read as _;
     let mut text = Vec::new();
     std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_BUNDLE_BYTES + 1).read_to_end(&mut text))
+        .and_then(|f| f.take(max.saturating_add(1)).read_to_end(&mut text))
         .map_err(|e| io("read", path, e))?;
-    if text.len() as u64 > MAX_BUNDLE_BYTES {
+    if text.len() as u64 > max {
         return Err(ModelError::Bundle(BundleError(format!(
-            "{} is larger than {MAX_BUNDLE_BYTES} bytes: not a signature bundle",
+            "{} is larger than {max} bytes, the most this verification reads",
             path.display()
         ))));
     }
@@ -587,11 +611,21 @@ pub async fn verify(
     signature: &Path,
     opts: &ModelOptions,
 ) -> Result<Verified, ModelError> {
-    let text = read_bundle(signature)?;
-    let b = Bundle::parse(&text)?;
+    // Each stage is dropped before the next is built, so that a large bundle is held
+    // once at a time: the file's text, then the payload, then the manifest.
+    let limits = opts.limits;
+    let b = Bundle::parse(&read_bundle(signature, limits.max_signature_bytes)?)?;
     let signer = authenticate(key, &b).await?;
     let expected =
         Manifest::from_payload(&b.payload).map_err(|e| ModelError::Statement(e.to_string()))?;
+    drop(b);
+    if expected.resources.len() > limits.max_resources {
+        return Err(ModelError::Refused(format!(
+            "the signature lists {} resources, more than the {} this verification hashes for one model",
+            expected.resources.len(),
+            limits.max_resources
+        )));
+    }
     let layout = expected
         .serialization
         .layout()
@@ -605,22 +639,24 @@ pub async fn verify(
             layout,
             threads: 0,
             progress: opts.progress,
+            max_resources: limits.max_resources,
         },
         opts.cache_dir.clone().map(|d| (d, &expected.serialization)),
     )
     .await?;
+    let files = hashed.files.len();
     let actual = Manifest::new(
         model_name(model),
         expected.serialization.clone(),
         &layout,
-        &hashed.files,
+        hashed.files,
     );
     if let Some(diff) = expected.diff(&actual) {
         return Err(ModelError::Mismatch(diff));
     }
     Ok(Verified {
         model_name: expected.model_name,
-        files: hashed.files.len(),
+        files,
         bytes: hashed.bytes,
         from_cache: hashed.from_cache,
         signer,
@@ -651,9 +687,9 @@ mod tests {
             },
         )
         .unwrap();
-        let payload = bundle_payload(&signed_manifest("m".into(), &ignore, opts, &hashed)?)?;
+        let payload = bundle_payload(&signed_manifest("m".into(), &ignore, opts, hashed.files)?)?;
         let sig = kp
-            .sign(&SystemRandom::new(), &bundle::pae(&payload))
+            .sign(&SystemRandom::new(), &Pae::new(&payload).to_vec())
             .unwrap();
         let der = kp.public_key().as_der().unwrap();
         let b = Bundle {
@@ -754,11 +790,11 @@ mod tests {
             .collect();
         let layout = Layout::default();
         let serialization = Serialization::new(layout, false, vec![]);
-        let big = Manifest::new("m".into(), serialization.clone(), &layout, &files);
+        let big = Manifest::new("m".into(), serialization.clone(), &layout, files.clone());
         let e = bundle_payload(&big).unwrap_err();
         assert_eq!(e.reason(), "model_refused", "{e}");
         assert!(e.to_string().contains("manifest of 9000 resources"), "{e}");
-        let fits = Manifest::new("m".into(), serialization, &layout, &files[..6000]);
+        let fits = Manifest::new("m".into(), serialization, &layout, files[..6000].to_vec());
         assert!(bundle_len(bundle_payload(&fits).unwrap()) <= MAX_BUNDLE_BYTES);
     }
 

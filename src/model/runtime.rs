@@ -2,7 +2,8 @@
 //! `VerifyModel`): the paths are confined to `AEGIS_MODEL_ROOTS` before any file is
 //! opened, and the check is [`super::verify`] with the sidecar's cached key versions
 //! ([`VerifyKey::Cached`]: the validity rule of the key cache), one model at a time per
-//! sidecar.
+//! sidecar, within the sidecar's [`Limits`] (`AEGIS_MODEL_MAX_SIGNATURE_BYTES`,
+//! `AEGIS_MODEL_MAX_RESOURCES`).
 //!
 //! Symbolic links are never followed here (`allow_symlinks: true` is refused): a followed
 //! link could read outside the root. The hash walk refuses a link inside the model
@@ -13,7 +14,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::Deserialize;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use super::{ModelError, ModelOptions, Verified, VerifyKey};
+use super::{Limits, ModelError, ModelOptions, Verified, VerifyKey};
 use crate::keys::KeySet;
 
 /// At most this many model verifications run at once in one sidecar; another request is
@@ -77,14 +78,15 @@ pub fn try_slot() -> Option<SemaphorePermit<'static>> {
     VERIFYING.try_acquire().ok()
 }
 
-/// Verifies the confined model against its bundle with the cached key `set`, through the
-/// digest cache in `cache_dir` when set. `allow_symlinks` and ignore paths that are
-/// absolute or climb out of the model are configuration errors.
+/// Verifies the confined model against its bundle with the cached key `set`, within the
+/// sidecar's `limits`, through the digest cache in `cache_dir` when set. `allow_symlinks`
+/// and ignore paths that are absolute or climb out of the model are configuration errors.
 pub async fn verify(
     set: &KeySet,
     paths: &Confined,
     req: &Request,
     cache_dir: Option<PathBuf>,
+    limits: Limits,
 ) -> Result<Verified, ModelError> {
     if req.allow_symlinks {
         return Err(ModelError::Config(
@@ -99,6 +101,7 @@ pub async fn verify(
         cache_dir,
         // Only signing reads it: verification follows the bundle's serialization.
         layout: Default::default(),
+        limits,
     };
     super::verify(
         VerifyKey::Cached(set),

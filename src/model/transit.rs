@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
+use super::bundle::Pae;
 use super::keys::{transit_spki, SignerKey};
 use super::ModelError;
 use crate::crypto::KeyType;
@@ -108,7 +109,12 @@ pub struct KeyVersion<'a> {
 
 impl KeyVersion<'_> {
     /// Transit's sign or verify of the PAE's digest (`prehashed`, the curve's hash, asn1).
-    async fn call(&self, op: &str, pae: &[u8], extra: (&str, Value)) -> Result<Value, VaultError> {
+    async fn call(
+        &self,
+        op: &str,
+        pae: &Pae<'_>,
+        extra: (&str, Value),
+    ) -> Result<Value, VaultError> {
         let mut body = json!({
             "input": b64(&self.signer.digest(pae)),
             "prehashed": true,
@@ -123,7 +129,7 @@ impl KeyVersion<'_> {
 
     /// Transit signs the PAE with this version; returns the DER signature without its
     /// `vault:vN:` prefix.
-    pub async fn sign(&self, pae: &[u8]) -> Result<Vec<u8>, ModelError> {
+    pub async fn sign(&self, pae: &Pae<'_>) -> Result<Vec<u8>, ModelError> {
         let (key, version) = (self.key, self.version);
         let data = self
             .call("sign", pae, ("key_version", version.into()))
@@ -144,7 +150,7 @@ impl KeyVersion<'_> {
 
     /// Asks Transit whether `signature` by this version over the PAE verifies now: the
     /// endpoint's validity rule decides (retired, revoked, too old).
-    pub async fn check(&self, pae: &[u8], signature: &[u8]) -> Result<(), ModelError> {
+    pub async fn check(&self, pae: &Pae<'_>, signature: &[u8]) -> Result<(), ModelError> {
         let (key, version) = (self.key, self.version);
         let sig = format!("vault:v{version}:{}", b64(signature));
         match self.call("verify", pae, ("signature", sig.into())).await {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -270,3 +271,99 @@ def test_a_version_past_its_retention_window_is_refused(tmp_path):
                 r = ask(s.addr, body)
             assert r.status_code == 400, r.text
             assert "version 1" in r.json()["errors"][0] and "retire" in r.json()["errors"][0], r.text
+
+
+def small_files(parent: Path, name: str, count: int) -> Path:
+    model = parent / name
+    model.mkdir()
+    for i in range(count):
+        (model / f"w{i}.bin").write_bytes(bytes([i]) * 100)
+    return model
+
+
+BOUNDS = dict(AEGIS_MODEL_MAX_SIGNATURE_BYTES="4096", AEGIS_MODEL_MAX_RESOURCES="8")
+
+
+def test_the_sidecars_bounds_refuse_a_model_before_it_is_hashed(bao, key, tmp_path):
+    """Attacker: the model container, which can write into a model root, hands the sidecar a
+    signature file or a model larger than AEGIS_MODEL_MAX_SIGNATURE_BYTES and
+    AEGIS_MODEL_MAX_RESOURCES allow (what bounds the sidecar's memory). Each is a 400 naming
+    the bound; a model within them, up to the byte, still verifies."""
+    with running_sidecar(bao, AEGIS_KEYS=key, AEGIS_MODEL_ROOTS=str(tmp_path), **BOUNDS) as s:
+        def verify(model: Path, sig: Path) -> requests.Response:
+            return ask(s.addr, {"model": str(model), "signature": str(sig), "key": KEY})
+
+        eight = small_files(tmp_path, "eight", 8)
+        sign(s.addr, eight, tmp_path / "eight.sig")
+        text = (tmp_path / "eight.sig").read_bytes()
+        assert len(text) < 4096
+        exact, over = tmp_path / "exact.sig", tmp_path / "over.sig"
+        exact.write_bytes(text + b" " * (4096 - len(text)))
+        over.write_bytes(text + b" " * (4097 - len(text)))
+        r = verify(eight, exact)
+        assert (r.status_code, r.json()["data"]["valid"], r.json()["data"]["files"]) == (200, True, 8), r.text
+        r = verify(eight, over)
+        assert r.status_code == 400, r.text
+        assert f"{over} is larger than 4096 bytes, the most this verification reads" in r.json()["errors"][0]
+
+        nine = small_files(tmp_path, "nine", 9)
+        sign(s.addr, nine, tmp_path / "nine.sig")
+        r = verify(nine, tmp_path / "nine.sig")
+        assert r.status_code == 400, r.text
+        assert "the signature lists 9 resources, more than the 8 this verification hashes" in r.json()["errors"][0]
+
+        # Signed with 8 files, then a ninth written beside them: the walk stops at the bound.
+        (eight / "w8.bin").write_bytes(b"planted")
+        r = verify(eight, tmp_path / "eight.sig")
+        assert r.status_code == 400, r.text
+        assert "the model has more than 8 files, more than this verification hashes" in r.json()["errors"][0]
+
+
+def test_a_caller_holding_the_body_budget_defers_model_verification(bao, key, tmp_path):
+    """Attacker: a local caller holding the body budget with a sign upload whose bytes it
+    withholds (Content-Length declared). A model verification takes its share of the same
+    budget (AEGIS_MODEL_MAX_SIGNATURE_BYTES + 768 bytes per resource: 10 240 bytes here), so
+    verifications and sign bodies together never hold more than AEGIS_MAX_BODY_BYTES_IN_FLIGHT.
+    With 65 536 of its 75 776 bytes held, the verification (whose body fits) waits its turn
+    for 5 s and is then answered 503 with Retry-After; once the caller lets go, it verifies.
+    That a waiting verification is served before later requests is a unit test of
+    `api::budget`."""
+    budget = 65536 + 4096 + 8 * 768
+    env = dict(AEGIS_KEYS=key, AEGIS_MODEL_ROOTS=str(tmp_path), AEGIS_MAX_BODY_BYTES="65536",
+               AEGIS_MAX_BODY_BYTES_IN_FLIGHT=str(budget), **BOUNDS)
+    with running_sidecar(bao, **env) as s:
+        model = small_files(tmp_path, "m", 3)
+        sign(s.addr, model, tmp_path / "m.sig")
+        body = {"model": str(model), "signature": str(tmp_path / "m.sig"), "key": KEY}
+        assert ask(s.addr, body).status_code == 200
+        host, port = s.addr.removeprefix("http://").split(":")
+
+        def hold() -> socket.socket:
+            """A sign upload that declares 65 536 bytes and sends 10."""
+            conn = socket.create_connection((host, int(port)))
+            conn.sendall(
+                f"POST /v1/transit/sign/{KEY} HTTP/1.1\r\nHost: {host}\r\nX-Vault-Request: true\r\n"
+                "Content-Type: application/json\r\nContent-Length: 65536\r\n\r\n{\"input\":\"".encode()
+            )
+            return conn
+
+        holder = hold()
+        # Held once a 10 300-byte sign no longer fits beside it (polled: the sidecar takes
+        # the bytes when it has read the holder's headers).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            filler = requests.post(f"{s.addr}/v1/transit/sign/{KEY}", headers=HEADERS, timeout=10,
+                                   data=b'{"input":"' + b"A" * 10288 + b'"}')
+            if filler.status_code != 200:
+                break
+        assert filler.status_code == 503, filler.text
+        r = ask(s.addr, body)
+        assert r.status_code == 503, r.text
+        assert r.headers["Retry-After"] == "1"
+        assert r.json()["errors"] == [f"too many request bytes in flight (the limit is {budget} bytes): retry later"]
+        waiting = []
+        t = threading.Thread(target=lambda: waiting.append(ask(s.addr, body)))
+        t.start()
+        holder.close()
+        t.join()
+        assert (waiting[0].status_code, waiting[0].json()["data"]["valid"]) == (200, True), waiting[0].text
