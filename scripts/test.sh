@@ -53,6 +53,9 @@ step "model digest cache benchmark smoke run (scripts/bench-model-cache.py --smo
 step "model shard hashing benchmark smoke run (scripts/bench-model-shards.py --smoke, debug build; no timing checked)"
 .venv/bin/python scripts/bench-model-shards.py --smoke --aegis target/debug/aegis --json target/bench-model-shards-smoke.json
 
+step "model verification memory benchmark smoke run (scripts/bench-model-memory.py --smoke, debug build; no memory target checked)"
+.venv/bin/python scripts/bench-model-memory.py --smoke --aegis target/debug/aegis --json target/bench-model-memory-smoke.json
+
 step "fleet smoke run (scripts/fleet.py --smoke: 20 sidecars on a 3-node OpenBao raft cluster, debug build; fails unless revocation, rotation and recovery reach every sidecar; no timing checked)"
 .venv/bin/python scripts/fleet.py --smoke --aegis target/debug/aegis --json target/fleet-smoke.json
 
