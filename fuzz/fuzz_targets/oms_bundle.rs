@@ -6,7 +6,7 @@
 #![no_main]
 
 use aegis::crypto::CryptoError;
-use aegis::model::bundle::{pae, Bundle};
+use aegis::model::bundle::{Bundle, Pae};
 use aegis::model::manifest::Manifest;
 use aegis_fuzz::oms_keys;
 use libfuzzer_sys::fuzz_target;
@@ -28,9 +28,16 @@ fuzz_target!(|data: &[u8]| {
                     .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
         );
     }
-    let signed = pae(&bundle.payload);
-    assert!(signed.ends_with(&bundle.payload));
+    let signed = Pae::new(&bundle.payload);
+    let whole = signed.to_vec();
+    assert!(whole.ends_with(&bundle.payload));
     for key in oms_keys() {
+        // Hashed in parts, as verification does, the PAE has the digest of its bytes.
+        let digest = key
+            .hash()
+            .digest(&whole)
+            .expect("curve hashes are real hashes");
+        assert_eq!(key.digest(&signed), digest.as_bytes());
         match key.verify(&signed, &bundle.signature) {
             Ok(_) | Err(CryptoError::Invalid(_)) => {}
             Err(CryptoError::NotLocal) => panic!("OMS digests are always checked locally"),
