@@ -126,15 +126,17 @@ def sign_load(addr, n, body_bytes, stop):
     """`n` callers each sending 8 MiB sign bodies until `stop` is set; their statuses."""
     encoded = (body_bytes - len('{"input":""}') - 64) // 4 * 4
     body = b'{"input":"' + b"eHh4" * (encoded // 4) + b'"}'
-    statuses = Counter()
+    statuses, counting = Counter(), threading.Lock()
 
     def caller():
         s = requests.Session()
         while not stop.is_set():
             try:
-                statuses[s.post(f"{addr}/v1/transit/sign/{KEY}", data=body, headers=HEADERS, timeout=60).status_code] += 1
+                status = s.post(f"{addr}/v1/transit/sign/{KEY}", data=body, headers=HEADERS, timeout=60).status_code
             except requests.RequestException as e:
-                statuses[type(e).__name__] += 1
+                status = type(e).__name__
+            with counting:
+                statuses[status] += 1
 
     threads = [threading.Thread(target=caller) for _ in range(n)]
     for t in threads:

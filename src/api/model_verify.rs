@@ -6,11 +6,10 @@
 //! the allowlist, the caller policy's `verify_model`); the roots rule
 //! ([`runtime::confine`], 403, nothing opened, nothing audited); the one verification slot
 //! (429 with `Retry-After` when busy); what the verification may hold, taken from the
-//! body budget (`Config::model_verify_budget`), waited for in turn for up to 5 s (503 with
-//! `Retry-After` then);
-//! the cached key set; then the check itself ([`runtime::verify`], within
-//! `AEGIS_MODEL_MAX_SIGNATURE_BYTES` and `AEGIS_MODEL_MAX_RESOURCES`). Every request past
-//! the roots rule is audited as `verify_model`.
+//! body budget (`Config::model_verify_budget`), waited for in turn for up to 5 s (then 503
+//! with `Retry-After`); the cached key set; then the check itself ([`runtime::verify`],
+//! within `AEGIS_MODEL_MAX_SIGNATURE_BYTES` and `AEGIS_MODEL_MAX_RESOURCES`). Every request
+//! past the roots rule is audited as `verify_model`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -108,8 +107,7 @@ pub(crate) fn enabled(state: &AppState) -> Result<(), Error> {
 
 /// What both faces do once the caller is admitted: the roots rule (403, nothing opened,
 /// nothing audited), the one slot (429), its share of the body budget (503), the cached
-/// key set, the verification, its audit
-/// event and failure count; the answer's `data`.
+/// key set, the verification, its audit event and failure count; the answer's `data`.
 pub(crate) async fn check(
     state: &AppState,
     caller: &str,

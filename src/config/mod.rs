@@ -254,10 +254,10 @@ pub struct Config {
     /// read models and signatures under (colon- or comma-separated). Empty: the endpoint
     /// is off.
     pub model_roots: Vec<PathBuf>,
-    /// `AEGIS_MODEL_MAX_SIGNATURE_BYTES`, default 4 MiB: the largest signature file the
-    /// sidecar reads for one model verification (about 15 000 resources with short names).
+    /// `AEGIS_MODEL_MAX_SIGNATURE_BYTES`, default 2 MiB: the largest signature file the
+    /// sidecar reads for one model verification (about 7 000 resources with short names).
     pub model_max_signature_bytes: usize,
-    /// `AEGIS_MODEL_MAX_RESOURCES`, default 16 384: the most files, and the most
+    /// `AEGIS_MODEL_MAX_RESOURCES`, default 8192: the most files, and the most
     /// resources (files or shards), the sidecar walks and hashes for one model. With
     /// the signature bound, what one verification may hold (README, "Memory bounds").
     pub model_max_resources: usize,
